@@ -1,0 +1,101 @@
+"""From raw voxel signals to what estimators train on: S0, normalised observables, noise level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+from ..signal_models import Parameter, SignalModel
+
+__all__ = ["PreparedData", "prepare_signals", "estimate_sigma_from_b0", "S0_SCALE", "decode_unconstrained"]
+
+#: Nuisance factor on the mean-b0 normalisation, fitted with the tissue parameters by every estimator.
+S0_SCALE = Parameter("S0_scale", "1", 0.5, 2.0, "S0 relative to the mean of the b=0 measurements")
+
+
+@dataclass
+class PreparedData:
+    """Signals of the usable voxels, ready for an estimator.
+
+    Attributes
+    ----------
+    valid : ndarray of bool, shape (n_voxels,)
+        Voxels with finite signals and a positive mean b=0 signal.
+    S0_mean : ndarray, shape (n_voxels,)
+        Mean b=0 signal (raw units); 0 where not valid.
+    observables : ndarray, shape (n_valid, n_observables)
+        Model observables of the normalised signals (float32).
+    sigma_normalised : ndarray, shape (n_valid,)
+        Noise standard deviation of one measurement divided by the voxel's mean b=0 signal.
+    """
+
+    valid: np.ndarray
+    S0_mean: np.ndarray
+    observables: np.ndarray
+    sigma_normalised: np.ndarray
+
+    @property
+    def n_excluded(self) -> int:
+        """Number of voxels left out because of NaN/Inf values or a non-positive b=0 signal."""
+        return int((~self.valid).sum())
+
+
+def estimate_sigma_from_b0(signals: np.ndarray, b0_mask: np.ndarray) -> float | None:
+    """Noise standard deviation from repeated b=0 measurements, pooled over voxels.
+
+    The median of the per-voxel unbiased variances, divided by the median of a χ²_k/k variable
+    (k = n_b0 - 1), is robust to voxels with motion or artefacts.  Returns ``None`` with fewer than
+    two b=0 measurements.  At the b=0 SNR of brain tissue the Rician noise is close to Gaussian.
+    """
+    n_b0 = int(b0_mask.sum())
+    if n_b0 < 2 or signals.shape[0] == 0:
+        return None
+    variances = np.var(signals[:, b0_mask], axis=1, ddof=1, dtype=np.float64)
+    dof = n_b0 - 1
+    return float(np.sqrt(np.median(variances) / (stats.chi2.median(dof) / dof)))
+
+
+def prepare_signals(signals: np.ndarray, model: SignalModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate raw signals and normalise them by each voxel's mean b=0 signal.
+
+    Parameters
+    ----------
+    signals : ndarray, shape (n_voxels, n_measurements)
+        Raw magnitude signals.
+    model : SignalModel
+
+    Returns
+    -------
+    valid : ndarray of bool, shape (n_voxels,)
+    S0_mean : ndarray, shape (n_voxels,)
+    observables : ndarray, shape (n_valid, n_observables), float32
+    """
+    signals = np.asarray(signals)
+    protocol = model.protocol
+    if signals.ndim != 2 or signals.shape[1] != protocol.n_measurements:
+        raise ValueError(
+            f"signals must have shape (n_voxels, {protocol.n_measurements}) to match the protocol; got "
+            f"{signals.shape}. Reshape images to (n_voxels, n_volumes) or check bvals/bvecs."
+        )
+    finite = np.isfinite(signals).all(axis=1)
+    S0_mean = np.where(finite, signals[:, protocol.b0_mask].mean(axis=1, dtype=np.float64), 0.0)
+    valid = finite & (S0_mean > 0)
+    S0_mean = np.where(valid, S0_mean, 0.0)
+    normalised = signals[valid] / S0_mean[valid, None]
+    observables = model.observables(normalised.astype(np.float64)).astype(np.float32)
+    return valid, S0_mean, observables
+
+
+def decode_unconstrained(model: SignalModel, unconstrained: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split unconstrained vectors (..., n_packed + 1) into packed parameters and the S0 scale.
+
+    Returns
+    -------
+    packed : Tensor, shape (..., n_packed)
+    S0_scale : Tensor, shape (..., 1)
+    """
+    packed = model.constrain(unconstrained[..., :-1])
+    return packed, S0_SCALE.to_bounded(unconstrained[..., -1:])

@@ -1,0 +1,95 @@
+"""Noise models for the reconstruction term: Gaussian and Rician negative log-likelihoods."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["LIKELIHOODS", "gaussian_nll", "rician_nll", "rician_mean", "check_likelihood"]
+
+LIKELIHOODS = ("rician", "gaussian")
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def check_likelihood(name: str) -> str:
+    """Return ``name`` if it is a known likelihood, else raise ``ValueError`` listing the valid ones."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}; choose one of {list(LIKELIHOODS)}.")
+    return name
+
+
+def gaussian_nll(
+    observed: torch.Tensor, predicted: torch.Tensor, sigma: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
+    """Gaussian negative log-likelihood of (averaged) observables, summed over the last axis.
+
+    Parameters
+    ----------
+    observed, predicted : Tensor, shape (..., n_observables)
+        Normalised signals.
+    sigma : Tensor, shape (..., 1)
+        Noise standard deviation of one measurement, normalised by S0.
+    counts : Tensor, shape (n_observables,)
+        Number of measurements averaged into each observable; the average has variance σ²/count.
+
+    Returns
+    -------
+    Tensor, shape (...)
+    """
+    variance = sigma * sigma / counts
+    return (0.5 * (observed - predicted) ** 2 / variance + 0.5 * torch.log(variance) + _HALF_LOG_2PI).sum(-1)
+
+
+def rician_mean(nu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Expected magnitude of a Rician variable with underlying signal ``nu`` and noise ``sigma``.
+
+    Notes
+    -----
+    .. math:: E[M] = \\sigma\\sqrt{\\pi/2}\\,[(1+2t) I_0^e(t) + 2t I_1^e(t)],\\quad t = \\nu^2/(4\\sigma^2)
+
+    with the exponentially scaled Bessel functions :math:`I^e_k(t) = e^{-t} I_k(t)`.  It tends to ν for
+    ν ≫ σ and to the noise floor σ√(π/2) for ν → 0.
+    """
+    t = nu * nu / (4.0 * sigma * sigma)
+    return sigma * math.sqrt(math.pi / 2.0) * ((1.0 + 2.0 * t) * torch.special.i0e(t) + 2.0 * t * torch.special.i1e(t))
+
+
+def rician_nll(
+    observed: torch.Tensor, predicted: torch.Tensor, sigma: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
+    """Rician negative log-likelihood of magnitude observables, summed over the last axis.
+
+    Single measurements (count 1) use the exact Rician density.  An observable that averages
+    ``count > 1`` Rician measurements uses the Gaussian that matches the mean and variance of that
+    average (central limit), which keeps the noise floor: the mean is :func:`rician_mean`, not ν.
+
+    Parameters
+    ----------
+    observed, predicted : Tensor, shape (..., n_observables)
+        Normalised magnitude signals and the noise-free model prediction ν.
+    sigma : Tensor, shape (..., 1)
+        Noise standard deviation of one measurement, normalised by S0.
+    counts : Tensor, shape (n_observables,)
+
+    Returns
+    -------
+    Tensor, shape (...)
+        Terms that do not depend on ``predicted`` or ``sigma`` are dropped.
+
+    Notes
+    -----
+    Exact density: :math:`p(m|\\nu,\\sigma) = (m/\\sigma^2) \\exp(-(m^2+\\nu^2)/2\\sigma^2) I_0(m\\nu/\\sigma^2)`,
+    evaluated as :math:`-\\log p = 2\\log\\sigma + (m-\\nu)^2/2\\sigma^2 - \\log I^e_0(m\\nu/\\sigma^2) + c`.
+    """
+    nu = predicted.clamp_min(0.0)
+    variance = sigma * sigma
+    single = counts <= 1
+    exact = torch.log(variance) + (observed - nu) ** 2 / (2.0 * variance) - torch.log(
+        torch.special.i0e(observed.clamp_min(0.0) * nu / variance)
+    )
+    mean = rician_mean(nu, sigma)
+    avg_variance = (2.0 * variance + nu * nu - mean * mean).clamp_min(1e-3 * variance) / counts
+    averaged = 0.5 * (observed - mean) ** 2 / avg_variance + 0.5 * torch.log(avg_variance)
+    return torch.where(single, exact, averaged).sum(-1)

@@ -1,0 +1,190 @@
+"""The contract every physics model follows: named bounded parameters and one pure forward function."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ..protocol import Protocol, ProtocolError
+
+__all__ = ["Parameter", "SignalModel"]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A scalar tissue parameter with its unit and physical range.
+
+    Parameters
+    ----------
+    name : str
+        Symbol as physicists write it (``"D"``, ``"K"``, ``"f"``).
+    unit : str
+        Unit of the value (``"µm²/ms"``, ``"1"`` for dimensionless).
+    low, high : float
+        Physical range; estimators reach it through a smooth sigmoid, never a clamp.
+    description : str
+        One line for tables and sidecars.
+    """
+
+    name: str
+    unit: str
+    low: float
+    high: float
+    description: str
+
+    def to_bounded(self, unconstrained: torch.Tensor) -> torch.Tensor:
+        """Map an unconstrained value into ``(low, high)`` by a scaled sigmoid."""
+        return self.low + (self.high - self.low) * torch.sigmoid(unconstrained)
+
+    def to_unconstrained(self, value: torch.Tensor, margin: float = 1e-4) -> torch.Tensor:
+        """Inverse of :meth:`to_bounded`; values at or beyond the bounds are pulled inside by ``margin``."""
+        unit = (value - self.low) / (self.high - self.low)
+        return torch.logit(unit.clamp(margin, 1.0 - margin))
+
+
+class SignalModel(ABC):
+    """A physics forward model bound to an acquisition protocol.
+
+    A model predicts *observables* from packed parameter vectors.  Observables are what the estimators
+    compare with the data: individual normalised measurements, or (for direction-averaged models) the
+    normalised mean signal of each shell.  Packed parameters hold the scalar parameters in the order of
+    :attr:`parameters`, followed by the three components of a unit fibre direction when
+    :attr:`has_direction` is true.
+
+    Parameters
+    ----------
+    protocol : Protocol
+        The acquisition; a model refuses one it cannot fit.
+    """
+
+    name: ClassVar[str]
+    parameters: ClassVar[tuple[Parameter, ...]]
+    has_direction: ClassVar[bool] = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        if protocol.n_b0 == 0:
+            raise ProtocolError(
+                f"{self.name} needs at least one b=0 measurement to normalise signals; the protocol has "
+                f"none (smallest b-value {protocol.bvals.min() * 1000:g} s/mm²)."
+            )
+        self.check_protocol(protocol)
+        self.protocol = protocol
+
+    # -------------------------------------------------------------- to implement
+    @abstractmethod
+    def check_protocol(self, protocol: Protocol) -> None:
+        """Raise :class:`ProtocolError` naming what is missing if the model cannot be fitted."""
+
+    @abstractmethod
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        """Predict normalised observables, shape (..., n_observables), from packed parameters."""
+
+    @abstractmethod
+    def observables(self, normalised_signals: np.ndarray) -> np.ndarray:
+        """Turn normalised signals (..., n_measurements) into observables (..., n_observables)."""
+
+    @property
+    @abstractmethod
+    def observation_counts(self) -> np.ndarray:
+        """Number of measurements averaged into each observable, shape (n_observables,)."""
+
+    # -------------------------------------------------------------- shared
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """Names of the scalar parameters, in packed order."""
+        return tuple(p.name for p in self.parameters)
+
+    @property
+    def n_scalars(self) -> int:
+        """Number of scalar parameters."""
+        return len(self.parameters)
+
+    @property
+    def n_packed(self) -> int:
+        """Length of a packed parameter vector (scalars plus 3 direction components)."""
+        return self.n_scalars + 3 * self.has_direction
+
+    @property
+    def n_observables(self) -> int:
+        """Number of observables the model predicts."""
+        return int(self.observation_counts.size)
+
+    def units(self) -> dict[str, str]:
+        """Unit of every output, direction included."""
+        units = {p.name: p.unit for p in self.parameters}
+        if self.has_direction:
+            units["n"] = "unit vector"
+        return units
+
+    def constrain(self, unconstrained: torch.Tensor) -> torch.Tensor:
+        """Map unconstrained vectors (..., n_packed) to packed parameters inside the physical bounds.
+
+        Scalars pass through scaled sigmoids; the direction part is normalised to unit length.
+        """
+        scalars = [p.to_bounded(unconstrained[..., i]) for i, p in enumerate(self.parameters)]
+        packed = torch.stack(scalars, dim=-1)
+        if self.has_direction:
+            vector = unconstrained[..., self.n_scalars : self.n_scalars + 3]
+            direction = vector / vector.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            packed = torch.cat([packed, direction], dim=-1)
+        return packed
+
+    def unconstrain(self, packed: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`constrain` (directions are kept as unit vectors)."""
+        scalars = [p.to_unconstrained(packed[..., i]) for i, p in enumerate(self.parameters)]
+        out = torch.stack(scalars, dim=-1)
+        if self.has_direction:
+            out = torch.cat([out, packed[..., self.n_scalars :]], dim=-1)
+        return out
+
+    def pack(self, params: dict[str, np.ndarray]) -> np.ndarray:
+        """Stack a dict of parameter arrays into packed vectors (..., n_packed)."""
+        missing = [name for name in self.parameter_names if name not in params]
+        if self.has_direction and "n" not in params:
+            missing.append("n")
+        if missing:
+            raise KeyError(f"{self.name} needs parameters {missing}; got {sorted(params)}.")
+        columns = [np.asarray(params[name], dtype=np.float64)[..., None] for name in self.parameter_names]
+        if self.has_direction:
+            columns.append(np.asarray(params["n"], dtype=np.float64))
+        return np.concatenate(columns, axis=-1)
+
+    def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray]:
+        """Split packed vectors into a dict of named arrays (direction under ``"n"``)."""
+        out = {name: packed[..., i] for i, name in enumerate(self.parameter_names)}
+        if self.has_direction:
+            out["n"] = packed[..., self.n_scalars : self.n_scalars + 3]
+        return out
+
+    def predict(self, params: dict[str, np.ndarray], *, S0: np.ndarray | float = 1.0) -> np.ndarray:
+        """Predict every measurement (not observables) for named parameters, as numpy.
+
+        Parameters
+        ----------
+        params : dict of ndarray
+            Scalar parameters of shape (...,) and, for directional models, ``"n"`` of shape (..., 3).
+        S0 : float or ndarray, shape (...,)
+            Non-diffusion-weighted signal.
+
+        Returns
+        -------
+        ndarray, shape (..., n_measurements)
+        """
+        packed = torch.as_tensor(self.pack(params))
+        with torch.no_grad():
+            signal = self.measurement_forward(packed).numpy()
+        return np.asarray(S0, dtype=np.float64)[..., None] * signal
+
+    def measurement_forward(self, packed: torch.Tensor) -> torch.Tensor:
+        """Predict every normalised measurement (..., n_measurements); used by simulation.
+
+        Models whose observables are the measurements themselves return :meth:`forward`.
+        """
+        return self.forward(packed)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.protocol!r})"
