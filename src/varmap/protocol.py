@@ -220,10 +220,13 @@ class Protocol:
             Mean signal per shell, in the order of :attr:`shell_bvals` (b=0 first when present).
         """
         signals = np.asarray(signals)
-        if signals.shape[-1] != self.n_measurements:
+        if not np.issubdtype(signals.dtype, np.inexact):
+            # integer images (int16 NIfTI) would make the 1/count weights below integer zeros
+            signals = signals.astype(np.float64)
+        if signals.ndim == 0 or signals.shape[-1] != self.n_measurements:
             raise ProtocolError(
-                f"signals have {signals.shape[-1]} measurements on the last axis; the protocol has "
-                f"{self.n_measurements}."
+                f"signals of shape {signals.shape} need {self.n_measurements} measurements on the last "
+                f"axis, one per measurement of the protocol."
             )
         one_hot = np.zeros((self.n_measurements, self.shell_bvals.size), dtype=signals.dtype)
         one_hot[np.arange(self.n_measurements), self.shell_index] = 1.0 / self.shell_counts[self.shell_index]

@@ -8,11 +8,20 @@ from ..protocol import Protocol
 from ..results import FitResult
 from ..signal_models import SignalModel, get_signal_model
 from .base import Estimator
+from .nlls import NLLSEstimator
+from .gmvae import GMVAEEstimator
+from .selfsup import SelfSupervisedEstimator
+from .vae import VAEEstimator
 
 __all__ = ["ESTIMATORS", "get_estimator", "fit", "Estimator"]
 
 #: Registered estimators by name.
-ESTIMATORS: dict[str, type[Estimator]] = {}
+ESTIMATORS: dict[str, type[Estimator]] = {
+    NLLSEstimator.name: NLLSEstimator,
+    SelfSupervisedEstimator.name: SelfSupervisedEstimator,
+    VAEEstimator.name: VAEEstimator,
+    GMVAEEstimator.name: GMVAEEstimator,
+}
 
 
 def get_estimator(method: str, model: SignalModel, **options) -> Estimator:

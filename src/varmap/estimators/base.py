@@ -152,6 +152,7 @@ class Estimator(ABC):
             S0_mean=S0_mean,
             observables=observables,
             sigma_normalised=(self.sigma_ / S0_mean[valid]).astype(np.float32),
+            S0_reference=float(np.median(S0_mean[valid])),
         )
 
     def _result(self, data: PreparedData, estimates: Estimates, timings: dict[str, float]) -> FitResult:

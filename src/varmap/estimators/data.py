@@ -10,10 +10,15 @@ from scipy import stats
 
 from ..signal_models import Parameter, SignalModel
 
-__all__ = ["PreparedData", "prepare_signals", "estimate_sigma_from_b0", "S0_SCALE", "decode_unconstrained"]
+__all__ = ["PreparedData", "prepare_signals", "estimate_sigma_from_b0", "S0_SCALE", "decode_unconstrained", "initial_unconstrained", "S0_LEVEL"]
 
-#: Nuisance factor on the mean-b0 normalisation, fitted with the tissue parameters by every estimator.
-S0_SCALE = Parameter("S0_scale", "1", 0.5, 2.0, "S0 relative to the mean of the b=0 measurements")
+#: Nuisance factor on the mean-b0 normalisation, fitted with the tissue parameters by voxelwise fits.
+S0_SCALE = Parameter("S0_scale", "1", 0.5, 2.0, "S0 relative to the mean of the b=0 measurements", typical=1.0)
+
+#: S0 relative to the dataset's median b=0 signal, decoded by the network estimators.  Modelling the
+#: level across voxels (rather than each voxel's own normalisation) lets a learned prior use what all
+#: voxels share about S0.
+S0_LEVEL = Parameter("S0_level", "1", 0.0, 8.0, "S0 relative to the median b=0 signal of the data", typical=1.0)
 
 
 @dataclass
@@ -30,12 +35,20 @@ class PreparedData:
         Model observables of the normalised signals (float32).
     sigma_normalised : ndarray, shape (n_valid,)
         Noise standard deviation of one measurement divided by the voxel's mean b=0 signal.
+    S0_reference : float
+        Median mean-b=0 signal of the valid voxels (raw units), the reference of :data:`S0_LEVEL`.
     """
 
     valid: np.ndarray
     S0_mean: np.ndarray
     observables: np.ndarray
     sigma_normalised: np.ndarray
+    S0_reference: float
+
+    @property
+    def S0_relative(self) -> np.ndarray:
+        """Mean b=0 signal of the valid voxels relative to :attr:`S0_reference`, shape (n_valid,)."""
+        return (self.S0_mean[self.valid] / self.S0_reference).astype(np.float32)
 
     @property
     def n_excluded(self) -> int:
@@ -89,13 +102,22 @@ def prepare_signals(signals: np.ndarray, model: SignalModel) -> tuple[np.ndarray
     return valid, S0_mean, observables
 
 
-def decode_unconstrained(model: SignalModel, unconstrained: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split unconstrained vectors (..., n_packed + 1) into packed parameters and the S0 scale.
+def initial_unconstrained(model: SignalModel, s0_parameter: Parameter = S0_SCALE) -> torch.Tensor:
+    """Unconstrained vector (n_packed + 1,) of the model's typical values and the typical S0 factor."""
+    s0 = s0_parameter.to_unconstrained(torch.tensor(s0_parameter.start, dtype=torch.float64))
+    return torch.cat([model.initial_unconstrained(), s0[None]])
+
+
+def decode_unconstrained(
+    model: SignalModel, unconstrained: torch.Tensor, s0_parameter: Parameter = S0_SCALE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split unconstrained vectors (..., n_packed + 1) into packed parameters and the S0 factor.
 
     Returns
     -------
     packed : Tensor, shape (..., n_packed)
-    S0_scale : Tensor, shape (..., 1)
+    S0_factor : Tensor, shape (..., 1)
+        ``s0_parameter`` in its bounds (:data:`S0_SCALE` or :data:`S0_LEVEL`).
     """
     packed = model.constrain(unconstrained[..., :-1])
-    return packed, S0_SCALE.to_bounded(unconstrained[..., -1:])
+    return packed, s0_parameter.to_bounded(unconstrained[..., -1:])

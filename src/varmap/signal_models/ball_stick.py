@@ -64,16 +64,20 @@ class BallStickModel(SignalModel):
 
     name = "ball_stick"
     parameters = (
-        Parameter("f", "1", 0.0, 1.0, "stick volume fraction"),
-        Parameter("d_par", "µm²/ms", 0.0, 4.0, "stick (axial) diffusivity"),
-        Parameter("d_iso", "µm²/ms", 0.0, 4.0, "ball (isotropic) diffusivity"),
+        Parameter("f", "1", 0.0, 1.0, "stick volume fraction", typical=0.4),
+        Parameter("d_par", "µm²/ms", 0.0, 4.0, "stick (axial) diffusivity", typical=1.5),
+        Parameter("d_iso", "µm²/ms", 0.0, 4.0, "ball (isotropic) diffusivity", typical=1.0),
     )
     has_direction = True
     min_directions = 6
 
     def __init__(self, protocol: Protocol) -> None:
         super().__init__(protocol)
-        self._bvals = torch.tensor(protocol.bvals, dtype=torch.float64)
+        # b≈0 measurements (e.g. b=5 s/mm²) are the normalisation reference S0, so they are modelled
+        # as b=0 exactly (as MS-DKI does through its b=0 shell): their predicted S/S0 is 1.
+        bvals = np.array(protocol.bvals)
+        bvals[protocol.b0_mask] = 0.0
+        self._bvals = torch.tensor(bvals, dtype=torch.float64)
         self._bvecs = torch.tensor(protocol.bvecs, dtype=torch.float64)
 
     def check_protocol(self, protocol: Protocol) -> None:

@@ -28,6 +28,8 @@ class Parameter:
         Physical range; estimators reach it through a smooth sigmoid, never a clamp.
     description : str
         One line for tables and sidecars.
+    typical : float, optional
+        A typical tissue value, used as the starting point of fits; default the middle of the range.
     """
 
     name: str
@@ -35,14 +37,41 @@ class Parameter:
     low: float
     high: float
     description: str
+    typical: float | None = None
+
+    @property
+    def start(self) -> float:
+        """Starting value of fits: :attr:`typical`, or the middle of the range."""
+        return 0.5 * (self.low + self.high) if self.typical is None else self.typical
+
+    def edge_fraction(self, dtype: torch.dtype = torch.float64) -> float:
+        """Fraction of the range that :meth:`to_bounded` leaves free at each end.
+
+        A plain scaled sigmoid saturates to exactly ``low`` or ``high`` in floating point
+        (``sigmoid(40) == 1.0`` in float64, ``sigmoid(17) == 1.0`` in float32), so the open interval
+        is shrunk by this small fraction, large enough to stay strict in ``dtype``.
+        """
+        if not dtype.is_floating_point:
+            dtype = torch.get_default_dtype()
+        scale = max(abs(self.low), abs(self.high)) / (self.high - self.low)
+        return max(1e-6, 8.0 * torch.finfo(dtype).eps * scale)
 
     def to_bounded(self, unconstrained: torch.Tensor) -> torch.Tensor:
-        """Map an unconstrained value into ``(low, high)`` by a scaled sigmoid."""
-        return self.low + (self.high - self.low) * torch.sigmoid(unconstrained)
+        """Map an unconstrained value strictly into ``(low, high)`` by a scaled sigmoid.
+
+        Notes
+        -----
+        ``low + (high - low) * (e + (1 - 2e) * sigmoid(u))`` with ``e`` from :meth:`edge_fraction`, so
+        even saturated inputs (``u = ±50``) stay strictly inside the bounds; ``u = 0`` maps to the middle.
+        """
+        edge = self.edge_fraction(unconstrained.dtype)
+        unit = edge + (1.0 - 2.0 * edge) * torch.sigmoid(unconstrained)
+        return self.low + (self.high - self.low) * unit
 
     def to_unconstrained(self, value: torch.Tensor, margin: float = 1e-4) -> torch.Tensor:
         """Inverse of :meth:`to_bounded`; values at or beyond the bounds are pulled inside by ``margin``."""
-        unit = (value - self.low) / (self.high - self.low)
+        edge = self.edge_fraction(value.dtype)
+        unit = ((value - self.low) / (self.high - self.low) - edge) / (1.0 - 2.0 * edge)
         return torch.logit(unit.clamp(margin, 1.0 - margin))
 
 
@@ -140,6 +169,12 @@ class SignalModel(ABC):
         if self.has_direction:
             out = torch.cat([out, packed[..., self.n_scalars :]], dim=-1)
         return out
+
+    def initial_unconstrained(self) -> torch.Tensor:
+        """Unconstrained vector (n_packed,) of the typical starting values (direction part zero)."""
+        start = torch.tensor([p.start for p in self.parameters], dtype=torch.float64)
+        scalars = torch.stack([p.to_unconstrained(start[i]) for i, p in enumerate(self.parameters)])
+        return torch.cat([scalars, torch.zeros(3 * self.has_direction, dtype=torch.float64)])
 
     def pack(self, params: dict[str, np.ndarray]) -> np.ndarray:
         """Stack a dict of parameter arrays into packed vectors (..., n_packed)."""

@@ -8,7 +8,10 @@ import torch
 from ..protocol import Protocol, ProtocolError
 from .base import Parameter, SignalModel
 
-__all__ = ["msdki_signal", "MSDKIModel"]
+__all__ = ["msdki_signal", "MSDKIModel", "EXPONENT_GUARD"]
+
+#: Exponent above which :func:`msdki_signal` grows logarithmically (see its Notes).
+EXPONENT_GUARD = 2.0
 
 
 def msdki_signal(bvals: torch.Tensor, D: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -33,6 +36,9 @@ def msdki_signal(bvals: torch.Tensor, D: torch.Tensor, K: torch.Tensor) -> torch
     .. math:: \\bar S(b)/S_0 = \\exp(-b D + b^2 D^2 K / 6)
 
     The expansion is physical only while the exponent decreases with b, i.e. for b < 3/(D K).
+    Numerical guard: where the exponent exceeds ``EXPONENT_GUARD`` (a normalised signal of e² ≈ 7.4,
+    far above any measurement) it grows as ``c + log(1 + x - c)`` instead of quadratically, so that
+    parameters beyond the turning point give finite signals and useful gradients during fitting.
 
     References
     ----------
@@ -40,7 +46,9 @@ def msdki_signal(bvals: torch.Tensor, D: torch.Tensor, K: torch.Tensor) -> torch
     Front. Hum. Neurosci. 15:675433.
     """
     bD = bvals * D[..., None]
-    return torch.exp(-bD + bD * bD * K[..., None] / 6.0)
+    exponent = -bD + bD * bD * K[..., None] / 6.0
+    excess = (exponent - EXPONENT_GUARD).clamp_min(0.0)
+    return torch.exp(exponent - excess + torch.log1p(excess))
 
 
 class MSDKIModel(SignalModel):
@@ -52,8 +60,8 @@ class MSDKIModel(SignalModel):
 
     name = "msdki"
     parameters = (
-        Parameter("D", "µm²/ms", 0.0, 4.0, "mean diffusivity"),
-        Parameter("K", "1", -1.0, 3.0, "mean kurtosis"),
+        Parameter("D", "µm²/ms", 0.0, 4.0, "mean diffusivity", typical=1.0),
+        Parameter("K", "1", -1.0, 3.0, "mean kurtosis", typical=0.5),
     )
 
     def __init__(self, protocol: Protocol) -> None:

@@ -1,0 +1,164 @@
+"""VAE with a learnable Gaussian-mixture prior (VAE-GMM) whose components learn tissue types."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..signal_models import SignalModel
+from .networks import VoxelBatch, encoder_inputs
+from .variational import VariationalEstimator, gaussian_log_density
+
+__all__ = ["GMVAEEstimator", "GaussianMixturePrior", "Y_SAMPLERS"]
+
+#: How the component y enters the reconstruction term during training.
+Y_SAMPLERS = ("gumbel", "enumerate")
+
+
+class GaussianMixturePrior(nn.Module):
+    """p(y) = Cat(π), p(z|y=k) = N(μ_k, diag σ_k²), all learnable.
+
+    Parameters
+    ----------
+    n_components, n_latent : int
+    generator : torch.Generator
+        Draws the initial component means (standard normal, so components start apart).
+    """
+
+    def __init__(self, n_components: int, n_latent: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n_components))
+        self.means = nn.Parameter(torch.randn(n_components, n_latent, generator=generator))
+        self.log_vars = nn.Parameter(torch.zeros(n_components, n_latent))
+
+    def log_weights(self) -> torch.Tensor:
+        """log π, shape (K,)."""
+        return torch.log_softmax(self.logits, dim=0)
+
+    def component_log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """log π_k + log N(z; μ_k, σ_k²), shape (..., K)."""
+        return self.log_weights() + gaussian_log_density(z[..., None, :], self.means, self.log_vars)
+
+    def log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of the mixture, shape (...)."""
+        return torch.logsumexp(self.component_log_density(z), dim=-1)
+
+
+class GMVAEEstimator(VariationalEstimator):
+    """Variational autoencoder with a Gaussian-mixture prior.
+
+    The encoder outputs class logits of q(y|s) and, for every component k, the mean and log-variance of
+    q(z|s, y=k).  The KL term is computed exactly as
+
+    .. math:: KL(q(y|s)\\|p(y)) + \\sum_k q(y=k|s)\\, KL(q(z|s,k)\\|p(z|y=k))
+
+    (against each component's own learnable Gaussian, not a single standard normal).  For the
+    reconstruction term, y is drawn with the Gumbel-softmax relaxation at a temperature annealed from
+    ``temperature[0]`` to ``temperature[1]`` (``y_sampler="gumbel"``), or summed exactly over the K
+    components (``y_sampler="enumerate"``).  Cluster probabilities are the posterior probabilities of
+    the components under the trained model, from the importance samples.
+
+    Parameters
+    ----------
+    model : SignalModel
+    n_components : int
+        Number of mixture components K.
+    y_sampler : {"gumbel", "enumerate"}
+    temperature : tuple of float
+        Gumbel-softmax temperature at the end of the KL warm-up and at the last epoch (geometric decay).
+    **kwargs
+        Options of :class:`~varmap.estimators.variational.VariationalEstimator`.
+    """
+
+    name = "gmvae"
+
+    def __init__(
+        self,
+        model: SignalModel,
+        *,
+        n_components: int = 3,
+        y_sampler: str = "enumerate",
+        temperature: tuple[float, float] = (1.0, 0.3),
+        **kwargs,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        if y_sampler not in Y_SAMPLERS:
+            raise ValueError(f"unknown y_sampler {y_sampler!r}; choose one of {list(Y_SAMPLERS)}.")
+        if n_components < 1:
+            raise ValueError(f"n_components must be >= 1; got {n_components}.")
+        self.n_components = n_components
+        self.y_sampler = y_sampler
+        self.temperature = tuple(temperature)
+
+    def _encoder_outputs(self) -> int:
+        return self.n_components * (1 + 2 * self.latent_size)
+
+    def _prior_modules(self, generator: torch.Generator) -> dict[str, nn.Module]:
+        self.prior_ = GaussianMixturePrior(self.n_components, self.latent_size, generator)
+        return {"prior": self.prior_}
+
+    def _split(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Class logits (B, K), component means and log-variances (B, K, L)."""
+        K, L = self.n_components, self.latent_size
+        logits = encoded[..., :K]
+        mean, log_var = encoded[..., K:].reshape(*encoded.shape[:-1], K, 2 * L).chunk(2, dim=-1)
+        return logits, mean, log_var
+
+    def _temperature(self, epoch: int) -> float:
+        start, end = self.temperature
+        progress = min(1.0, max(0.0, (epoch - self._first_stop_epoch()) / max(self.n_epochs - self._first_stop_epoch(), 1)))
+        return start * (end / start) ** progress
+
+    def _loss(self, batch: VoxelBatch, epoch: int, generator: torch.Generator) -> torch.Tensor:
+        observables, sigma = batch.observables, batch.sigma
+        logits, mean, log_var = self._split(self.encoder_(encoder_inputs(observables, batch.S0_relative)))
+        log_q_y = torch.log_softmax(logits, dim=-1)
+        q_y = log_q_y.exp()
+        prior_mean, prior_log_var = self.prior_.means, self.prior_.log_vars
+        kl_z = 0.5 * (
+            prior_log_var - log_var + (torch.exp(log_var) + (mean - prior_mean) ** 2) * torch.exp(-prior_log_var) - 1.0
+        ).sum(-1)
+        kl = (q_y * (log_q_y - self.prior_.log_weights())).sum(-1) + (q_y * kl_z).sum(-1)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * log_var) * noise  # (B, K, L): one draw per component
+        if self.y_sampler == "enumerate":
+            nll = self._reconstruction_nll(observables[:, None, :], z, sigma[:, None, :])
+            reconstruction = (q_y * nll).sum(-1)
+        else:
+            y = _gumbel_softmax(logits, self._temperature(epoch), generator)
+            reconstruction = self._reconstruction_nll(observables, (y[..., None] * z).sum(-2), sigma)
+        return (reconstruction + self._kl_weight(epoch) * kl).mean()
+
+    def _sample_proposal(
+        self, encoded: torch.Tensor, n_samples: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, mean, log_var = self._split(encoded)
+        log_var = log_var + 2.0 * math.log(self.proposal_scale)
+        # Defensive mixture: every component keeps some proposal mass, so a component that the
+        # encoder dismisses is still explored.
+        mix = 0.8 * torch.softmax(logits, dim=-1) + 0.2 / self.n_components
+        component = torch.multinomial(mix, n_samples, replacement=True, generator=generator).T  # (S, B)
+        index = component[..., None, None].expand(-1, -1, 1, mean.shape[-1])
+        chosen_mean = torch.gather(mean.expand(n_samples, *mean.shape), 2, index)[:, :, 0]
+        chosen_log_var = torch.gather(log_var.expand(n_samples, *log_var.shape), 2, index)[:, :, 0]
+        noise = torch.randn(chosen_mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = chosen_mean + torch.exp(0.5 * chosen_log_var) * noise
+        log_q = torch.logsumexp(torch.log(mix) + gaussian_log_density(z[..., None, :], mean, log_var), dim=-1)
+        return z, log_q
+
+    def _log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return self.prior_.log_density(z)
+
+    def _cluster_probs(self, z: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
+        responsibilities = torch.softmax(self.prior_.component_log_density(z), dim=-1)
+        return (weights[..., None] * responsibilities.double()).sum(0).cpu().numpy()
+
+
+def _gumbel_softmax(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """Relaxed one-hot sample of Cat(softmax(logits)) (Jang et al. 2017), with a local generator."""
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
+    return torch.softmax((logits + gumbel) / temperature, dim=-1)

@@ -1,0 +1,114 @@
+"""Mini-batch training with Adam, a held-out split of voxels and early stopping."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["train_network", "split_voxels"]
+
+
+def split_voxels(n_voxels: int, validation_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random disjoint index sets for training and validation (at least one voxel each when possible)."""
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1); got {validation_fraction}.")
+    order = torch.randperm(n_voxels, generator=generator)
+    n_val = int(round(validation_fraction * n_voxels))
+    n_val = min(max(n_val, 1 if validation_fraction > 0 and n_voxels > 1 else 0), n_voxels - 1)
+    return order[n_val:], order[:n_val]
+
+
+def train_network(
+    network: nn.Module,
+    loss_fn: Callable[[Any, int], torch.Tensor],
+    train_data: Any,
+    val_data: Any,
+    *,
+    n_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    patience: int,
+    first_stop_epoch: int,
+    generator: torch.Generator,
+    progress: bool,
+    description: str,
+) -> dict[str, list[float]]:
+    """Train ``network`` in place and restore the weights of its best validation epoch.
+
+    Parameters
+    ----------
+    network : nn.Module
+    loss_fn : callable
+        ``loss_fn(batch, epoch)`` returns the mean loss of a batch (a tuple of tensors with voxels on the
+        first axis); it may depend on the epoch (KL warm-up, temperature annealing).
+    train_data, val_data : tuple or NamedTuple of Tensor
+        Tensors with voxels on the first axis; batches keep the tuple's type.
+    n_epochs : int
+        Maximum number of epochs.
+    batch_size : int
+    learning_rate : float
+        Adam step size.
+    patience : int
+        Stop after this many epochs without a lower validation loss.
+    first_stop_epoch : int
+        Epochs before this one are not tracked for early stopping (the loss changes meaning during a
+        warm-up).
+    generator : torch.Generator
+        Source of the mini-batch order.
+    progress : bool
+        Show a tqdm bar with the losses.
+    description : str
+        Label of the bar.
+
+    Returns
+    -------
+    dict
+        ``train_loss`` and ``val_loss`` per epoch, ``best_epoch``, ``stopped_epoch``.
+    """
+    optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
+    n_train = train_data[0].shape[0]
+    history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+    best_loss, best_state, best_epoch, waited = float("inf"), None, -1, 0
+    typical_norm = float("inf")
+    bar = tqdm(range(n_epochs), desc=description, disable=not progress, unit="epoch", leave=False)
+    for epoch in bar:
+        network.train()
+        order = torch.randperm(n_train, generator=generator).to(train_data[0].device)
+        total = 0.0
+        for start in range(0, n_train, batch_size):
+            index = order[start : start + batch_size]
+            loss = loss_fn(type(train_data)(*(t[index] for t in train_data)), epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = float(nn.utils.clip_grad_norm_(network.parameters(), 3.0 * typical_norm))
+            if math.isfinite(norm):
+                typical_norm = norm if typical_norm == float("inf") else 0.9 * typical_norm + 0.1 * min(norm, 3.0 * typical_norm)
+                optimizer.step()
+            total += float(loss.detach()) * index.numel()
+        history["train_loss"].append(total / n_train)
+        network.eval()
+        with torch.no_grad():
+            val_loss = float(loss_fn(val_data, epoch)) if val_data[0].shape[0] else history["train_loss"][-1]
+        history["val_loss"].append(val_loss)
+        bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}", val=f"{val_loss:.4g}")
+        if epoch < first_stop_epoch:
+            continue
+        if val_loss < best_loss:
+            best_loss, best_epoch, waited = val_loss, epoch, 0
+            best_state = copy.deepcopy(network.state_dict())
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    bar.close()
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    history["best_epoch"] = [best_epoch]
+    history["stopped_epoch"] = [epoch]
+    return history
