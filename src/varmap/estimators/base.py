@@ -103,10 +103,53 @@ class Estimator(ABC):
         """Apply an already fitted estimator to new signals of the same protocol, without training."""
         if not hasattr(self, "sigma_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit() first.")
+        self.device_ = getattr(self, "device_", resolve_device(self.device))
         start = time.perf_counter()
         data = self._prepare(signals, sigma=self.sigma_)
         estimates = self._infer(data)
         return self._result(data, estimates, {"infer_s": time.perf_counter() - start})
+
+    def get_state(self) -> dict:
+        """Everything needed to apply this fitted estimator to new data: settings, noise level, weights.
+
+        Returns
+        -------
+        dict
+            ``method``, ``config`` (constructor settings), ``sigma`` (raw units) and the learned tensors
+            (CPU); save it with ``torch.save`` and restore it with :meth:`from_state`.
+        """
+        if not hasattr(self, "sigma_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit() first.")
+        return {"method": self.name, "config": self.get_config(), "sigma": self.sigma_, **self._state()}
+
+    @classmethod
+    def from_state(cls, model: SignalModel, state: dict, *, device: str | torch.device | None = None) -> "Estimator":
+        """Rebuild a fitted estimator from :meth:`get_state` for ``model`` (same protocol as the fit).
+
+        Parameters
+        ----------
+        model : SignalModel
+        state : dict
+            As returned by :meth:`get_state` (tensors may come from ``torch.load(..., map_location=...)``).
+        device : str or torch.device, optional
+            Where to run inference; overrides the device of the fit.
+        """
+        config = {k: v for k, v in state["config"].items() if k not in ("method", "model")}
+        config["device"] = device
+        if isinstance(config.get("temperature"), list):
+            config["temperature"] = tuple(config["temperature"])
+        estimator = cls(model, **config)
+        estimator.sigma_ = float(state["sigma"])
+        estimator._load_state(state)
+        return estimator
+
+    def _state(self) -> dict:
+        """Learned tensors; voxelwise methods have none."""
+        return {}
+
+    def _load_state(self, state: dict) -> None:
+        """Restore what :meth:`_state` saved."""
+        self.device_ = resolve_device(self.device)
 
     def get_config(self) -> dict:
         """Settings of this estimator as a JSON-serialisable dict."""

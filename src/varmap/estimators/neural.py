@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..signal_models import SignalModel
-from .base import Estimates, Estimator
+from .base import Estimates, Estimator, resolve_device
 from .data import S0_LEVEL, PreparedData, initial_unconstrained
 from .networks import Encoder, SignalDecoder, VoxelBatch, encoder_inputs
 from .training import split_voxels, train_network
@@ -103,6 +103,16 @@ class NetworkEstimator(Estimator):
         """Voxels per inference chunk."""
         return self.chunk_size
 
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        return {"network": {k: v.detach().cpu() for k, v in self.network_.state_dict().items()}}
+
+    def _load_state(self, state: dict) -> None:
+        n_inputs = self.model.n_observables + 1
+        self.device_ = resolve_device(self.device)
+        self._build(np.zeros(n_inputs), np.ones(n_inputs), torch.Generator().manual_seed(self.seed))
+        self.network_.load_state_dict(state["network"])
+
     # ------------------------------------------------------------------ shared
     def _tensors(self, data: PreparedData) -> VoxelBatch:
         S0_relative = torch.as_tensor(data.S0_relative, device=self.device_)[:, None]
@@ -110,21 +120,19 @@ class NetworkEstimator(Estimator):
         sigma = torch.full_like(S0_relative, self.sigma_ / data.S0_reference)
         return VoxelBatch(observables, S0_relative, sigma)
 
-    def _build(self, data: PreparedData, generator: torch.Generator) -> None:
-        batch = self._tensors(data)
-        inputs = encoder_inputs(batch.observables, batch.S0_relative)
+    def _build(self, input_mean: np.ndarray, input_std: np.ndarray, generator: torch.Generator) -> None:
         n_hidden = self.n_hidden or max(64, self.model.n_observables)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.decoder_ = SignalDecoder(self.model, self.likelihood)
             self.encoder_ = Encoder(
-                inputs.shape[1],
+                input_mean.size,
                 self._encoder_outputs(),
                 n_hidden=n_hidden,
                 n_layers=self.n_layers,
                 activation=self.activation,
-                input_mean=inputs.mean(0).cpu().numpy(),
-                input_std=inputs.std(0).clamp_min(1e-6).cpu().numpy(),
+                input_mean=input_mean,
+                input_std=input_std,
             )
             modules = {"encoder": self.encoder_, "decoder": self.decoder_, **self._extra_modules(generator)}
             _start_at_typical_values(self._output_layer(), initial_unconstrained(self.model, S0_LEVEL))
@@ -134,8 +142,9 @@ class NetworkEstimator(Estimator):
 
     def _train(self, data: PreparedData) -> dict[str, list[float]]:
         generator = torch.Generator().manual_seed(self.seed)
-        self._build(data, generator)
         voxels = self._tensors(data)
+        inputs = encoder_inputs(voxels.observables, voxels.S0_relative)
+        self._build(inputs.mean(0).cpu().numpy(), inputs.std(0).clamp_min(1e-6).cpu().numpy(), generator)
         train_index, val_index = split_voxels(voxels.observables.shape[0], self.validation_fraction, generator)
         train_index, val_index = train_index.to(self.device_), val_index.to(self.device_)
         device_generator = _device_generator(self.device_, self.seed + 1)
