@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -42,6 +44,10 @@ class NetworkEstimator(Estimator):
         Epochs without improvement of the held-out loss before training stops.
     chunk_size : int
         Voxels per inference chunk.
+    n_threads : int, optional
+        CPU threads for training.  Default 1: mini-batches of a few hundred voxels are too small to
+        gain from intra-op parallelism, and extra threads slow them down (many times over when other
+        processes share the cores).  Inference always uses torch's configured threads.
     **kwargs
         Passed to :class:`~varmap.estimators.base.Estimator` (``sigma``, ``likelihood``, ``seed``,
         ``device``, ``progress``).
@@ -54,15 +60,17 @@ class NetworkEstimator(Estimator):
         n_hidden: int | None = None,
         n_layers: int = 3,
         activation: str = "relu",
-        n_epochs: int = 300,
+        n_epochs: int = 500,
         batch_size: int = 128,
         learning_rate: float = 1e-3,
         validation_fraction: float = 0.1,
-        patience: int = 20,
+        patience: int = 30,
         chunk_size: int = 4096,
+        n_threads: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(model, **kwargs)
+        self.n_threads = n_threads
         self.n_hidden = n_hidden
         self.n_layers = n_layers
         self.activation = activation
@@ -94,6 +102,9 @@ class NetworkEstimator(Estimator):
     def _output_layer(self) -> nn.Linear:
         """The layer whose outputs are the unconstrained parameters (plus S0 scale)."""
         return self.encoder_.net[-1]
+
+    def _on_epoch_start(self, epoch: int, train_data: VoxelBatch) -> None:
+        """Hook called before every training epoch."""
 
     def _first_stop_epoch(self) -> int:
         """First epoch whose held-out loss counts for early stopping."""
@@ -148,20 +159,24 @@ class NetworkEstimator(Estimator):
         train_index, val_index = split_voxels(voxels.observables.shape[0], self.validation_fraction, generator)
         train_index, val_index = train_index.to(self.device_), val_index.to(self.device_)
         device_generator = _device_generator(self.device_, self.seed + 1)
-        return train_network(
-            self.network_,
-            lambda batch, epoch: self._loss(batch, epoch, device_generator),
-            VoxelBatch(*(t[train_index] for t in voxels)),
-            VoxelBatch(*(t[val_index] for t in voxels)),
-            n_epochs=self.n_epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            patience=self.patience,
-            first_stop_epoch=self._first_stop_epoch(),
-            generator=generator,
-            progress=self.progress,
-            description=f"{self.name} training",
-        )
+        threads = (self.n_threads or 1) if self.device_.type == "cpu" else None
+        train_data = VoxelBatch(*(t[train_index] for t in voxels))
+        with _torch_threads(threads):
+            return train_network(
+                self.network_,
+                lambda batch, epoch: self._loss(batch, epoch, device_generator),
+                train_data,
+                VoxelBatch(*(t[val_index] for t in voxels)),
+                n_epochs=self.n_epochs,
+                batch_size=self.batch_size,
+                learning_rate=self.learning_rate,
+                patience=self.patience,
+                first_stop_epoch=self._first_stop_epoch(),
+                generator=generator,
+                progress=self.progress,
+                description=f"{self.name} training",
+                on_epoch_start=lambda epoch: self._on_epoch_start(epoch, train_data),
+            )
 
     def _infer(self, data: PreparedData) -> Estimates:
         voxels = self._tensors(data)
@@ -175,6 +190,18 @@ class NetworkEstimator(Estimator):
                 stop = start + chunk
                 parts.append(self._estimate(VoxelBatch(*(t[start:stop] for t in voxels)), generator))
         return _concatenate(parts)
+
+
+@contextmanager
+def _torch_threads(n_threads: int | None) -> Iterator[None]:
+    """Run a block with ``n_threads`` torch CPU threads (``None``: unchanged), then restore."""
+    previous = torch.get_num_threads()
+    if n_threads is not None:
+        torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _start_at_typical_values(layer: nn.Linear, start: torch.Tensor, weight_scale: float = 0.1) -> None:

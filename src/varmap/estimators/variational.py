@@ -50,7 +50,11 @@ class VariationalEstimator(NetworkEstimator):
         Importance samples per voxel at inference.
     proposal_scale : float
         Factor on the encoder's posterior standard deviation in the proposal (heavier than the
-        mean-field posterior, which is too narrow).
+        mean-field posterior, which is too narrow), and on the fitted spread in adaptive rounds.
+    n_adaptive_rounds : int
+        Rounds of adaptive importance sampling after the encoder's proposal: each fits a Gaussian to
+        the weighted samples and draws the next set from it, which corrects an encoder whose posterior
+        is off by more than its width (high SNR).
     **kwargs
         Options of :class:`~varmap.estimators.neural.NetworkEstimator`.
     """
@@ -65,6 +69,7 @@ class VariationalEstimator(NetworkEstimator):
         warmup_ramp_epochs: int = 20,
         n_posterior_samples: int = 64,
         proposal_scale: float = 1.2,
+        n_adaptive_rounds: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -74,6 +79,7 @@ class VariationalEstimator(NetworkEstimator):
         self.warmup_ramp_epochs = warmup_ramp_epochs
         self.n_posterior_samples = n_posterior_samples
         self.proposal_scale = proposal_scale
+        self.n_adaptive_rounds = n_adaptive_rounds
 
     # ------------------------------------------------------------------ to implement
     @abstractmethod
@@ -119,6 +125,11 @@ class VariationalEstimator(NetworkEstimator):
     def _reconstruction_nll(self, observables: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.decoder_.nll(observables, self.latent_decoder_(z), sigma)
 
+    def _log_joint(self, batch: VoxelBatch, z: torch.Tensor) -> torch.Tensor:
+        """log p(s, z) of latent samples (S, B, L) up to a constant per voxel, shape (S, B)."""
+        log_lik = -self.decoder_.nll(batch.observables, self.latent_decoder_(z), batch.sigma)
+        return log_lik + self._log_prior(z)
+
     def _inference_chunk(self) -> int:
         budget = 2**24 // (self.n_posterior_samples * max(self.model.n_observables, 8))
         return max(1, min(self.chunk_size, budget))
@@ -126,6 +137,9 @@ class VariationalEstimator(NetworkEstimator):
     def _estimate(self, batch: VoxelBatch, generator: torch.Generator) -> Estimates:
         encoded = self.encoder_(encoder_inputs(batch.observables, batch.S0_relative))
         z, log_q = self._sample_proposal(encoded, self.n_posterior_samples, generator)
+        for _ in range(self.n_adaptive_rounds):
+            weights = torch.softmax(self._log_joint(batch, z) - log_q, dim=0)
+            z, log_q = _refit_proposal(z, weights, self.n_posterior_samples, self.proposal_scale, generator)
         unconstrained = self.latent_decoder_(z)
         log_lik = -self.decoder_.nll(batch.observables, unconstrained, batch.sigma)
         weights = torch.softmax(log_lik + self._log_prior(z) - log_q, dim=0)
@@ -148,6 +162,32 @@ class VariationalEstimator(NetworkEstimator):
             std=std_maps,
             cluster_probs=self._cluster_probs(z, weights),
         )
+
+
+def _refit_proposal(
+    z: torch.Tensor, weights: torch.Tensor, n_samples: int, scale: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive importance sampling: a Gaussian fitted to weighted samples becomes the next proposal.
+
+    The covariance is the weighted one, widened by ``scale`` and floored by a tenth of the previous
+    proposal's spread so that a round with few effective samples still explores.
+
+    Returns
+    -------
+    z : Tensor, shape (n_samples, B, L)
+    log_q : Tensor, shape (n_samples, B)
+    """
+    mean = (weights[..., None] * z).sum(0)
+    centred = z - mean
+    weighted_cov = torch.einsum("sb,sbi,sbj->bij", weights, centred, centred)
+    plain = z - z.mean(0)
+    previous_cov = torch.einsum("sbi,sbj->bij", plain, plain) / max(z.shape[0] - 1, 1)
+    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+    cov = scale**2 * weighted_cov + 0.1 * previous_cov + 1e-8 * eye
+    proposal = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
+    noise = torch.randn((n_samples, *mean.shape), generator=generator, device=z.device, dtype=z.dtype)
+    new_z = mean + torch.einsum("bij,sbj->sbi", proposal.scale_tril, noise)
+    return new_z, proposal.log_prob(new_z)
 
 
 def _mean_axis(directions: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

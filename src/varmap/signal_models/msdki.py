@@ -61,7 +61,7 @@ class MSDKIModel(SignalModel):
     name = "msdki"
     parameters = (
         Parameter("D", "µm²/ms", 0.0, 4.0, "mean diffusivity", typical=1.0),
-        Parameter("K", "1", -1.0, 3.0, "mean kurtosis", typical=0.5),
+        Parameter("K", "1", 0.0, 3.0, "mean kurtosis", typical=0.5),
     )
 
     def __init__(self, protocol: Protocol) -> None:

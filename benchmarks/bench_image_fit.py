@@ -1,0 +1,273 @@
+"""Whole-image fitting: time and peak memory of ``varmap.fit_image`` by method, against dipy's MS-DKI.
+
+Simulates an MS-DKI volume with known maps on an HCP-like protocol (18 b=0 plus 90 directions at
+b = 1000, 2000, 3000 s/mm², 288 volumes), stored as scaled int16 NIfTI like HCP data, in an ellipsoidal
+"brain" of at least 200,000 voxels.  Each method then maps the whole image -- read, fit, goodness of
+fit, write maps, checkpoint and figure -- in its own subprocess, so that every peak resident memory
+(``ru_maxrss``) is that method's alone.  dipy's ``MeanDiffusionKurtosisModel`` fits the same data the
+way its examples do (``img.get_fdata()``, then ``fit(data, mask=mask)``, then the two maps saved).
+
+Example::
+
+    python benchmarks/bench_image_fit.py --shape 110 110 40 --n-epochs 10 --output image_fit.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("nlls", "selfsup", "vae", "gmvae")
+HCP_SHELLS = (1000.0, 2000.0, 3000.0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=[110, 110, 40], metavar=("X", "Y", "Z"),
+                        help="image grid; the brain is the inscribed ellipsoid (default 110 110 40: 253k voxels)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="varmap methods")
+    parser.add_argument("--no-dipy", dest="dipy", action="store_false", help="skip dipy's MS-DKI fit")
+    parser.add_argument("--n-epochs", type=int, default=10, help="training epochs of network methods (default 10)")
+    parser.add_argument("--snr", type=float, default=20.0, help="b=0 SNR of white matter (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of maps and noise (default 0)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="varmap device")
+    parser.add_argument("--compress", action="store_true", help="store the DWI as .nii.gz (default .nii)")
+    parser.add_argument("--workdir", type=Path, default=None, help="folder for the data (default: a temporary one)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the Markdown table here")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --output file")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is None and args.output is not None and args.output.exists() and not args.force:
+        parser.error(f"{args.output} exists; pass --force to overwrite it.")
+    if min(args.shape) < 4 or args.n_epochs < 1 or args.snr <= 0:
+        parser.error("--shape needs at least 4 voxels per axis, --n-epochs >= 1 and --snr > 0.")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- data
+def fibonacci_sphere(n: int) -> np.ndarray:
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    r = np.sqrt(1.0 - z * z)
+    phi = np.pi * (1.0 + 5.0**0.5) * i
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+def make_phantom(folder: Path, shape: tuple[int, int, int], *, snr: float, seed: int, compress: bool) -> dict:
+    """Write dwi, bvals, bvecs, mask and the true maps; returns their paths and the voxel count.
+
+    Tissue: a smooth white/grey-matter pattern (D 0.7-1.2 µm²/ms, K 0.5-1.0, inside the kurtosis
+    expansion's valid range at b = 3000 s/mm²) with a CSF core (D = 3, K = 0); S0 = 1000 in tissue,
+    2000 in CSF; Rician noise of σ = 1000 / snr.  Volumes are simulated one at a time so the
+    simulation itself stays small.
+    """
+    import nibabel as nib
+
+    from varmap import Protocol, get_signal_model
+
+    rng = np.random.default_rng(seed)
+    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    brain = x**2 + y**2 + z**2 < 0.98
+    csf = (x / 0.25) ** 2 + (y / 0.4) ** 2 + (z / 0.5) ** 2 < 1
+    pattern = 0.5 + 0.5 * np.sin(6 * x) * np.cos(5 * y) * np.cos(3 * z)
+    D = np.where(csf, 3.0, 0.7 + 0.5 * pattern)
+    K = np.where(csf, 0.0, 1.0 - 0.5 * pattern)
+    S0 = np.where(csf, 2000.0, 1000.0) * brain
+    bvals = np.concatenate([np.zeros(18), np.repeat(HCP_SHELLS, 90)])
+    bvecs = np.concatenate([np.zeros((18, 3)), np.tile(fibonacci_sphere(90), (len(HCP_SHELLS), 1))])
+    order = rng.permutation(bvals.size)  # interleave b=0 and shells, as HCP does
+    bvals, bvecs = bvals[order], bvecs[order]
+    protocol = Protocol.from_bvals_bvecs(bvals, bvecs)
+    model = get_signal_model("msdki", protocol)
+    sigma = 1000.0 / snr
+    data = np.empty((*shape, bvals.size), dtype=np.float32)
+    inside = np.flatnonzero(brain)
+    for volume in range(bvals.size):
+        signal = np.zeros(brain.size, dtype=np.float32)
+        b = protocol.bvals[volume]
+        exponent = -b * D.ravel()[inside] + (b * D.ravel()[inside]) ** 2 * K.ravel()[inside] / 6.0
+        signal[inside] = S0.ravel()[inside] * np.exp(exponent)
+        noisy = np.hypot(signal + rng.normal(0, sigma, signal.size), rng.normal(0, sigma, signal.size))
+        data[..., volume] = noisy.reshape(shape)
+    suffix = ".nii.gz" if compress else ".nii"
+    affine = np.diag([1.25, 1.25, 1.25, 1.0])
+    image = nib.Nifti1Image(data, affine)
+    image.set_data_dtype(np.int16)  # nibabel picks a scale factor, as in scanner data
+    paths = {"dwi": folder / f"dwi{suffix}", "bvals": folder / "dwi.bval", "bvecs": folder / "dwi.bvec",
+             "mask": folder / "mask.nii.gz", "truth": folder / "truth.npz"}
+    nib.save(image, paths["dwi"])
+    del data, image
+    np.savetxt(paths["bvals"], bvals[None], fmt="%g")
+    np.savetxt(paths["bvecs"], bvecs.T, fmt="%.8f")
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), paths["mask"])
+    np.savez(paths["truth"], D=D.astype(np.float32), K=K.astype(np.float32), mask=brain)
+    assert model.n_observables == 4
+    return {"paths": {k: str(v) for k, v in paths.items()}, "n_voxels": int(brain.sum()), "shape": list(shape)}
+
+
+# ---------------------------------------------------------------------------------------------- children
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def errors(D: np.ndarray, K: np.ndarray, truth_path: str) -> dict:
+    truth = np.load(truth_path)
+    mask = truth["mask"] & ~(truth["D"] > 2.5)  # tissue only: CSF's K is not identifiable at this SNR
+    return {"D_error": float(np.median(np.abs(D[mask] - truth["D"][mask]))),
+            "K_error": float(np.median(np.abs(K[mask] - truth["K"][mask])))}
+
+
+def child_varmap(method: str, args: argparse.Namespace, data: dict) -> dict:
+    import varmap
+
+    paths = data["paths"]
+    options = {} if method == "nlls" else {"n_epochs": args.n_epochs}
+    start = time.perf_counter()
+    result = varmap.fit_image(
+        paths["dwi"], paths["bvals"], paths["bvecs"], mask=paths["mask"], model="msdki", method=method,
+        output_dir=Path(args.workdir) / f"out_{method}", force=True, seed=args.seed, device=args.device,
+        progress=False, **options,
+    )
+    wall = time.perf_counter() - start
+    timings = result.metadata["timings"]
+    return {"method": f"varmap {method}", "wall_s": wall, "fit_s": timings["fit_s"],
+            "read_s": timings["read_s"], "write_s": timings.get("write_s", 0.0) + timings.get("figure_s", 0.0),
+            "n_voxels": result.n_voxels, "device": result.metadata["config"]["device"],
+            **errors(result.maps["D"], result.maps["K"], paths["truth"])}
+
+
+def child_dipy(args: argparse.Namespace, data: dict) -> dict:
+    import nibabel as nib
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.msdki import MeanDiffusionKurtosisModel
+
+    paths = data["paths"]
+    start = time.perf_counter()
+    image = nib.load(paths["dwi"])
+    dwi = image.get_fdata()  # as dipy's examples do: the whole image as float64
+    mask = np.asanyarray(nib.load(paths["mask"]).dataobj) > 0
+    bvals, bvecs = np.loadtxt(paths["bvals"]), np.loadtxt(paths["bvecs"]).T
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    read = time.perf_counter()
+    fit = MeanDiffusionKurtosisModel(gtab).fit(dwi, mask=mask)
+    D, K = np.asarray(fit.msd, dtype=np.float32) * 1000.0, np.asarray(fit.msk, dtype=np.float32)  # mm²/s -> µm²/ms
+    fitted = time.perf_counter()
+    out = Path(args.workdir) / "out_dipy"
+    out.mkdir(exist_ok=True)
+    for name, array in (("D", D), ("K", K)):
+        nib.save(nib.Nifti1Image(array, image.affine), out / f"{name}.nii.gz")
+    end = time.perf_counter()
+    return {"method": "dipy MS-DKI (WLS)", "wall_s": end - start, "fit_s": fitted - read, "read_s": read - start,
+            "write_s": end - fitted, "n_voxels": int(mask.sum()), "device": "cpu",
+            **errors(np.nan_to_num(D), np.nan_to_num(K), paths["truth"])}
+
+
+def child_baseline() -> dict:
+    """Python with varmap, torch, nibabel, dipy and matplotlib imported: the floor of every row."""
+    import dipy.reconst.msdki  # noqa: F401
+    import matplotlib  # noqa: F401
+    import nibabel  # noqa: F401
+    import torch  # noqa: F401
+
+    import varmap  # noqa: F401
+
+    return {"method": "imports only", "wall_s": 0.0, "fit_s": 0.0, "read_s": 0.0, "write_s": 0.0, "n_voxels": 0,
+            "device": "-", "D_error": float("nan"), "K_error": float("nan")}
+
+
+def run_child(name: str, args: argparse.Namespace, data_file: Path) -> dict:
+    command = [sys.executable, __file__, "--child", name, "--workdir", str(args.workdir), "--seed", str(args.seed),
+               "--n-epochs", str(args.n_epochs), "--device", args.device]
+    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "VARMAP_BENCH_DATA": str(data_file)})
+    if completed.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------- report
+def markdown(rows: list[dict], data: dict, args: argparse.Namespace, simulate_s: float) -> str:
+    import torch
+
+    lines = [
+        f"Whole-image MS-DKI mapping of a simulated {'x'.join(map(str, data['shape']))}x288 volume "
+        f"({data['n_voxels']:,} brain voxels, int16 {'.nii.gz' if args.compress else '.nii'}, SNR {args.snr:g}); "
+        f"network methods {args.n_epochs} epochs; each row in its own process.",
+        "",
+        "| method | device | voxels | total (s) | read (s) | fit (s) | write+figure (s) | peak RSS (MB) | "
+        "median abs error D (µm²/ms) | median abs error K |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {row['device']} | {row['n_voxels']:,} | {row['wall_s']:.1f} | {row['read_s']:.1f} | "
+            f"{row['fit_s']:.1f} | {row['write_s']:.1f} | {row['peak_rss_mb']:.0f} | {row['D_error']:.3f} | "
+            f"{row['K_error']:.3f} |"
+        )
+    full_float64 = int(np.prod(data["shape"])) * 288 * 8 / 2**20
+    masked_float32 = data["n_voxels"] * 288 * 4 / 2**20
+    lines += [
+        "",
+        f"For scale: the whole image as float64 is {full_float64:,.0f} MB; the masked voxels as float32 "
+        f"{masked_float32:,.0f} MB. Simulation took {simulate_s:.0f} s.",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child is not None:
+        data = json.loads(Path(os.environ["VARMAP_BENCH_DATA"]).read_text())
+        if args.child == "dipy":
+            row = child_dipy(args, data)
+        elif args.child == "baseline":
+            row = child_baseline()
+        else:
+            row = child_varmap(args.child, args, data)
+        row["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(row))
+        return 0
+
+    temporary = None
+    if args.workdir is None:
+        temporary = tempfile.TemporaryDirectory(prefix="varmap-bench-")
+        args.workdir = Path(temporary.name)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        start = time.perf_counter()
+        data = make_phantom(args.workdir, tuple(args.shape), snr=args.snr, seed=args.seed, compress=args.compress)
+        simulate_s = time.perf_counter() - start
+        data_file = args.workdir / "data.json"
+        data_file.write_text(json.dumps(data))
+        print(f"simulated {data['n_voxels']:,} voxels in {simulate_s:.0f} s", file=sys.stderr)
+        rows = []
+        for name in ["baseline", *args.methods, *(["dipy"] if args.dipy else [])]:
+            row = run_child(name, args, data_file)
+            print(f"{row['method']}: {row['wall_s']:.1f} s, peak {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            rows.append(row)
+        table = markdown(rows, data, args, simulate_s)
+        print(table)
+        if args.output is not None:
+            args.output.write_text(table)
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

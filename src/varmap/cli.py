@@ -1,0 +1,241 @@
+"""The ``varmap`` command: a thin layer over :mod:`varmap.image_fit` and :mod:`varmap.evaluation`.
+
+Subcommands
+-----------
+``varmap fit DWI --bvals F --bvecs F [--mask M] --model M --method M -o OUTDIR``
+    Fit a model to every voxel and write maps, uncertainty, clusters, ``fit.json``, ``model.pt`` and
+    ``overview.png``.
+``varmap apply CHECKPOINT DWI --bvals F --bvecs F [--mask M] -o OUTDIR``
+    Map a new scan of the same protocol with a trained ``model.pt``, without training.
+``varmap bench MODEL``
+    Simulation study: every method against the truth and the Bayes oracle.
+``varmap demo``
+    A small simulation study with its figures.
+
+User errors (missing or inconsistent files, an existing output folder...) print one line
+``varmap: error: <what is wrong and how to fix it>`` and exit with status 2; ``--debug`` shows the
+traceback.  Heavy libraries (torch, nibabel, dipy) are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+__all__ = ["main", "build_parser", "USER_ERRORS"]
+
+logger = logging.getLogger("varmap")
+
+#: Exception types reported as one-line user errors (exit status 2).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                                                IsADirectoryError, PermissionError)
+
+#: Estimator options of ``fit`` with their types; only those the user sets are passed on.
+METHOD_OPTIONS = {
+    "n_epochs": ("--n-epochs", int, "maximum training epochs (network methods)"),
+    "batch_size": ("--batch-size", int, "voxels per mini-batch (network methods)"),
+    "learning_rate": ("--learning-rate", float, "Adam step size (network methods)"),
+    "n_components": ("--n-components", int, "mixture components K (gmvae)"),
+    "likelihood": ("--likelihood", str, "noise model of the reconstruction term: rician or gaussian"),
+    "sigma": ("--sigma", float, "noise standard deviation of one measurement, in signal units "
+                               "(default: estimated from the b=0 volumes)"),
+    "n_posterior_samples": ("--n-posterior-samples", int, "importance samples per voxel at inference (vae, gmvae)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``varmap`` and its subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars and no log messages but warnings")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of errors")
+
+    parser = argparse.ArgumentParser(
+        prog="varmap",
+        description="Self-supervised variational parameter mapping for quantitative MRI.",
+    )
+    parser.add_argument("--version", action="version", version=f"varmap {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # ---- fit
+    fit = commands.add_parser(
+        "fit", parents=[common], help="fit a model to a 4-D diffusion image and write maps",
+        description="Fit a signal model to every voxel of a 4-D NIfTI diffusion image; write parameter, "
+        "uncertainty and cluster maps, fit.json, model.pt and overview.png to OUTDIR.",
+    )
+    fit.add_argument("dwi", metavar="DWI", help="4-D NIfTI image (.nii or .nii.gz)")
+    _add_scan_arguments(fit)
+    fit.add_argument("--model", required=True, choices=["msdki", "ball_stick"], help="signal model")
+    fit.add_argument("--method", required=True, choices=["nlls", "selfsup", "vae", "gmvae"], help="estimator")
+    fit.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    options = fit.add_argument_group("method options (estimator defaults apply to those not given)")
+    for dest, (flag, kind, text) in METHOD_OPTIONS.items():
+        extra = {"choices": ["rician", "gaussian"]} if dest == "likelihood" else {}
+        options.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text, **extra)
+    fit.set_defaults(handler=_cmd_fit)
+
+    # ---- apply
+    apply = commands.add_parser(
+        "apply", parents=[common], help="map a new scan with a trained checkpoint (no training)",
+        description="Map a new scan of the same protocol with the model.pt written by varmap fit.",
+    )
+    apply.add_argument("checkpoint", metavar="CHECKPOINT", help="model.pt written by varmap fit")
+    apply.add_argument("dwi", metavar="DWI", help="4-D NIfTI image (.nii or .nii.gz)")
+    _add_scan_arguments(apply)
+    apply.set_defaults(handler=_cmd_apply)
+
+    # ---- bench
+    bench = commands.add_parser(
+        "bench", parents=[common], help="simulation study of every method against the truth and the oracle",
+        description="Simulate voxels at several SNRs, fit them with every method, and compare the "
+        "errors with the Bayes-optimal oracle.",
+    )
+    bench.add_argument("model", metavar="MODEL", choices=["msdki", "ball_stick"], help="signal model")
+    bench.add_argument("--snrs", type=float, nargs="+", default=[5.0, 10.0, 20.0, 50.0],
+                       help="b=0 signal-to-noise ratios (default 5 10 20 50)")
+    bench.add_argument("--n-voxels", type=int, default=10_000, help="voxels per SNR (default 10000)")
+    bench.add_argument("--methods", nargs="+", default=["nlls", "selfsup", "vae", "gmvae"],
+                       help="estimators (default nlls selfsup vae gmvae)")
+    bench.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    bench.add_argument("--n-oracle", type=int, default=2000, help="voxels on which the oracle runs (default 2000)")
+    bench.add_argument("--prior", default=argparse.SUPPRESS, help="simulation prior (default: the model's)")
+    bench.add_argument("-o", "--output", dest="output_dir", type=Path, default=None,
+                       help="output folder (default bench_output/MODEL)")
+    bench.add_argument("--force", action="store_true", help="replace an existing output folder")
+    bench.set_defaults(handler=_cmd_bench)
+
+    # ---- demo
+    demo = commands.add_parser("demo", parents=[common], help="small MS-DKI simulation study with figures")
+    demo.add_argument("-o", "--output", dest="output_dir", type=Path, default=Path("demo_output"),
+                      help="output folder (default demo_output)")
+    demo.add_argument("--force", action="store_true", help="replace an existing output folder")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bvals", required=True, type=Path, help="FSL bvals file (b-values in s/mm²)")
+    parser.add_argument("--bvecs", required=True, type=Path, help="FSL bvecs file (3 rows)")
+    parser.add_argument("--mask", type=Path, default=None,
+                        help="brain mask in the DWI's grid (default: computed with median_otsu and saved)")
+    parser.add_argument("-o", "--output", dest="output_dir", required=True, type=Path, help="output folder")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: the GPU when one is present (default auto)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--no-figure", dest="figure", action="store_false", help="do not draw overview.png")
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def _command_line(argv: Sequence[str]) -> str:
+    return shlex.join(["varmap", *argv])
+
+
+def _cmd_fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .image_fit import fit_image
+
+    options = {dest: getattr(args, dest) for dest in METHOD_OPTIONS if hasattr(args, dest)}
+    fit_image(
+        args.dwi, args.bvals, args.bvecs, mask=args.mask, model=args.model, method=args.method,
+        output_dir=args.output_dir, seed=args.seed, device=args.device, force=args.force,
+        progress=not args.quiet, figure=args.figure, command=_command_line(argv), **options,
+    )
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .image_fit import apply_checkpoint
+
+    apply_checkpoint(
+        args.checkpoint, args.dwi, args.bvals, args.bvecs, mask=args.mask, output_dir=args.output_dir,
+        device=args.device, force=args.force, progress=not args.quiet, figure=args.figure,
+        command=_command_line(argv),
+    )
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .evaluation.study import run_study
+
+    extra = {"prior": args.prior} if hasattr(args, "prior") else {}
+    output_dir = args.output_dir if args.output_dir is not None else Path("bench_output") / args.model
+    run_study(
+        model=args.model, snrs=[float(s) for s in args.snrs], n_voxels=int(args.n_voxels),
+        methods=list(args.methods), seed=int(args.seed), output_dir=Path(output_dir),
+        n_oracle=int(args.n_oracle), force=bool(args.force), progress=not args.quiet, **extra,
+    )
+    logger.info("study written to %s", output_dir)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .evaluation.study import run_demo
+
+    run_demo(output_dir=Path(args.output_dir), force=bool(args.force), progress=not args.quiet)
+    logger.info("demo written to %s", args.output_dir)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+def _configure_logging(quiet: bool) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("varmap: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    return handler
+
+
+def _one_line(error: BaseException) -> str:
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, KeyError):
+        message = f"missing key {message}"
+    return message
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``varmap`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    0 on success, 2 on a user error or bad arguments (one line on stderr), 1 on an internal error
+    (with traceback), 130 when interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help, --version or a usage error (already printed)
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    debug = bool(getattr(args, "debug", False))
+    quiet = bool(getattr(args, "quiet", False))
+    previous_level, previous_propagate = logger.level, logger.propagate
+    handler = _configure_logging(quiet)
+    try:
+        return int(args.handler(args, argv))
+    except KeyboardInterrupt:
+        print("varmap: interrupted; no output folder was written.", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        if debug:
+            traceback.print_exc()
+        print(f"varmap: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a bug: say so, with the traceback
+        traceback.print_exc()
+        print(f"varmap: internal error: {type(error).__name__}: {_one_line(error)} -- please report it.",
+              file=sys.stderr)
+        return 1
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+        logger.propagate = previous_propagate
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""The simulation study: every method against the truth and the Bayes oracle at several SNRs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..estimators import ESTIMATORS, get_estimator
+from ..signal_models import get_signal_model
+from ..simulation import SimulatedData, get_prior, hcp_protocol, simulate
+from .metrics import error_table
+from .oracle import ball_stick_oracle, msdki_oracle
+
+__all__ = ["StudyResult", "run_study", "run_demo", "format_markdown", "DEFAULT_PRIORS"]
+
+logger = logging.getLogger("varmap")
+
+#: Prior of each model's study (``simulation.PRIORS``).
+DEFAULT_PRIORS = {"msdki": "paper", "ball_stick": "default"}
+
+_ORACLES = {"msdki": msdki_oracle, "ball_stick": ball_stick_oracle}
+ORACLE = "oracle"
+
+
+@dataclass
+class StudyResult:
+    """Rows of the study table and where its files went.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One row per SNR, method, parameter and cluster: ``rmse``, ``bias``, ``angular_error_deg``,
+        ``ratio_to_oracle`` (RMSE, or angular error, divided by the oracle's on the oracle's voxels),
+        ``time_s``.
+    estimates : dict
+        ``estimates[snr][method]`` maps each parameter to its estimates (oracle: its voxel subset).
+    data : dict
+        ``data[snr]`` is the :class:`~varmap.simulation.SimulatedData`.
+    files : list of Path
+    """
+
+    rows: list[dict]
+    estimates: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+def run_study(
+    *,
+    model: str = "msdki",
+    snrs: Sequence[float] = (5, 10, 20, 50),
+    n_voxels: int = 10_000,
+    methods: Sequence[str] = ("nlls", "selfsup", "vae", "gmvae"),
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+    n_oracle: int = 2000,
+    prior: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    method_options: dict[str, dict] | None = None,
+) -> StudyResult:
+    """Simulate, fit with every method, compare with the truth and the Bayes oracle.
+
+    Parameters
+    ----------
+    model : {"msdki", "ball_stick"}
+    snrs : sequence of float
+        b=0 signal-to-noise ratios S0/σ.
+    n_voxels : int
+        Voxels simulated per SNR.
+    methods : sequence of str
+        Registered estimators.
+    seed : int
+        Seed of the protocol, the draws (``seed + index of the SNR``) and every estimator.
+    output_dir : path, optional
+        Folder for ``results.csv``, ``results.md``, ``study.json`` and one figure per SNR; written
+        atomically.  ``None`` writes nothing.
+    n_oracle : int
+        Voxels (the first ones) on which the oracle runs; 0 skips it.
+    prior : str, optional
+        Name of the simulation prior (``simulation.PRIORS``); default :data:`DEFAULT_PRIORS`.
+    force : bool
+        Replace an existing ``output_dir``.
+    progress : bool
+        tqdm bars of the estimators.
+    method_options : dict, optional
+        Extra keyword arguments per method.
+
+    Returns
+    -------
+    StudyResult
+    """
+    if model not in _ORACLES:
+        raise ValueError(f"no study for model {model!r}; choose one of {sorted(_ORACLES)}.")
+    if not snrs or any(snr <= 0 for snr in snrs):
+        raise ValueError(f"snrs must be positive numbers; got {list(snrs)}.")
+    output_dir = None if output_dir is None else Path(output_dir)
+    if output_dir is not None and output_dir.exists() and not force:
+        raise FileExistsError(f"{output_dir} exists; choose another folder or pass --force to replace it.")
+    method_options = method_options or {}
+    unknown = [method for method in methods if method not in ESTIMATORS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(ESTIMATORS)}.")
+    prior_name = prior or DEFAULT_PRIORS[model]
+    protocol = hcp_protocol(seed=seed)
+    signal_model = get_signal_model(model, protocol)
+    simulation_prior = get_prior(model, prior_name)
+    result = StudyResult(rows=[])
+    started = time.perf_counter()
+    for index, snr in enumerate(snrs):
+        data = simulate(signal_model, simulation_prior, n_voxels=n_voxels, snr=snr, seed=seed + index)
+        result.data[snr] = data
+        result.estimates[snr] = {}
+        oracle_rows: list[dict] = []
+        n_sub = min(n_oracle, n_voxels)
+        if n_sub > 0:
+            t0 = time.perf_counter()
+            oracle = _ORACLES[model](
+                data.signals[:n_sub], protocol, simulation_prior, sigma=data.sigma, S0=data.S0[:n_sub]
+            )
+            seconds = time.perf_counter() - t0
+            result.estimates[snr][ORACLE] = oracle.params
+            oracle_rows = _rows(data, oracle.params, n_sub, snr, ORACLE, seconds)
+            logger.info("SNR %g: oracle on %d voxels in %.1f s", snr, n_sub, seconds)
+        for method in methods:
+            estimator = get_estimator(
+                method, signal_model, seed=seed, progress=progress, **method_options.get(method, {})
+            )
+            t0 = time.perf_counter()
+            fit = estimator.fit(data.signals)
+            seconds = time.perf_counter() - t0
+            result.estimates[snr][method] = fit.params
+            rows = _rows(data, fit.params, data.n_voxels, snr, method, seconds)
+            if oracle_rows:
+                subset = {name: value[:n_sub] for name, value in fit.params.items()}
+                _add_ratios(rows, _rows(data, subset, n_sub, snr, method, seconds), oracle_rows)
+            result.rows.extend(rows)
+            logger.info("SNR %g: %s in %.1f s", snr, method, seconds)
+        for row in oracle_rows:
+            row["ratio_to_oracle"] = 1.0
+        result.rows.extend(oracle_rows)
+    total = time.perf_counter() - started
+    if output_dir is not None:
+        config = {
+            "varmap_version": __version__,
+            "model": model,
+            "prior": prior_name,
+            "snrs": list(snrs),
+            "n_voxels": n_voxels,
+            "n_oracle": min(n_oracle, n_voxels),
+            "methods": list(methods),
+            "method_options": method_options,
+            "seed": seed,
+            "noise": "rician",
+            "protocol": "HCP-like: 18 b=0 + 90 directions at 1000, 2000, 3000 s/mm²",
+            "machine": machine_description(),
+            "total_time_s": total,
+        }
+        result.files = _write_outputs(result, config, output_dir, simulation_prior.cluster_names)
+    return result
+
+
+def run_demo(*, output_dir: str | Path = "demo_output", force: bool = False, progress: bool = True) -> StudyResult:
+    """A small MS-DKI study at SNR 10 (3,000 voxels, every method, oracle on 1,000) with its figures."""
+    return run_study(
+        model="msdki",
+        snrs=(10,),
+        n_voxels=3000,
+        n_oracle=1000,
+        output_dir=output_dir,
+        force=force,
+        progress=progress,
+    )
+
+
+def machine_description() -> dict:
+    """Where a benchmark ran: platform, CPU count, torch threads, library versions."""
+    import os
+
+    import dipy
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "dipy": dipy.__version__,
+    }
+
+
+def _rows(data: SimulatedData, params: dict, n: int, snr: float, method: str, seconds: float) -> list[dict]:
+    truth = {name: value[:n] for name, value in data.params.items()}
+    estimates = {name: value for name, value in params.items() if name in truth}
+    rows = error_table(estimates, truth, data.labels[:n], data.prior.cluster_names)
+    for row in rows:
+        row.update(snr=snr, method=method, time_s=seconds, ratio_to_oracle=float("nan"))
+    return rows
+
+
+def _add_ratios(rows: list[dict], subset_rows: list[dict], oracle_rows: list[dict]) -> None:
+    oracle = {(r["parameter"], r["cluster"]): r for r in oracle_rows}
+    subset = {(r["parameter"], r["cluster"]): r for r in subset_rows}
+    for row in rows:
+        key = (row["parameter"], row["cluster"])
+        if key in oracle and key in subset:
+            metric = "angular_error_deg" if row["parameter"] == "n" else "rmse"
+            row["ratio_to_oracle"] = subset[key][metric] / oracle[key][metric]
+
+
+_COLUMNS = ("snr", "method", "parameter", "cluster", "n", "n_nan", "rmse", "bias", "angular_error_deg", "ratio_to_oracle", "time_s")
+
+
+def format_markdown(rows: list[dict]) -> str:
+    """One Markdown table per SNR: a row per method, RMSE (or angular error) and bias per cluster."""
+    lines = []
+    for snr in dict.fromkeys(r["snr"] for r in rows):
+        at_snr = [r for r in rows if r["snr"] == snr]
+        groups = list(dict.fromkeys((r["parameter"], r["cluster"]) for r in at_snr))
+        header = ["method", "time (s)"]
+        for parameter, cluster in groups:
+            kind = "angle (deg)" if parameter == "n" else "RMSE / bias"
+            header.append(f"{parameter} {cluster} {kind} [×oracle]")
+        lines += [f"### SNR {snr:g}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in dict.fromkeys(r["method"] for r in at_snr):
+            cells = {(r["parameter"], r["cluster"]): r for r in at_snr if r["method"] == method}
+            first = next(iter(cells.values()))
+            line = [method, f"{first['time_s']:.1f}"]
+            for key in groups:
+                r = cells.get(key)
+                line.append("" if r is None else _cell(r))
+            lines.append("| " + " | ".join(line) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(row: dict) -> str:
+    ratio = row["ratio_to_oracle"]
+    suffix = "" if not np.isfinite(ratio) or row["method"] == ORACLE else f" [{ratio:.2f}]"
+    if row["parameter"] == "n":
+        return f"{row['angular_error_deg']:.2f}{suffix}"
+    return f"{row['rmse']:.4f} / {row['bias']:+.4f}{suffix}"
+
+
+def _write_outputs(result: StudyResult, config: dict, output_dir: Path, cluster_names: tuple[str, ...]) -> list[Path]:
+    from ..plots import study_scatter_figure
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        with open(staging / "results.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(result.rows)
+        (staging / "results.md").write_text(format_markdown(result.rows))
+        names = ["results.csv", "results.md"]
+        for snr, data in result.data.items():
+            name = f"scatter_snr{snr:g}.png"
+            study_scatter_figure(result.estimates[snr], data.params, data.labels, cluster_names, staging / name, title=f"{config['model']}, SNR {snr:g}")
+            names.append(name)
+        (staging / "study.json").write_text(json.dumps(config, indent=2))
+        names.append("study.json")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [output_dir / name for name in names]

@@ -1,0 +1,437 @@
+"""NIfTI and FSL bvals/bvecs in and out: the only place where axes and dtypes change.
+
+Images are read lazily through nibabel and only the voxels of a mask are ever held in memory, as a
+``(n_voxels, n_volumes)`` float32 matrix; the whole 4-D image is never copied, and never as float64.
+Maps go back into image space as float32 NIfTI files that keep the input's affine and spatial header.
+Outputs are written into a temporary folder beside the destination and moved into place at the end
+(:func:`atomic_output_dir`), so an interrupted run never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .protocol import Protocol, ProtocolError
+
+__all__ = [
+    "InputError",
+    "DWIImage",
+    "open_dwi",
+    "load_dwi",
+    "load_protocol",
+    "load_mask",
+    "compute_mask",
+    "extract_voxels",
+    "to_image_space",
+    "save_map",
+    "atomic_output_dir",
+    "sha256sum",
+    "check_input_file",
+    "NIFTI_SUFFIXES",
+]
+
+logger = logging.getLogger("varmap")
+
+#: File name endings accepted for images.
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+#: Largest float64 slab (bytes) read from the image at once while extracting voxels.
+_SLAB_BYTES = 128 * 2**20
+
+
+class InputError(ValueError):
+    """Input files that varmap cannot use; the message names the file, what is wrong and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------- files
+def check_input_file(path: str | PathLike, what: str) -> Path:
+    """Return ``path`` as a :class:`Path` if it is an existing file.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming ``what`` the file should have been ("DWI image", "bvals file", ...).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist; check the path.")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} is not a file; give the path of the file itself.")
+    return path
+
+
+def sha256sum(path: str | PathLike, block_size: int = 2**20) -> str:
+    """SHA-256 checksum (hex) of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(block_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_nifti(path: Path, what: str) -> Any:
+    import nibabel as nib
+
+    if not str(path).endswith(NIFTI_SUFFIXES):
+        raise InputError(f"{what} {path} is not a NIfTI file; give a .nii or .nii.gz image.")
+    try:
+        return nib.load(path, keep_file_open=True)
+    except Exception as err:  # nibabel raises ImageFileError, OSError, EOFError, ValueError...
+        message = str(err).replace("\n", " ")
+        raise InputError(f"{what} {path} cannot be read as NIfTI ({message}); check the file.") from None
+
+
+# ---------------------------------------------------------------------------------------------- DWI
+@dataclass
+class DWIImage:
+    """A 4-D diffusion-weighted image opened lazily: header and geometry now, voxels on demand.
+
+    Attributes
+    ----------
+    path : Path
+    image : nibabel.Nifti1Image
+        Image with a lazy data proxy (no voxel data read yet).
+    shape : tuple of int
+        (X, Y, Z, n_volumes).
+    affine : ndarray, shape (4, 4)
+    header : nibabel header
+    """
+
+    path: Path
+    image: Any
+    shape: tuple[int, int, int, int]
+    affine: np.ndarray
+    header: Any
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """(X, Y, Z)."""
+        return self.shape[:3]
+
+    @property
+    def n_volumes(self) -> int:
+        """Number of volumes (measurements)."""
+        return self.shape[3]
+
+    @property
+    def zooms(self) -> tuple[float, float, float]:
+        """Voxel size in mm."""
+        return tuple(float(z) for z in self.header.get_zooms()[:3])
+
+    def volumes(self, start: int, stop: int) -> np.ndarray:
+        """Volumes ``start:stop`` as float32, shape (X, Y, Z, stop - start)."""
+        return np.asarray(self.image.dataobj[..., start:stop], dtype=np.float32)
+
+    def mean_volume(self, indices: np.ndarray) -> np.ndarray:
+        """Mean of the volumes ``indices`` (3-D float32); non-finite values count as 0."""
+        total = np.zeros(self.spatial_shape, dtype=np.float64)
+        for index in np.atleast_1d(indices):
+            volume = self.volumes(int(index), int(index) + 1)[..., 0]
+            total += np.nan_to_num(volume, nan=0.0, posinf=0.0, neginf=0.0)
+        return (total / max(len(np.atleast_1d(indices)), 1)).astype(np.float32)
+
+    def extract(self, mask: np.ndarray, *, progress: bool = False) -> np.ndarray:
+        """Signals of the voxels in ``mask``: float32 array (n_voxels, n_volumes), C order.
+
+        Voxels are ordered as ``np.nonzero(mask)`` (C order), matching :func:`to_image_space`.  The
+        image is read in slabs of volumes, so memory holds the output plus one slab.
+        """
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != self.spatial_shape:
+            raise InputError(f"mask shape {mask.shape} differs from the image's {self.spatial_shape}.")
+        n_voxels = int(mask.sum())
+        out = np.empty((n_voxels, self.n_volumes), dtype=np.float32)
+        per_volume = 8 * int(np.prod(self.spatial_shape))
+        step = max(1, min(self.n_volumes, _SLAB_BYTES // max(per_volume, 1)))
+        starts = range(0, self.n_volumes, step)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="reading volumes", unit="slab", leave=False)
+        for start in starts:
+            stop = min(start + step, self.n_volumes)
+            out[:, start:stop] = self.volumes(start, stop)[mask]
+        return out
+
+
+def open_dwi(path: str | PathLike) -> DWIImage:
+    """Open a 4-D diffusion-weighted NIfTI image without reading its voxels.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    InputError
+        If it is not a readable NIfTI image, or not 4-D.
+    """
+    path = check_input_file(path, "DWI image")
+    image = _load_nifti(path, "DWI image")
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) != 4:
+        raise InputError(
+            f"DWI image {path} has {len(shape)} dimensions {shape}; varmap needs a 4-D series "
+            f"(x, y, z, volumes). Give the diffusion series, not a single volume or a derived map."
+        )
+    if shape[3] < 2:
+        raise InputError(f"DWI image {path} has only {shape[3]} volume; a diffusion series needs several.")
+    return DWIImage(path=path, image=image, shape=shape, affine=np.asarray(image.affine), header=image.header)
+
+
+def load_dwi(path: str | PathLike) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Read a whole 4-D image as float32.
+
+    Convenient for small images and notebooks; whole-brain pipelines use :func:`open_dwi` and
+    :meth:`DWIImage.extract` so that only masked voxels are held in memory.
+
+    Returns
+    -------
+    data : ndarray, shape (X, Y, Z, n_volumes), float32
+    affine : ndarray, shape (4, 4)
+    header : nibabel header
+    """
+    dwi = open_dwi(path)
+    data = np.asanyarray(dwi.image.dataobj, dtype=np.float32)
+    return data, dwi.affine, dwi.header
+
+
+# ---------------------------------------------------------------------------------------------- protocol
+def _read_table(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as err:
+        raise InputError(f"{what} {path} is not a table of numbers ({err}); give an FSL-format text file.") from None
+
+
+def load_protocol(
+    bvals: str | PathLike, bvecs: str | PathLike, *, n_volumes: int | None = None, **kwargs
+) -> Protocol:
+    """Read FSL ``bvals``/``bvecs`` files and check them against the number of image volumes.
+
+    Parameters
+    ----------
+    bvals, bvecs : path
+        FSL text files: one row of b-values (s/mm²), three rows of unit directions.
+    n_volumes : int, optional
+        Number of volumes of the image they belong to.
+    **kwargs
+        Passed to :meth:`Protocol.from_fsl` (``units``, ``b0_threshold``...).
+
+    Raises
+    ------
+    FileNotFoundError, InputError, ProtocolError
+        The message names the files, what is wrong and how to fix it.
+    """
+    bvals = check_input_file(bvals, "bvals file")
+    bvecs = check_input_file(bvecs, "bvecs file")
+    values = _read_table(bvals, "bvals file")
+    vectors = _read_table(bvecs, "bvecs file")
+    if 1 not in values.shape:
+        raise InputError(
+            f"bvals file {bvals} holds a {values.shape[0]}x{values.shape[1]} table; FSL bvals is one row "
+            f"(or one column) of b-values."
+        )
+    n_bvals = values.size
+    if n_volumes is not None and n_bvals != n_volumes:
+        raise InputError(
+            f"bvals file {bvals} lists {n_bvals} b-values but the image has {n_volumes} volumes; use the "
+            f"bvals file written with this image (one value per volume)."
+        )
+    if vectors.shape not in ((3, n_bvals), (n_bvals, 3)):
+        raise InputError(
+            f"bvecs file {bvecs} holds a {vectors.shape[0]}x{vectors.shape[1]} table; it needs 3 rows of "
+            f"{n_bvals} values (FSL format), one direction per volume."
+        )
+    try:
+        return Protocol.from_fsl(bvals, bvecs, **kwargs)
+    except ProtocolError as err:
+        raise ProtocolError(str(err).replace("\n", " ")) from None
+
+
+# ---------------------------------------------------------------------------------------------- masks
+def load_mask(path: str | PathLike, spatial_shape: tuple[int, ...]) -> np.ndarray:
+    """Read a mask image as booleans (value > 0) and check it against the image's spatial shape.
+
+    A 4-D mask with one volume is accepted.
+
+    Raises
+    ------
+    FileNotFoundError, InputError
+    """
+    path = check_input_file(path, "mask")
+    image = _load_nifti(path, "mask")
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if shape != tuple(spatial_shape):
+        raise InputError(
+            f"mask {path} has shape {shape} but the DWI volumes have {tuple(spatial_shape)}; give a mask "
+            f"in the same voxel grid as the DWI (or leave out --mask to compute one)."
+        )
+    data = np.asanyarray(image.dataobj).reshape(shape)
+    mask = np.nan_to_num(data.astype(np.float32, copy=False), nan=0.0) > 0
+    if not mask.any():
+        raise InputError(f"mask {path} selects no voxel (no value > 0); give a mask that covers the brain.")
+    return mask
+
+
+def compute_mask(
+    mean_b0: np.ndarray, *, median_radius: int = 2, numpass: int = 1, background_ratio: float = 0.3
+) -> np.ndarray:
+    """Brain mask from the mean b=0 image: dipy's ``median_otsu`` and filled holes.
+
+    Parameters
+    ----------
+    mean_b0 : ndarray, shape (X, Y, Z)
+    median_radius, numpass : int
+        Median filter settings of ``median_otsu``; the radius is reduced for very small images.
+    background_ratio : float
+        If the median b=0 signal outside the Otsu mask exceeds this fraction of the median inside, the
+        image has no background (it is a crop of the brain) and the mask is every voxel with a positive
+        b=0 signal instead (with a warning).
+
+    Returns
+    -------
+    ndarray of bool, shape (X, Y, Z)
+    """
+    from dipy.segment.mask import median_otsu
+    from scipy.ndimage import binary_fill_holes
+
+    volume = np.nan_to_num(np.asarray(mean_b0, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    radius = max(1, min(median_radius, min(volume.shape) // 8))
+    _, mask = median_otsu(volume, median_radius=radius, numpass=numpass)
+    mask = np.asarray(binary_fill_holes(mask), dtype=bool)
+    if mask.any() and not mask.all():
+        inside, outside = float(np.median(volume[mask])), float(np.median(volume[~mask]))
+        if outside > background_ratio * inside:
+            # Otsu always splits in two; without background (a crop of the brain) it splits tissue from
+            # CSF.  Background is near the noise floor, so a bright "outside" means there is none.
+            logger.warning(
+                "the image seems to have no background (median b=0 outside the Otsu mask is %.0f%% of "
+                "inside): using every voxel with a positive b=0 signal as the mask; give --mask to override",
+                100 * outside / max(inside, 1e-12))
+            mask = np.asarray(binary_fill_holes(volume > 0), dtype=bool)
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------- maps
+def extract_voxels(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Voxels of an in-memory 4-D array inside ``mask`` as float32 (n_voxels, n_volumes)."""
+    return np.asarray(data[np.asarray(mask, dtype=bool)], dtype=np.float32)
+
+
+def to_image_space(values: np.ndarray, mask: np.ndarray, *, fill: float = 0.0) -> np.ndarray:
+    """Put per-voxel values back into the image grid.
+
+    Parameters
+    ----------
+    values : ndarray, shape (n_voxels,) or (n_voxels, k)
+        In the order of ``np.nonzero(mask)``; NaN/Inf become ``fill``.
+    mask : ndarray of bool, shape (X, Y, Z)
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z) or (X, Y, Z, k), float32
+        ``fill`` outside the mask.
+    """
+    values = np.asarray(values)
+    out = np.full(mask.shape + values.shape[1:], fill, dtype=np.float32)
+    out[mask] = np.nan_to_num(values.astype(np.float32, copy=False), nan=fill, posinf=fill, neginf=fill)
+    return out
+
+
+def save_map(array: np.ndarray, path: str | PathLike, affine: np.ndarray, header: Any) -> Path:
+    """Write a 3-D or 4-D map as float32 NIfTI with the reference image's spatial header.
+
+    The affine, the sform and qform (with their codes), voxel sizes and units are copied; the data
+    type becomes float32 and the intensity scaling is dropped.
+    """
+    import nibabel as nib
+
+    array = np.asarray(array, dtype=np.float32)
+    new_header = nib.Nifti1Header()
+    if header is not None:
+        new_header.set_xyzt_units(*header.get_xyzt_units())
+        if hasattr(header, "get_dim_info"):
+            try:
+                new_header.set_dim_info(*header.get_dim_info())
+            except Exception:  # dim_info is optional metadata
+                pass
+    image = nib.Nifti1Image(array, affine, new_header)
+    if header is not None and hasattr(header, "get_sform"):
+        sform, sform_code = header.get_sform(coded=True)
+        qform, qform_code = header.get_qform(coded=True)
+        image.set_sform(affine if sform is None else sform, int(sform_code))
+        image.set_qform(affine if qform is None else qform, int(qform_code))
+        image.header.set_zooms(tuple(header.get_zooms()[:3]) + tuple(image.header.get_zooms()[3:]))
+    image.set_data_dtype(np.float32)
+    image.header["scl_slope"] = np.nan
+    image.header["scl_inter"] = np.nan
+    path = Path(path)
+    nib.save(image, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- output
+def check_output_dir(output_dir: str | PathLike, *, force: bool) -> Path:
+    """Refuse an existing output folder unless ``force``; returns the path.
+
+    Raises
+    ------
+    FileExistsError
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not force:
+        raise FileExistsError(
+            f"output folder {output_dir} already exists; pass --force (force=True) to replace it, or "
+            f"choose another -o."
+        )
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"output path {output_dir} exists and is not a folder; choose another -o.")
+    return output_dir
+
+
+@contextmanager
+def atomic_output_dir(output_dir: str | PathLike, *, force: bool = False) -> Iterator[Path]:
+    """Write into a temporary folder beside ``output_dir`` and move it into place on success.
+
+    On an exception (KeyboardInterrupt included) the temporary folder is removed and ``output_dir`` is
+    left as it was.  With ``force``, an existing ``output_dir`` is moved aside, replaced, then removed.
+
+    Yields
+    ------
+    Path
+        The temporary folder to write into.
+    """
+    output_dir = check_output_dir(output_dir, force=force)
+    parent = output_dir.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o777 & ~umask)  # mkdtemp makes it private; give the usual permissions
+    try:
+        yield temporary
+        # re-check: another process may have created the folder meanwhile
+        check_output_dir(output_dir, force=force)
+        old = None
+        if output_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=parent))
+            os.rename(output_dir, old / output_dir.name)
+        os.rename(temporary, output_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise

@@ -1,0 +1,274 @@
+"""Tests of NIfTI / FSL input and output: lazy reading, masks, map writing, atomic output folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from varmap import io
+from varmap.io import InputError
+from varmap.protocol import ProtocolError
+
+
+def fibonacci_sphere(n: int) -> np.ndarray:
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    r = np.sqrt(1.0 - z * z)
+    phi = np.pi * (1.0 + 5.0**0.5) * i
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+AFFINE = np.array([[-2.0, 0.0, 0.1, 90.0], [0.0, 2.0, 0.0, -120.0], [0.0, 0.0, 2.5, -70.0], [0, 0, 0, 1]])
+
+
+def write_image(path, data, *, affine=AFFINE, dtype=None, sform_code=2, qform_code=1):
+    """Save ``data``; with an integer ``dtype`` nibabel stores float data with a scale factor."""
+    image = nib.Nifti1Image(np.asarray(data), affine)
+    image.set_sform(affine, sform_code)
+    image.set_qform(affine, qform_code)
+    if dtype is not None:
+        image.set_data_dtype(dtype)
+    nib.save(image, path)
+    return path
+
+
+def write_fsl(tmp_path, bvals, bvecs, name="dwi"):
+    bval_path, bvec_path = tmp_path / f"{name}.bval", tmp_path / f"{name}.bvec"
+    np.savetxt(bval_path, np.asarray(bvals)[None], fmt="%g")
+    np.savetxt(bvec_path, np.asarray(bvecs).T, fmt="%.8f")
+    return bval_path, bvec_path
+
+
+@pytest.fixture
+def table():
+    bvals = np.concatenate([[0.0, 0.0], np.full(6, 1000.0), np.full(6, 2000.0)])
+    bvecs = np.concatenate([np.zeros((2, 3)), fibonacci_sphere(6), fibonacci_sphere(6)])
+    return bvals, bvecs
+
+
+@pytest.fixture
+def dwi_data():
+    rng = np.random.default_rng(0)
+    return rng.uniform(10, 1000, size=(5, 6, 4, 14)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- DWI
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_open_and_load_dwi_float32(tmp_path, dwi_data, suffix):
+    path = write_image(tmp_path / f"dwi{suffix}", dwi_data)
+    dwi = io.open_dwi(path)
+    assert dwi.shape == dwi_data.shape and dwi.n_volumes == 14 and dwi.spatial_shape == (5, 6, 4)
+    np.testing.assert_allclose(dwi.affine, AFFINE)
+    data, affine, header = io.load_dwi(path)
+    assert data.dtype == np.float32
+    np.testing.assert_array_equal(data, dwi_data)
+    np.testing.assert_allclose(affine, AFFINE)
+    assert header.get_sform(coded=True)[1] == 2
+
+
+def test_scaled_integer_image_reads_as_float32(tmp_path, dwi_data):
+    path = write_image(tmp_path / "dwi.nii.gz", dwi_data, dtype=np.int16)
+    dwi = io.open_dwi(path)
+    slope = dwi.image.dataobj.slope
+    assert slope != 1.0
+    block = dwi.volumes(0, 3)
+    assert block.dtype == np.float32
+    mask = np.ones(dwi.spatial_shape, bool)
+    signals = dwi.extract(mask)
+    assert signals.dtype == np.float32 and signals.flags.c_contiguous
+    np.testing.assert_allclose(signals, dwi_data.reshape(-1, 14), atol=slope)
+
+
+def test_extract_matches_mask_order_across_slabs(tmp_path, dwi_data, monkeypatch):
+    path = write_image(tmp_path / "dwi.nii.gz", dwi_data)
+    monkeypatch.setattr(io, "_SLAB_BYTES", 8 * 5 * 6 * 4 * 3)  # three volumes per slab
+    mask = np.zeros((5, 6, 4), bool)
+    mask[1:4, 2:5, 1:3] = True
+    mask[0, 0, 0] = True
+    signals = io.open_dwi(path).extract(mask)
+    np.testing.assert_array_equal(signals, dwi_data[mask])
+    np.testing.assert_array_equal(io.extract_voxels(dwi_data, mask), dwi_data[mask])
+    back = io.to_image_space(signals[:, 0], mask)
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back[mask], dwi_data[mask][:, 0])
+    assert np.all(back[~mask] == 0)
+
+
+def test_extract_holds_only_masked_voxels(tmp_path):
+    shape = (40, 40, 20, 16)
+    data = np.ones(shape, dtype=np.int16)
+    path = write_image(tmp_path / "big.nii", data, dtype=np.int16)
+    mask = np.zeros(shape[:3], bool)
+    mask[10:30, 10:30, 5:15] = True
+    dwi = io.open_dwi(path)
+    tracemalloc.start()
+    signals = dwi.extract(mask)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    whole_float64 = np.prod(shape) * 8
+    assert signals.shape == (4000, 16)
+    assert peak < 0.75 * whole_float64  # never one float64 copy of the whole image
+
+
+def test_to_image_space_nan_becomes_fill():
+    mask = np.zeros((2, 2, 2), bool)
+    mask[0, 0, :] = True
+    out = io.to_image_space(np.array([np.nan, 2.0]), mask)
+    assert out[0, 0, 0] == 0 and out[0, 0, 1] == 2 and out.sum() == 2
+    vectors = io.to_image_space(np.ones((2, 3)), mask)
+    assert vectors.shape == (2, 2, 2, 3)
+
+
+def test_open_dwi_errors(tmp_path, dwi_data):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        io.open_dwi(tmp_path / "missing.nii.gz")
+    three_d = write_image(tmp_path / "t1.nii.gz", dwi_data[..., 0])
+    with pytest.raises(InputError, match="3 dimensions.*4-D"):
+        io.open_dwi(three_d)
+    text = tmp_path / "dwi.nii.gz"
+    text.write_text("not an image")
+    with pytest.raises(InputError, match="cannot be read as NIfTI"):
+        io.open_dwi(text)
+    other = tmp_path / "dwi.mgz"
+    other.write_bytes(b"x")
+    with pytest.raises(InputError, match="not a NIfTI file"):
+        io.open_dwi(other)
+
+
+# ---------------------------------------------------------------------------------------------- protocol
+def test_load_protocol(tmp_path, table):
+    bval, bvec = write_fsl(tmp_path, *table)
+    protocol = io.load_protocol(bval, bvec, n_volumes=14)
+    assert protocol.n_measurements == 14 and protocol.n_b0 == 2
+
+
+def test_load_protocol_errors_name_the_files(tmp_path, table):
+    bvals, bvecs = table
+    bval, bvec = write_fsl(tmp_path, bvals, bvecs)
+    with pytest.raises(InputError, match=r"dwi\.bval lists 14 b-values but the image has 15 volumes"):
+        io.load_protocol(bval, bvec, n_volumes=15)
+    bval2, bvec2 = write_fsl(tmp_path, bvals, bvecs[:, :2], name="two")
+    with pytest.raises(InputError, match=r"two\.bvec holds a 2x14 table; it needs 3 rows of 14"):
+        io.load_protocol(bval2, bvec2, n_volumes=14)
+    bval3, bvec3 = write_fsl(tmp_path, bvals[:-1], bvecs[:-1], name="short")
+    with pytest.raises(InputError, match="13 b-values but the image has 14"):
+        io.load_protocol(bval3, bvec3, n_volumes=14)
+    bval4, bvec4 = write_fsl(tmp_path, bvals * 0.035, bvecs, name="units")
+    with pytest.raises(ProtocolError, match="unit of the b-values"):
+        io.load_protocol(bval4, bvec4, n_volumes=14)
+    bad = tmp_path / "bad.bval"
+    bad.write_text("0 1000 abc\n")
+    with pytest.raises(InputError, match="not a table of numbers"):
+        io.load_protocol(bad, bvec, n_volumes=3)
+    with pytest.raises(FileNotFoundError, match="bvecs file"):
+        io.load_protocol(bval, tmp_path / "nope.bvec")
+
+
+# ---------------------------------------------------------------------------------------------- masks
+def test_load_mask(tmp_path):
+    data = np.zeros((5, 6, 4), np.uint8)
+    data[1:3, 1:3, 1:3] = 1
+    mask = io.load_mask(write_image(tmp_path / "m.nii.gz", data), (5, 6, 4))
+    assert mask.dtype == bool and mask.sum() == 8
+    four_d = io.load_mask(write_image(tmp_path / "m4.nii.gz", data[..., None]), (5, 6, 4))
+    np.testing.assert_array_equal(four_d, mask)
+    with pytest.raises(InputError, match=r"shape \(5, 6, 4\) but the DWI volumes have \(5, 6, 5\)"):
+        io.load_mask(tmp_path / "m.nii.gz", (5, 6, 5))
+    with pytest.raises(InputError, match="selects no voxel"):
+        io.load_mask(write_image(tmp_path / "empty.nii.gz", np.zeros((5, 6, 4), np.uint8)), (5, 6, 4))
+
+
+def test_compute_mask_finds_object_and_fills_holes():
+    rng = np.random.default_rng(1)
+    x, y, z = np.mgrid[:40, :40, :30]
+    ball = (x - 20) ** 2 + (y - 20) ** 2 + ((z - 15) * 1.3) ** 2 < 14**2
+    volume = np.abs(rng.normal(0, 10, ball.shape)) + 500.0 * ball
+    volume[20, 20, 15] = 0.0  # a dark hole inside
+    mask = io.compute_mask(volume)
+    assert mask[20, 20, 15]
+    dice = 2 * (mask & ball).sum() / (mask.sum() + ball.sum())
+    assert dice > 0.9
+
+
+def test_compute_mask_without_background_keeps_every_voxel(caplog):
+    rng = np.random.default_rng(2)
+    volume = rng.uniform(200, 300, (6, 10, 10))
+    volume[4:, 6:, 6:] = 450.0  # bright CSF in a crop of brain tissue
+    with caplog.at_level("WARNING", logger="varmap"):
+        mask = io.compute_mask(volume)
+    assert mask.all()
+    assert "no background" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def test_save_map_keeps_spatial_header(tmp_path, dwi_data):
+    source = write_image(tmp_path / "dwi.nii.gz", dwi_data, dtype=np.int16, sform_code=4, qform_code=1)
+    header = nib.load(source).header
+    array = np.arange(5 * 6 * 4, dtype=np.float64).reshape(5, 6, 4)
+    out = io.save_map(array, tmp_path / "D.nii.gz", AFFINE, header)
+    image = nib.load(out)
+    assert image.get_data_dtype() == np.float32
+    np.testing.assert_allclose(image.affine, AFFINE, atol=1e-6)
+    assert image.header.get_sform(coded=True)[1] == 4 and image.header.get_qform(coded=True)[1] == 1
+    np.testing.assert_allclose(image.header.get_zooms(), header.get_zooms()[:3], rtol=1e-6)
+    assert image.dataobj.slope == 1.0 and image.dataobj.inter == 0.0
+    np.testing.assert_array_equal(np.asanyarray(image.dataobj), array.astype(np.float32))
+    vectors = io.save_map(np.zeros((5, 6, 4, 3)), tmp_path / "n.nii.gz", AFFINE, header)
+    assert nib.load(vectors).shape == (5, 6, 4, 3)
+
+
+def test_sha256sum(tmp_path):
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"varmap" * 1000)
+    assert io.sha256sum(path, block_size=7) == hashlib.sha256(b"varmap" * 1000).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- atomic output
+def hidden_leftovers(parent):
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+def test_atomic_output_dir_moves_into_place(tmp_path):
+    target = tmp_path / "sub" / "out"
+    with io.atomic_output_dir(target) as temporary:
+        assert temporary.parent == target.parent.absolute() and not target.exists()
+        (temporary / "a.txt").write_text("a")
+    assert (target / "a.txt").read_text() == "a"
+    assert hidden_leftovers(target.parent) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o777 & ~umask  # the usual permissions, not mkdtemp's 0700
+
+
+def test_atomic_output_dir_failure_leaves_nothing(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with io.atomic_output_dir(target) as temporary:
+            (temporary / "half.nii.gz").write_text("partial")
+            raise KeyboardInterrupt
+    assert not target.exists()
+    assert hidden_leftovers(tmp_path) == []
+
+
+def test_atomic_output_dir_refuses_existing_and_force_replaces(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="already exists; pass --force"):
+        with io.atomic_output_dir(target):
+            pass
+    assert (target / "old.txt").read_text() == "old"
+    with pytest.raises(RuntimeError):
+        with io.atomic_output_dir(target, force=True) as temporary:
+            (temporary / "new.txt").write_text("new")
+            raise RuntimeError("failed run")
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    with io.atomic_output_dir(target, force=True) as temporary:
+        (temporary / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert hidden_leftovers(tmp_path) == []

@@ -1,0 +1,197 @@
+"""The digital brain phantom: geometry, truth, noise level, determinism and files."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from varmap import Protocol, get_signal_model
+from varmap.estimators.data import estimate_sigma_from_b0
+from varmap.phantom import (
+    TISSUE_S0,
+    TISSUES,
+    Phantom,
+    boundary_distance,
+    load_tissue_templates,
+    make_phantom,
+    smooth_random_field,
+    tissue_groups,
+    write_phantom,
+)
+
+CROP = (20, 20, 10)  # voxels at 2 mm around the brain centre: deep WM, ventricles, thalamus, PV
+
+
+@pytest.fixture(scope="module")
+def msdki_phantom() -> Phantom:
+    return make_phantom(model="msdki", voxel_size=2.0, snr=10.0, seed=3, crop=CROP)
+
+
+@pytest.fixture(scope="module")
+def ball_stick_phantom() -> Phantom:
+    return make_phantom(model="ball_stick", voxel_size=2.0, snr=20.0, seed=1, crop=CROP)
+
+
+def test_templates_load_offline_and_resample() -> None:
+    wm, gm, brain, affine = load_tissue_templates(2.0)
+    assert wm.shape == gm.shape == brain.shape
+    np.testing.assert_allclose(np.abs(np.diag(affine)[:3]), 2.0)
+    assert np.linalg.det(affine[:3, :3]) < 0  # stored radiologically, like FSL's MNI152
+    assert 0.0 <= wm.min() and wm.max() <= 1.0
+    # brain volume survives resampling: about 1.9 litres in the 1 mm mask
+    volume_litres = (brain >= 0.5).sum() * 8.0 / 1e6
+    assert 1.6 < volume_litres < 2.2
+
+
+@pytest.mark.parametrize("fixture", ["msdki_phantom", "ball_stick_phantom"])
+def test_phantom_shapes_fractions_and_truth_bounds(fixture: str, request: pytest.FixtureRequest) -> None:
+    phantom: Phantom = request.getfixturevalue(fixture)
+    n_meas = phantom.protocol.n_measurements
+    assert phantom.dwi.shape == CROP + (n_meas,) and phantom.dwi.dtype == np.float32
+    assert phantom.mask.shape == CROP and phantom.mask.dtype == bool
+    assert phantom.fractions.shape == CROP + (3,)
+    inside = phantom.fractions[phantom.mask]
+    np.testing.assert_allclose(inside.sum(-1), 1.0, atol=1e-5)
+    assert inside.min() >= 0.0 and np.all(phantom.fractions[~phantom.mask] == 0)
+    groups = phantom.groups()
+    assert set(np.unique(groups[phantom.mask])) == {0, 1, 2, 3}  # pure WM, GM, CSF and partial volume
+    model = get_signal_model(phantom.model, phantom.protocol)
+    truth = phantom.truth_in_mask()
+    for parameter in model.parameters:
+        values = truth[parameter.name]
+        assert values.shape == (phantom.n_voxels,)
+        assert parameter.low < values.min() and values.max() < parameter.high, parameter.name
+    assert np.all(truth["S0"] > 0)
+    # the truth of a voxel is the fraction-weighted mean of its tissue values
+    name = model.parameters[0].name
+    mixed = sum(
+        phantom.fractions[..., t] * phantom.tissue_params[tissue][name] for t, tissue in enumerate(TISSUES)
+    )
+    np.testing.assert_allclose(phantom.truth[name], mixed, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(phantom.signals, phantom.dwi[phantom.mask])
+
+
+def test_msdki_truth_is_physical(msdki_phantom: Phantom) -> None:
+    b_max = msdki_phantom.protocol.bvals.max()
+    for tissue in TISSUES:
+        D = msdki_phantom.tissue_params[tissue]["D"][msdki_phantom.mask]
+        K = msdki_phantom.tissue_params[tissue]["K"][msdki_phantom.mask]
+        assert np.all(D * K * b_max < 3.0)
+    wm = msdki_phantom.groups() == 0
+    assert abs(np.median(msdki_phantom.truth["D"][wm]) - 0.8) < 0.1
+    assert abs(np.median(msdki_phantom.truth["K"][wm]) - 1.1) < 0.15
+
+
+def test_ball_stick_direction_truth(ball_stick_phantom: Phantom) -> None:
+    n = ball_stick_phantom.truth_in_mask()["n"]
+    np.testing.assert_allclose(np.linalg.norm(n, axis=-1), 1.0, atol=1e-5)
+    wm = ball_stick_phantom.groups()[ball_stick_phantom.mask] == 0
+    assert abs(np.median(ball_stick_phantom.truth_in_mask()["f"][wm]) - 0.6) < 0.1
+
+
+def test_noise_level_is_as_requested(msdki_phantom: Phantom) -> None:
+    sigma = TISSUE_S0["WM"] / 10.0
+    assert msdki_phantom.sigma == pytest.approx(sigma)
+    # repeated b=0 images of the brain: Rician at b=0 SNR >= 9 is close to Gaussian (std ~0.99 sigma)
+    estimate = estimate_sigma_from_b0(msdki_phantom.signals, msdki_phantom.protocol.b0_mask)
+    assert estimate == pytest.approx(sigma, rel=0.05)
+    # mean b=0 signal matches the true S0
+    b0 = msdki_phantom.signals[:, msdki_phantom.protocol.b0_mask].mean(1)
+    truth = msdki_phantom.truth_in_mask()["S0"]
+    assert np.median(b0 / truth) == pytest.approx(1.0, abs=0.01)
+
+
+def test_background_is_rayleigh_noise() -> None:
+    corner = make_phantom(voxel_size=2.0, snr=20.0, crop=(slice(0, 8), slice(0, 8), slice(0, 4)))
+    assert corner.n_voxels == 0
+    sigma = TISSUE_S0["WM"] / 20.0
+    assert corner.dwi.mean() == pytest.approx(sigma * np.sqrt(np.pi / 2), rel=0.02)
+    assert np.mean(corner.dwi.astype(np.float64) ** 2) == pytest.approx(2 * sigma**2, rel=0.02)
+
+
+def test_noiseless_limit_matches_forward_model() -> None:
+    phantom = make_phantom(model="msdki", voxel_size=2.0, snr=1e7, seed=0, crop=(6, 6, 4))
+    model = get_signal_model("msdki", phantom.protocol)
+    pure = phantom.groups()[phantom.mask] == 0
+    truth = phantom.truth_in_mask()
+    predicted = model.predict({"D": truth["D"], "K": truth["K"]}, S0=truth["S0"])
+    np.testing.assert_allclose(phantom.signals[pure], predicted[pure], rtol=0.02)
+
+
+def test_seeded_determinism_and_crop_consistency() -> None:
+    a = make_phantom(voxel_size=2.0, seed=7, crop=(8, 8, 4))
+    b = make_phantom(voxel_size=2.0, seed=7, crop=(8, 8, 4))
+    c = make_phantom(voxel_size=2.0, seed=8, crop=(8, 8, 4))
+    assert np.array_equal(a.dwi, b.dwi)
+    assert not np.array_equal(a.dwi, c.dwi)
+    for name in a.truth:
+        assert np.array_equal(a.truth[name], b.truth[name])
+    # truth of a crop is the same region of a larger crop (fields drawn on the whole grid)
+    big = make_phantom(voxel_size=2.0, seed=7, crop=(12, 12, 8), image=False)
+    offset = [sa.start - sb.start for sa, sb in zip(a.crop, big.crop)]
+    region = tuple(slice(o, o + n) for o, n in zip(offset, a.shape))
+    np.testing.assert_array_equal(a.truth["D"], big.truth["D"][region])
+    np.testing.assert_allclose(a.affine[:3, 3], big.affine[:3, :3] @ offset + big.affine[:3, 3])
+    # image=False keeps exactly the brain voxels of the image
+    no_image = make_phantom(voxel_size=2.0, seed=7, crop=(8, 8, 4), image=False)
+    assert no_image.dwi is None
+    np.testing.assert_array_equal(no_image.signals, a.signals)
+
+
+def test_crop_slices_and_errors() -> None:
+    phantom = make_phantom(voxel_size=2.0, crop=(slice(40, 46), slice(50, 55), slice(40, 43)), image=False)
+    assert phantom.shape == (6, 5, 3)
+    with pytest.raises(ValueError, match="crop"):
+        make_phantom(voxel_size=2.0, crop=(4, 4))
+    with pytest.raises(ValueError, match="model"):
+        make_phantom(model="t2adc", voxel_size=2.0, crop=(4, 4, 4))
+    with pytest.raises(ValueError, match="snr"):
+        make_phantom(snr=0, voxel_size=2.0, crop=(4, 4, 4))
+    with pytest.raises(ValueError, match="voxel_size"):
+        make_phantom(voxel_size=0.1, crop=(4, 4, 4))
+
+
+def test_write_phantom_files(tmp_path, ball_stick_phantom: Phantom) -> None:
+    out = tmp_path / "phantom"
+    files = write_phantom(ball_stick_phantom, out)
+    assert all(f.exists() for f in files)
+    dwi = nib.load(out / "dwi.nii.gz")
+    assert dwi.shape == ball_stick_phantom.dwi.shape and dwi.get_data_dtype() == np.float32
+    np.testing.assert_allclose(dwi.affine, ball_stick_phantom.affine)
+    np.testing.assert_array_equal(np.asarray(dwi.dataobj), ball_stick_phantom.dwi)
+    protocol = Protocol.from_fsl(out / "dwi.bval", out / "dwi.bvec")
+    assert protocol == ball_stick_phantom.protocol
+    assert np.loadtxt(out / "dwi.bval").shape == (dwi.shape[3],)
+    assert np.loadtxt(out / "dwi.bvec").shape == (3, dwi.shape[3])
+    mask = nib.load(out / "mask.nii.gz")
+    np.testing.assert_array_equal(np.asarray(mask.dataobj) > 0, ball_stick_phantom.mask)
+    for name in ("f", "d_par", "d_iso", "S0", "fraction_wm", "fraction_gm", "fraction_csf", "labels"):
+        image = nib.load(out / "truth" / f"{name}.nii.gz")
+        assert image.shape == ball_stick_phantom.shape, name
+    assert nib.load(out / "truth" / "n.nii.gz").shape == ball_stick_phantom.shape + (3,)
+    readme = (out / "truth" / "README.txt").read_text()
+    assert "fraction-weighted" in readme.lower() or "FRACTION-WEIGHTED" in readme
+    config = json.loads((out / "phantom.json").read_text())
+    assert config["seed"] == 1 and config["model"] == "ball_stick"
+    with pytest.raises(FileExistsError, match="--force"):
+        write_phantom(ball_stick_phantom, out)
+    write_phantom(ball_stick_phantom, out, force=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_helpers() -> None:
+    rng = np.random.default_rng(0)
+    field = smooth_random_field((30, 30, 30), fwhm_voxels=4.0, rng=rng)
+    assert field.dtype == np.float32
+    assert abs(field.mean()) < 1e-4 and field.std() == pytest.approx(1.0, rel=1e-4)
+    # smooth: neighbours strongly correlated
+    assert np.corrcoef(field[:-1].ravel(), field[1:].ravel())[0, 1] > 0.8
+    labels = np.zeros((9, 1, 1), dtype=int)
+    labels[5:] = 1
+    np.testing.assert_array_equal(boundary_distance(labels)[:, 0, 0], [5, 4, 3, 2, 1, 1, 2, 3, 4])
+    fractions = np.array([[0.95, 0.05, 0.0], [0.5, 0.4, 0.1], [0.0, 0.0, 1.0]])
+    groups = tissue_groups(fractions, np.array([True, True, False]))
+    np.testing.assert_array_equal(groups, [0, 3, -1])
