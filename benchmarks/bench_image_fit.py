@@ -4,7 +4,7 @@ Simulates an MS-DKI volume with known maps on an HCP-like protocol (18 b=0 plus 
 b = 1000, 2000, 3000 s/mm², 288 volumes), stored as scaled int16 NIfTI like HCP data, in an ellipsoidal
 "brain" of at least 200,000 voxels.  Each method then maps the whole image -- read, fit, goodness of
 fit, write maps, checkpoint and figure -- in its own subprocess, so that every peak resident memory
-(``ru_maxrss``) is that method's alone.  dipy's ``MeanDiffusionKurtosisModel`` fits the same data the
+(``VmHWM``) is that method's alone.  dipy's ``MeanDiffusionKurtosisModel`` fits the same data the
 way its examples do (``img.get_fdata()``, then ``fit(data, mask=mask)``, then the two maps saved).
 
 Example::
@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[110, 110, 40], metavar=("X", "Y", "Z"),
                         help="image grid; the brain is the inscribed ellipsoid (default 110 110 40: 253k voxels)")
+    parser.add_argument("--radius", type=float, default=0.99,
+                        help="half-axes of the brain ellipsoid as a fraction of the grid's (default 0.99)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="varmap methods")
     parser.add_argument("--no-dipy", dest="dipy", action="store_false", help="skip dipy's MS-DKI fit")
     parser.add_argument("--n-epochs", type=int, default=10, help="training epochs of network methods (default 10)")
@@ -49,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.child is None and args.output is not None and args.output.exists() and not args.force:
         parser.error(f"{args.output} exists; pass --force to overwrite it.")
-    if min(args.shape) < 4 or args.n_epochs < 1 or args.snr <= 0:
-        parser.error("--shape needs at least 4 voxels per axis, --n-epochs >= 1 and --snr > 0.")
+    if min(args.shape) < 4 or args.n_epochs < 1 or args.snr <= 0 or not 0 < args.radius <= 1:
+        parser.error("--shape needs at least 4 voxels per axis, --n-epochs >= 1, --snr > 0, 0 < --radius <= 1.")
     return args
 
 
@@ -63,62 +65,90 @@ def fibonacci_sphere(n: int) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
-def make_phantom(folder: Path, shape: tuple[int, int, int], *, snr: float, seed: int, compress: bool) -> dict:
+def make_phantom(
+    folder: Path, shape: tuple[int, int, int], *, snr: float, seed: int, compress: bool, radius: float = 0.99
+) -> dict:
     """Write dwi, bvals, bvecs, mask and the true maps; returns their paths and the voxel count.
 
     Tissue: a smooth white/grey-matter pattern (D 0.7-1.2 µm²/ms, K 0.5-1.0, inside the kurtosis
     expansion's valid range at b = 3000 s/mm²) with a CSF core (D = 3, K = 0); S0 = 1000 in tissue,
-    2000 in CSF; Rician noise of σ = 1000 / snr.  Volumes are simulated one at a time so the
-    simulation itself stays small.
+    2000 in CSF; Rician noise of σ = 1000 / snr.  The image is int16 with a scale factor, written one
+    volume at a time into a memory-mapped ``.nii`` so that even an HCP-size image is simulated in little
+    memory (``--compress`` builds it in memory and writes ``.nii.gz``).
     """
     import nibabel as nib
 
-    from varmap import Protocol, get_signal_model
+    from varmap import Protocol
 
     rng = np.random.default_rng(seed)
-    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    axes = [np.linspace(-1, 1, n, dtype=np.float32) / radius for n in shape]
     x, y, z = np.meshgrid(*axes, indexing="ij")
-    brain = x**2 + y**2 + z**2 < 0.98
+    brain = x**2 + y**2 + z**2 < 1.0
     csf = (x / 0.25) ** 2 + (y / 0.4) ** 2 + (z / 0.5) ** 2 < 1
     pattern = 0.5 + 0.5 * np.sin(6 * x) * np.cos(5 * y) * np.cos(3 * z)
-    D = np.where(csf, 3.0, 0.7 + 0.5 * pattern)
-    K = np.where(csf, 0.0, 1.0 - 0.5 * pattern)
-    S0 = np.where(csf, 2000.0, 1000.0) * brain
+    D = np.where(csf, 3.0, 0.7 + 0.5 * pattern).astype(np.float32)
+    K = np.where(csf, 0.0, 1.0 - 0.5 * pattern).astype(np.float32)
+    del x, y, z, pattern
     bvals = np.concatenate([np.zeros(18), np.repeat(HCP_SHELLS, 90)])
     bvecs = np.concatenate([np.zeros((18, 3)), np.tile(fibonacci_sphere(90), (len(HCP_SHELLS), 1))])
     order = rng.permutation(bvals.size)  # interleave b=0 and shells, as HCP does
     bvals, bvecs = bvals[order], bvecs[order]
     protocol = Protocol.from_bvals_bvecs(bvals, bvecs)
-    model = get_signal_model("msdki", protocol)
     sigma = 1000.0 / snr
-    data = np.empty((*shape, bvals.size), dtype=np.float32)
     inside = np.flatnonzero(brain)
-    for volume in range(bvals.size):
-        signal = np.zeros(brain.size, dtype=np.float32)
-        b = protocol.bvals[volume]
-        exponent = -b * D.ravel()[inside] + (b * D.ravel()[inside]) ** 2 * K.ravel()[inside] / 6.0
-        signal[inside] = S0.ravel()[inside] * np.exp(exponent)
-        noisy = np.hypot(signal + rng.normal(0, sigma, signal.size), rng.normal(0, sigma, signal.size))
-        data[..., volume] = noisy.reshape(shape)
-    suffix = ".nii.gz" if compress else ".nii"
+    D_in, K_in = D.ravel()[inside].astype(np.float64), K.ravel()[inside].astype(np.float64)
+    S0_in = np.where(csf.ravel()[inside], 2000.0, 1000.0)
+    slope = 0.25  # int16 range 8191 in signal units, above S0 + noise
     affine = np.diag([1.25, 1.25, 1.25, 1.0])
-    image = nib.Nifti1Image(data, affine)
-    image.set_data_dtype(np.int16)  # nibabel picks a scale factor, as in scanner data
+    suffix = ".nii.gz" if compress else ".nii"
     paths = {"dwi": folder / f"dwi{suffix}", "bvals": folder / "dwi.bval", "bvecs": folder / "dwi.bvec",
              "mask": folder / "mask.nii.gz", "truth": folder / "truth.npz"}
-    nib.save(image, paths["dwi"])
-    del data, image
+    header = nib.Nifti1Header()
+    header.set_data_shape((*shape, bvals.size))
+    header.set_data_dtype(np.int16)
+    header.set_sform(affine, 1)
+    header.set_qform(affine, 1)
+    header.set_slope_inter(slope, 0.0)
+    if compress:
+        data = np.zeros((*shape, bvals.size), dtype=np.int16)
+    else:
+        header.set_data_offset(352)
+        with open(paths["dwi"], "wb") as handle:
+            header.write_to(handle)
+            handle.write(b"\0" * (352 - handle.tell()))
+        data = np.memmap(paths["dwi"], dtype=np.int16, mode="r+", offset=352, shape=(*shape, bvals.size), order="F")
+    for volume in range(bvals.size):
+        b = protocol.bvals[volume]
+        signal = np.zeros(brain.size, dtype=np.float64)
+        signal[inside] = S0_in * np.exp(-b * D_in + (b * D_in) ** 2 * K_in / 6.0)
+        noisy = np.hypot(signal + rng.normal(0, sigma, signal.size), rng.normal(0, sigma, signal.size))
+        data[..., volume] = np.clip(np.round(noisy / slope), 0, 32767).astype(np.int16).reshape(shape)
+    if compress:
+        nib.save(nib.Nifti1Image(data, affine, header), paths["dwi"])
+    else:
+        data.flush()
+    del data
     np.savetxt(paths["bvals"], bvals[None], fmt="%g")
     np.savetxt(paths["bvecs"], bvecs.T, fmt="%.8f")
     nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), paths["mask"])
-    np.savez(paths["truth"], D=D.astype(np.float32), K=K.astype(np.float32), mask=brain)
-    assert model.n_observables == 4
+    np.savez(paths["truth"], D=D, K=K, mask=brain)
     return {"paths": {k: str(v) for k, v in paths.items()}, "n_voxels": int(brain.sum()), "shape": list(shape)}
 
 
 # ---------------------------------------------------------------------------------------------- children
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (Linux reports KiB, macOS bytes)."""
+    """Peak resident memory of this process in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this program's own address space.
+    (``ru_maxrss`` also counts the parent's pages copied by ``fork`` before ``exec``.)  Elsewhere:
+    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
@@ -184,13 +214,17 @@ def child_baseline() -> dict:
 
     import varmap  # noqa: F401
 
+    environment = (f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+                   f"({torch.get_num_threads()} threads), Python {platform.python_version()}, varmap "
+                   f"{varmap.__version__}")
     return {"method": "imports only", "wall_s": 0.0, "fit_s": 0.0, "read_s": 0.0, "write_s": 0.0, "n_voxels": 0,
-            "device": "-", "D_error": float("nan"), "K_error": float("nan")}
+            "device": "-", "D_error": float("nan"), "K_error": float("nan"), "environment": environment}
 
 
 def run_child(name: str, args: argparse.Namespace, data_file: Path) -> dict:
     command = [sys.executable, __file__, "--child", name, "--workdir", str(args.workdir), "--seed", str(args.seed),
-               "--n-epochs", str(args.n_epochs), "--device", args.device]
+               "--n-epochs", str(args.n_epochs), "--device", args.device, "--snr", str(args.snr), "--radius",
+               str(args.radius), "--shape", *map(str, args.shape), *(["--compress"] if args.compress else [])]
     completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "VARMAP_BENCH_DATA": str(data_file)})
     if completed.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{completed.stderr[-3000:]}")
@@ -199,8 +233,6 @@ def run_child(name: str, args: argparse.Namespace, data_file: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------- report
 def markdown(rows: list[dict], data: dict, args: argparse.Namespace, simulate_s: float) -> str:
-    import torch
-
     lines = [
         f"Whole-image MS-DKI mapping of a simulated {'x'.join(map(str, data['shape']))}x288 volume "
         f"({data['n_voxels']:,} brain voxels, int16 {'.nii.gz' if args.compress else '.nii'}, SNR {args.snr:g}); "
@@ -222,8 +254,7 @@ def markdown(rows: list[dict], data: dict, args: argparse.Namespace, simulate_s:
         "",
         f"For scale: the whole image as float64 is {full_float64:,.0f} MB; the masked voxels as float32 "
         f"{masked_float32:,.0f} MB. Simulation took {simulate_s:.0f} s.",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}.",
+        f"Machine: {next((r['environment'] for r in rows if 'environment' in r), platform.platform())}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -231,6 +262,12 @@ def markdown(rows: list[dict], data: dict, args: argparse.Namespace, simulate_s:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child is not None:
+        if args.child == "simulate":
+            data = make_phantom(args.workdir, tuple(args.shape), snr=args.snr, seed=args.seed,
+                                compress=args.compress, radius=args.radius)
+            Path(os.environ["VARMAP_BENCH_DATA"]).write_text(json.dumps(data))
+            print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+            return 0
         data = json.loads(Path(os.environ["VARMAP_BENCH_DATA"]).read_text())
         if args.child == "dipy":
             row = child_dipy(args, data)
@@ -249,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     try:
         start = time.perf_counter()
-        data = make_phantom(args.workdir, tuple(args.shape), snr=args.snr, seed=args.seed, compress=args.compress)
-        simulate_s = time.perf_counter() - start
         data_file = args.workdir / "data.json"
-        data_file.write_text(json.dumps(data))
+        run_child("simulate", args, data_file)  # in a child, so that this process stays small
+        data = json.loads(data_file.read_text())
+        simulate_s = time.perf_counter() - start
         print(f"simulated {data['n_voxels']:,} voxels in {simulate_s:.0f} s", file=sys.stderr)
         rows = []
         for name in ["baseline", *args.methods, *(["dipy"] if args.dipy else [])]:

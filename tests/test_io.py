@@ -183,6 +183,13 @@ def test_load_mask(tmp_path):
         io.load_mask(write_image(tmp_path / "empty.nii.gz", np.zeros((5, 6, 4), np.uint8)), (5, 6, 4))
 
 
+def test_load_mask_warns_on_other_affine(tmp_path, caplog):
+    path = write_image(tmp_path / "m.nii.gz", np.ones((5, 6, 4), np.uint8), affine=np.eye(4))
+    with caplog.at_level("WARNING", logger="varmap"):
+        io.load_mask(path, (5, 6, 4), affine=AFFINE)
+    assert "another affine than the DWI" in caplog.text
+
+
 def test_compute_mask_finds_object_and_fills_holes():
     rng = np.random.default_rng(1)
     x, y, z = np.mgrid[:40, :40, :30]

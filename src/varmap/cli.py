@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     options = fit.add_argument_group("method options (estimator defaults apply to those not given)")
     for dest, (flag, kind, text) in METHOD_OPTIONS.items():
-        extra = {"choices": ["rician", "gaussian"]} if dest == "likelihood" else {}
+        extra = {"choices": ["rician", "gaussian"]} if dest == "likelihood" else {"metavar": "N" if kind is int else "X"}
         options.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text, **extra)
     fit.set_defaults(handler=_cmd_fit)
 
@@ -122,11 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bvals", required=True, type=Path, help="FSL bvals file (b-values in s/mm²)")
-    parser.add_argument("--bvecs", required=True, type=Path, help="FSL bvecs file (3 rows)")
-    parser.add_argument("--mask", type=Path, default=None,
+    parser.add_argument("--bvals", required=True, type=Path, metavar="FILE", help="FSL bvals file (b-values in s/mm²)")
+    parser.add_argument("--bvecs", required=True, type=Path, metavar="FILE", help="FSL bvecs file (3 rows)")
+    parser.add_argument("--mask", type=Path, default=None, metavar="MASK",
                         help="brain mask in the DWI's grid (default: computed with median_otsu and saved)")
-    parser.add_argument("-o", "--output", dest="output_dir", required=True, type=Path, help="output folder")
+    parser.add_argument("-o", "--output", dest="output_dir", required=True, type=Path, metavar="OUTDIR",
+                        help="output folder (written atomically; refused if it exists, unless --force)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: the GPU when one is present (default auto)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")

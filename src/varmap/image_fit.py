@@ -189,7 +189,7 @@ def fit_image(
     signal_model = get_signal_model(model, protocol)
     options = dict(options)
     _build_estimator(method, signal_model, seed=seed, device=torch_device, progress=progress, options=options)
-    mask_array = None if mask is None else load_mask(mask, image.spatial_shape)
+    mask_array = None if mask is None else load_mask(mask, image.spatial_shape, affine=image.affine)
     checked = time.perf_counter()
     logger.info("fitting %s with %s on %s (%s), device %s", model, method, image.path.name,
                 "x".join(map(str, image.shape)), torch_device)
@@ -234,7 +234,8 @@ def fit_image(
         image, protocol, inputs, fit, estimator,
         kind="fit", command=command, config=config, input_files=input_files, output_dir=output_dir,
         force=force, figure=figure, checkpoint_state=state,
-        timings={"check_s": checked - started, **inputs.timings, "fit_s": fit_seconds},
+        timings={"check_s": checked - started, **inputs.timings, "fit_s": fit_seconds,
+                 **{f"fit_{stage}": seconds for stage, seconds in fit.timings.items()}},
         started=started,
     )
 
@@ -289,7 +290,7 @@ def apply_checkpoint(
     state = saved["state"]
     estimator = ESTIMATORS[state["method"]].from_state(signal_model, state, device=torch_device)
     estimator.progress = progress
-    mask_array = None if mask is None else load_mask(mask, image.spatial_shape)
+    mask_array = None if mask is None else load_mask(mask, image.spatial_shape, affine=image.affine)
     checked = time.perf_counter()
     logger.info("applying %s checkpoint (%s, %s) to %s, device %s", state["method"], saved["model"],
                 checkpoint.name, image.path.name, torch_device)
@@ -318,7 +319,8 @@ def apply_checkpoint(
         image, protocol, inputs, fit, estimator,
         kind="apply", command=command, config=config, input_files=input_files, output_dir=output_dir,
         force=force, figure=figure, checkpoint_state=None,
-        timings={"check_s": checked - started, **inputs.timings, "fit_s": fit_seconds},
+        timings={"check_s": checked - started, **inputs.timings, "fit_s": fit_seconds,
+                 **{f"fit_{stage}": seconds for stage, seconds in fit.timings.items()}},
         started=started,
     )
 

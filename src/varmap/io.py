@@ -260,10 +260,11 @@ def load_protocol(
 
 
 # ---------------------------------------------------------------------------------------------- masks
-def load_mask(path: str | PathLike, spatial_shape: tuple[int, ...]) -> np.ndarray:
+def load_mask(path: str | PathLike, spatial_shape: tuple[int, ...], *, affine: np.ndarray | None = None) -> np.ndarray:
     """Read a mask image as booleans (value > 0) and check it against the image's spatial shape.
 
-    A 4-D mask with one volume is accepted.
+    A 4-D mask with one volume is accepted.  The mask is applied voxel by voxel; when ``affine`` (the
+    DWI's) is given and the mask's differs, a warning says so.
 
     Raises
     ------
@@ -279,6 +280,9 @@ def load_mask(path: str | PathLike, spatial_shape: tuple[int, ...]) -> np.ndarra
             f"mask {path} has shape {shape} but the DWI volumes have {tuple(spatial_shape)}; give a mask "
             f"in the same voxel grid as the DWI (or leave out --mask to compute one)."
         )
+    if affine is not None and not np.allclose(image.affine, affine, atol=1e-3):
+        logger.warning("mask %s has another affine than the DWI; it is applied voxel by voxel, check that "
+                       "it belongs to this scan", path)
     data = np.asanyarray(image.dataobj).reshape(shape)
     mask = np.nan_to_num(data.astype(np.float32, copy=False), nan=0.0) > 0
     if not mask.any():

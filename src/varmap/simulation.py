@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from dipy.core.sphere import HemiSphere, disperse_charges
 from scipy.integrate import quad
-from scipy.special import log_ndtr, logsumexp, ndtr
+from scipy.special import logsumexp, ndtr
 
 from .protocol import Protocol
 from .signal_models import SignalModel
@@ -234,22 +234,32 @@ class ClusterPrior:
             inside &= values[..., self.names.index(a)] * values[..., self.names.index(b)] < c
         return inside
 
-    def cluster_log_density(self, values: np.ndarray) -> np.ndarray:
+    def cluster_log_density(self, values: np.ndarray, clusters: np.ndarray | None = None) -> np.ndarray:
         """Log density of each cluster (not weighted) at scalar parameter vectors.
 
         Parameters
         ----------
         values : ndarray, shape (..., P)
+        clusters : ndarray of int, broadcastable to shape (...), optional
+            Evaluate only this cluster at each vector.
 
         Returns
         -------
-        ndarray, shape (..., K)
+        ndarray, shape (..., K), or (...) when ``clusters`` is given
             ``log p(values | cluster k)``; ``-inf`` outside the support.
         """
         values = np.asarray(values, dtype=np.float64)
-        z2 = (values[..., None, :] - self.means) ** 2 / self.variances
-        log_normal = -0.5 * (z2 + np.log(2.0 * math.pi * self.variances)).sum(-1) - self.log_mass
-        return np.where(self.in_support(values)[..., None], log_normal, -np.inf)
+        inside = self.in_support(values)
+        if clusters is None:
+            means, variances, log_mass = self.means, self.variances, self.log_mass
+            values, inside = values[..., None, :], inside[..., None]
+        else:
+            clusters = np.asarray(clusters)
+            means, variances = self.means[clusters], self.variances[clusters]
+            log_mass = self.log_mass[clusters]
+        z2 = (values - means) ** 2 / variances
+        log_normal = -0.5 * (z2 + np.log(2.0 * math.pi * variances)).sum(-1)
+        return np.where(inside, log_normal - log_mass, -np.inf)
 
     def log_density(self, values: np.ndarray) -> np.ndarray:
         """Log density of the scalar mixture (the direction's uniform density is not included).
@@ -290,7 +300,8 @@ class ClusterPrior:
         values = np.empty((n, self.n_params))
         todo = np.arange(n)
         for _ in range(_MAX_REJECTION_ROUNDS):
-            draws = self.means[labels[todo]] + self.stds[labels[todo]] * rng.standard_normal((todo.size, self.n_params))
+            noise = rng.standard_normal((todo.size, self.n_params))
+            draws = self.means[labels[todo]] + self.stds[labels[todo]] * noise
             values[todo] = draws
             todo = todo[~self.in_support(draws)]
             if todo.size == 0:
@@ -329,7 +340,8 @@ class ClusterPrior:
             # Integrate over mu_a +- 12 sd (beyond that the Gaussian holds < 1e-32 of the mass).
             start = max(self.lower[ia], mu_a - 12 * sd_a)
             stop = min(self.upper[ia], mu_a + 12 * sd_a)
-            kinks = [c / self.upper[ib]] if np.isfinite(self.upper[ib]) and start < c / self.upper[ib] < stop else None
+            kink = c / self.upper[ib]  # where c/a meets b's upper bound (0 when unbounded)
+            kinks = [kink] if start < kink < stop else None
             mass, _ = quad(density, start, stop, points=kinks, epsabs=0.0, epsrel=1e-12, limit=200)
             log_mass[k] = math.log(mass) + others[k]
         return log_mass

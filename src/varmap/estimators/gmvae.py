@@ -12,7 +12,7 @@ from ..signal_models import SignalModel
 from .networks import VoxelBatch, encoder_inputs
 from .variational import VariationalEstimator, gaussian_log_density
 
-__all__ = ["GMVAEEstimator", "GaussianMixturePrior", "Y_SAMPLERS", "fit_diagonal_gmm"]
+__all__ = ["GMVAEEstimator", "GaussianMixturePrior", "Y_SAMPLERS"]
 
 #: How the component y enters the reconstruction term during training.
 Y_SAMPLERS = ("gumbel", "enumerate")
@@ -107,25 +107,6 @@ class GMVAEEstimator(VariationalEstimator):
         mean, log_var = encoded[..., K:].reshape(*encoded.shape[:-1], K, 2 * L).chunk(2, dim=-1)
         return logits, mean, log_var
 
-    def _on_epoch_start(self, epoch: int, train_data: VoxelBatch) -> None:
-        """When the KL term switches on, fit the mixture prior to the encoder's codes of the data.
-
-        During the first epochs (KL weight 0) the networks learn to reconstruct; a randomly placed prior
-        would then let one component take every voxel.  Fitting the mixture to the aggregate posterior
-        (k-means++ start, then EM; as VaDE does after pre-training) starts the components on the
-        groups the data actually form.
-        """
-        if epoch != self.warmup_off_epochs or epoch == 0:
-            return
-        with torch.no_grad():
-            logits, mean, _ = self._split(self.encoder_(encoder_inputs(train_data.observables, train_data.S0_relative)))
-            codes = (torch.softmax(logits, dim=-1)[..., None] * mean).sum(-2)
-            generator = torch.Generator(device=codes.device).manual_seed(self.seed + 3)
-            weights, means, variances = fit_diagonal_gmm(codes, self.n_components, generator)
-            self.prior_.logits.copy_(torch.log(weights))
-            self.prior_.means.copy_(means)
-            self.prior_.log_vars.copy_(torch.log(variances))
-
     def _temperature(self, epoch: int) -> float:
         start, end = self.temperature
         progress = min(1.0, max(0.0, (epoch - self._first_stop_epoch()) / max(self.n_epochs - self._first_stop_epoch(), 1)))
@@ -149,7 +130,7 @@ class GMVAEEstimator(VariationalEstimator):
         else:
             y = _gumbel_softmax(logits, self._temperature(epoch), generator)
             reconstruction = self._reconstruction_nll(observables, (y[..., None] * z).sum(-2), sigma)
-        return (reconstruction + self._kl_weight(epoch) * kl).mean()
+        return reconstruction + self._kl_weight(epoch) * kl
 
     def _sample_proposal(
         self, encoded: torch.Tensor, n_samples: int, generator: torch.Generator
@@ -174,46 +155,6 @@ class GMVAEEstimator(VariationalEstimator):
     def _cluster_probs(self, z: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
         responsibilities = torch.softmax(self.prior_.component_log_density(z), dim=-1)
         return (weights[..., None] * responsibilities.double()).sum(0).cpu().numpy()
-
-
-def fit_diagonal_gmm(
-    x: torch.Tensor, n_components: int, generator: torch.Generator, n_iter: int = 50
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gaussian mixture with diagonal covariances by EM from a k-means++ start.
-
-    Parameters
-    ----------
-    x : Tensor, shape (n, d)
-    n_components : int
-    generator : torch.Generator
-        Draws the k-means++ seeds.
-    n_iter : int
-        EM iterations.
-
-    Returns
-    -------
-    weights : Tensor, shape (K,)
-    means : Tensor, shape (K, d)
-    variances : Tensor, shape (K, d)
-        Floored at 1e-4 of the data's variance.
-    """
-    floor = 1e-4 * x.var(0).clamp_min(1e-12)
-    centres = x[torch.randint(x.shape[0], (1,), generator=generator, device=x.device)]
-    for _ in range(1, n_components):
-        distance = torch.cdist(x, centres).min(dim=1).values ** 2
-        pick = torch.multinomial(distance / distance.sum(), 1, generator=generator)
-        centres = torch.cat([centres, x[pick]])
-    means = centres
-    variances = x.var(0).expand(n_components, -1).clone()
-    weights = torch.full((n_components,), 1.0 / n_components, dtype=x.dtype, device=x.device)
-    for _ in range(n_iter):
-        log_resp = torch.log(weights) + gaussian_log_density(x[:, None, :], means, torch.log(variances))
-        resp = torch.softmax(log_resp, dim=1)
-        mass = resp.sum(0).clamp_min(1e-8)
-        weights = mass / mass.sum()
-        means = (resp.T @ x) / mass[:, None]
-        variances = torch.maximum((resp.T @ (x * x)) / mass[:, None] - means**2, floor)
-    return weights, means, variances
 
 
 def _gumbel_softmax(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:

@@ -92,7 +92,7 @@ class NetworkEstimator(Estimator):
 
     @abstractmethod
     def _loss(self, batch: VoxelBatch, epoch: int, generator: torch.Generator) -> torch.Tensor:
-        """Mean training loss of a batch."""
+        """Loss of every voxel of a batch, shape (B,)."""
 
     @abstractmethod
     def _estimate(self, batch: VoxelBatch, generator: torch.Generator) -> Estimates:
@@ -102,9 +102,6 @@ class NetworkEstimator(Estimator):
     def _output_layer(self) -> nn.Linear:
         """The layer whose outputs are the unconstrained parameters (plus S0 scale)."""
         return self.encoder_.net[-1]
-
-    def _on_epoch_start(self, epoch: int, train_data: VoxelBatch) -> None:
-        """Hook called before every training epoch."""
 
     def _first_stop_epoch(self) -> int:
         """First epoch whose held-out loss counts for early stopping."""
@@ -164,7 +161,9 @@ class NetworkEstimator(Estimator):
         with _torch_threads(threads):
             return train_network(
                 self.network_,
-                lambda batch, epoch: self._loss(batch, epoch, device_generator),
+                lambda batch, epoch, training: self._loss(
+                    batch, epoch, device_generator if training else _device_generator(self.device_, self.seed + 4)
+                ),
                 train_data,
                 VoxelBatch(*(t[val_index] for t in voxels)),
                 n_epochs=self.n_epochs,
@@ -175,7 +174,6 @@ class NetworkEstimator(Estimator):
                 generator=generator,
                 progress=self.progress,
                 description=f"{self.name} training",
-                on_epoch_start=lambda epoch: self._on_epoch_start(epoch, train_data),
             )
 
     def _infer(self, data: PreparedData) -> Estimates:

@@ -39,7 +39,7 @@ class SelfSupervisedEstimator(NetworkEstimator):
 
     def _loss(self, batch: VoxelBatch, epoch: int, generator: torch.Generator) -> torch.Tensor:
         unconstrained = self.encoder_(encoder_inputs(batch.observables, batch.S0_relative))
-        return self.decoder_.nll(batch.observables, unconstrained, batch.sigma).mean()
+        return self.decoder_.nll(batch.observables, unconstrained, batch.sigma)
 
     def _estimate(self, batch: VoxelBatch, generator: torch.Generator) -> Estimates:
         unconstrained = self.encoder_(encoder_inputs(batch.observables, batch.S0_relative))

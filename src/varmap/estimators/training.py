@@ -24,9 +24,15 @@ def split_voxels(n_voxels: int, validation_fraction: float, generator: torch.Gen
     return order[n_val:], order[:n_val]
 
 
+def _trimmed_mean(values: torch.Tensor, keep: float = 0.99) -> float:
+    """Mean of the lowest ``keep`` fraction of ``values``."""
+    ordered = torch.sort(values.detach().flatten()).values
+    return float(ordered[: max(1, int(round(keep * ordered.numel())))].mean())
+
+
 def train_network(
     network: nn.Module,
-    loss_fn: Callable[[Any, int], torch.Tensor],
+    loss_fn: Callable[[Any, int, bool], torch.Tensor],
     train_data: Any,
     val_data: Any,
     *,
@@ -38,7 +44,6 @@ def train_network(
     generator: torch.Generator,
     progress: bool,
     description: str,
-    on_epoch_start: Callable[[int], None] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``network`` in place and restore the weights of its best validation epoch.
 
@@ -46,8 +51,11 @@ def train_network(
     ----------
     network : nn.Module
     loss_fn : callable
-        ``loss_fn(batch, epoch)`` returns the mean loss of a batch (a tuple of tensors with voxels on the
-        first axis); it may depend on the epoch (KL warm-up, temperature annealing).
+        ``loss_fn(batch, epoch, training)`` returns the loss of every voxel of a batch (a tuple of
+        tensors with voxels on the first axis); it may depend on the epoch (KL warm-up, temperature
+        annealing).  Training minimises the mean; early stopping watches the held-out mean without
+        its worst 1 % of voxels, so that a rare voxel whose sampled code lands far outside the data
+        does not decide when to stop.
     train_data, val_data : tuple or NamedTuple of Tensor
         Tensors with voxels on the first axis; batches keep the tuple's type.
     n_epochs : int
@@ -67,8 +75,6 @@ def train_network(
         Show a tqdm bar with the losses.
     description : str
         Label of the bar.
-    on_epoch_start : callable, optional
-        Called with the epoch number before each epoch (e.g. to initialise a prior from the data).
 
     Returns
     -------
@@ -85,14 +91,12 @@ def train_network(
     typical_norm = float("inf")
     bar = tqdm(range(n_epochs), desc=description, disable=not progress, unit="epoch", leave=False)
     for epoch in bar:
-        if on_epoch_start is not None:
-            on_epoch_start(epoch)
         network.train()
         order = torch.randperm(n_train, generator=generator).to(train_data[0].device)
         total = 0.0
         for start in range(0, n_train, batch_size):
             index = order[start : start + batch_size]
-            loss = loss_fn(type(train_data)(*(t[index] for t in train_data)), epoch)
+            loss = loss_fn(type(train_data)(*(t[index] for t in train_data)), epoch, True).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = float(nn.utils.clip_grad_norm_(network.parameters(), 3.0 * typical_norm))
@@ -103,7 +107,7 @@ def train_network(
         history["train_loss"].append(total / n_train)
         network.eval()
         with torch.no_grad():
-            val_loss = float(loss_fn(val_data, epoch)) if val_data[0].shape[0] else history["train_loss"][-1]
+            val_loss = _trimmed_mean(loss_fn(val_data, epoch, False)) if val_data[0].shape[0] else history["train_loss"][-1]
         history["val_loss"].append(val_loss)
         bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}", val=f"{val_loss:.4g}")
         if epoch < first_stop_epoch:

@@ -34,7 +34,7 @@ class VAEEstimator(VariationalEstimator):
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * log_var) * noise
         kl = 0.5 * (mean * mean + torch.exp(log_var) - log_var - 1.0).sum(-1)
-        return (self._reconstruction_nll(batch.observables, z, batch.sigma) + self._kl_weight(epoch) * kl).mean()
+        return self._reconstruction_nll(batch.observables, z, batch.sigma) + self._kl_weight(epoch) * kl
 
     def _sample_proposal(
         self, encoded: torch.Tensor, n_samples: int, generator: torch.Generator

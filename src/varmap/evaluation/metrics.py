@@ -10,7 +10,7 @@ __all__ = ["rmse", "bias", "angular_error_deg", "error_table"]
 
 
 def _paired(estimate: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Broadcast-free pairing of estimates and truth, keeping the entries with a finite estimate."""
+    """Estimates and truth of equal shape, restricted to the entries with a finite estimate."""
     estimate = np.asarray(estimate, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     if estimate.shape != truth.shape:
@@ -58,7 +58,8 @@ def angular_error_deg(n_est: np.ndarray, n_true: np.ndarray) -> np.ndarray:
     n_true = np.asarray(n_true, dtype=np.float64)
     if n_est.shape != n_true.shape or n_est.shape[-1:] != (3,):
         raise ValueError(f"directions must both have shape (..., 3); got {n_est.shape} and {n_true.shape}.")
-    cosine = np.abs((n_est * n_true).sum(-1)) / (np.linalg.norm(n_est, axis=-1) * np.linalg.norm(n_true, axis=-1))
+    lengths = np.linalg.norm(n_est, axis=-1) * np.linalg.norm(n_true, axis=-1)
+    cosine = np.abs((n_est * n_true).sum(-1)) / lengths
     return np.degrees(np.arccos(np.clip(cosine, 0.0, 1.0)))
 
 

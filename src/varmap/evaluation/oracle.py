@@ -69,7 +69,7 @@ def msdki_oracle(
     sigma: float,
     S0: float | np.ndarray,
     n_grid: int = 41,
-    max_refinements: int = 30,
+    max_refinements: int = 100,
     chunk_size: int = 256,
 ) -> OracleResult:
     """Posterior mean and standard deviation of MS-DKI's D and K under the true prior.
@@ -89,10 +89,11 @@ def msdki_oracle(
     n_grid : int
         Grid points per axis at every level (odd, so the centre is a grid point).
     max_refinements : int
-        Largest number of refinement levels after the first grid over the prior; the grids stop
-        refining once converged (see Notes), usually after 2-8 levels.
+        Largest number of refinement levels after the first grid; each voxel stops refining once its
+        grids have converged (see Notes): 3-8 levels at SNR 5-50, up to 20 at SNR 300, and
+        occasionally 60 or more at SNR 1000 and above, where posteriors are narrower than 1e-4.
     chunk_size : int
-        Voxels processed together (memory grows as chunk_size × n_grid² × n_shells).
+        Voxels processed together (memory grows as chunk_size × n_clusters × n_grid² × n_shells).
 
     Returns
     -------
@@ -100,32 +101,49 @@ def msdki_oracle(
         ``params`` and ``std`` hold ``"D"`` (µm²/ms) and ``"K"``; ``cluster_probs`` the posterior
         probability of each prior cluster.
 
+    Raises
+    ------
+    RuntimeError
+        If some grids have not converged after ``max_refinements`` levels.
+
     Notes
     -----
     Every measurement i of shell s has the Rician density of :func:`~varmap.simulation.rician_log_pdf`
-    with noiseless value :math:`\\nu_s = S_0 \\exp(-b_s D + b_s^2 D^2 K / 6)`, the same for every
-    direction of the shell.  The log-likelihood is therefore a sum over shells of one-dimensional
-    functions :math:`L_s(\\nu_s)`.  For each voxel and shell, :math:`L_s` is tabulated exactly on a
-    coarse grid over :math:`[0, \\max_i m_i + 12\\sigma]`, then on 96 points over the interval where it
-    lies within 60 nats of its maximum, and interpolated with Catmull-Rom cubics (exact for quadratics);
-    outside that interval it continues with a steep quadratic decay (those points carry less than
-    e^-40 of the posterior mass).  b=0 measurements carry no information on (D, K) when S0 is known.
+    with noiseless value :math:`\\nu_s = S_0\\, \\phi(b_s; D, K)`, where φ is
+    :func:`~varmap.signal_models.msdki_signal` (:math:`\\exp(-b_s D + b_s^2 D^2 K / 6)`, the function
+    :func:`~varmap.simulation.simulate` uses), the same for every direction of the shell.  The
+    log-likelihood is therefore a sum over shells of one-dimensional functions :math:`L_s(\\nu_s)`.
+    For each voxel and shell, :math:`L_s` is tabulated exactly on a coarse grid over
+    :math:`[0, \\max_i m_i + 12\\sigma]`, then on 96 points over the interval where it lies within 60
+    nats of its maximum, and interpolated with Catmull-Rom cubics (exact for quadratics); outside that
+    interval it continues with the edge's value and slope and the curvature :math:`n_s/\\sigma^2` of
+    :math:`n_s` Gaussian measurements (such points are at least 60 nats down and carry no weight).
+    b=0 measurements carry no information on (D, K) when S0 is known.
 
-    The posterior is a mixture over prior clusters, :math:`p(\theta|s) \propto \sum_k \pi_k
-    p_k(\theta) L(\theta)`.  Each cluster's term is integrated separately on ``n_grid``² grids.  The
-    first spans the cluster mean ± 6 prior standard deviations.  Each refinement aligns the grid with
-    the principal axes of the current posterior covariance and spans the bounding box, along those
-    axes, of the previous grid's points within 25 nats of the maximum, plus one previous cell on each
-    side (so a posterior narrower than a cell is not lost), doubled when that region reached the
-    previous grid's edge.  Refinement stops when, for every cluster
-    holding more than e^-25 of a voxel's posterior, the last grid covered that region (no point of it
-    on the grid's edge) and resolved it (it spans at least a quarter of the grid along both grid axes,
-    so more than ``n_grid`` / 4 points across: 0.7 standard deviations apart or closer for a
-    Gaussian, where trapezoidal sums are exact to e^-40).  The evidence of each cluster gives the cluster probabilities; the posterior mean and
-    variance follow from the law of total expectation and
-    variance.  Grid points outside MS-DKI's parameter bounds (D in [0, 4] µm²/ms, K in [-1, 3]) or
-    outside the prior's support have zero weight; the paper's untruncated prior has less than 1e-15 of
-    its mass outside those bounds.
+    The posterior is a mixture over prior clusters, :math:`p(\\theta|s) \\propto \\sum_k \\pi_k
+    p_k(\\theta) L(\\theta)`.  Each cluster's term is integrated separately on ``n_grid``² grids.  The
+    first spans all clusters' means ± 6 prior standard deviations, so it holds the likelihood's peak
+    and every cluster's prior.  Each refinement aligns the grid with the principal axes of the current
+    posterior covariance and spans the bounding box, along those axes, of the previous grid's points
+    within 25 nats of the maximum, plus one previous cell on each side (so a posterior narrower than a
+    cell is not lost); when that region was cut by the previous grid's edge, the window grows by 2, 4,
+    8, ... on successive cuts.  A (voxel, cluster) pair stops refining when its last grid covered that
+    region (no point of it on the grid's edge) and resolved it (the region spans at least a quarter of
+    the grid along both grid axes, so points are 0.7 standard deviations apart or closer for a
+    Gaussian, where trapezoidal sums are exact to e^-40).  Every pair converges, even clusters with a
+    negligible share of the posterior, because an unresolved grid can underestimate a cluster's
+    evidence by hundreds of nats.  The evidence of each cluster gives the cluster probabilities; the
+    posterior mean and variance follow from the laws of total expectation and variance.
+
+    The integration covers the prior's support, not the estimators' parameter bounds: the paper's
+    free-water cluster puts half its mass at K < 0, and the posterior mean under the true prior must
+    count it.  With the default grid, results agree with twice finer grids and with brute-force
+    integration to a few 1e-3 posterior standard deviations or better for smooth priors
+    (``msdki_paper_prior``).  Where a truncated prior's hard boundary (``msdki_physical_prior``)
+    cuts the posterior, the sums are only first-order accurate: about 0.02 posterior standard
+    deviations RMS, up to 0.3 in a few voxels, which changes the RMSE over many voxels by well under
+    1 %; raise ``n_grid`` for more.  2,000 voxels of the HCP-like protocol take about 6 s on 2 CPU
+    cores at SNR 5-50.
     """
     model = MSDKIModel(protocol)
     _check_prior(prior, model.parameter_names, False)
@@ -135,7 +153,6 @@ def msdki_oracle(
     shells = [s for s, b in enumerate(protocol.shell_bvals) if b > protocol.b0_threshold]
     shell_bvals = torch.tensor(protocol.shell_bvals[shells], dtype=_DTYPE)
     masks = [torch.as_tensor(protocol.shell_index == s) for s in shells]
-    bounds = np.array([[p.low, p.high] for p in model.parameters])
     start = perf_counter()
     means, covs, log_evidence, n_refinements = [], [], [], 0
     for chunk in _chunks(signals.shape[0], chunk_size):
@@ -143,13 +160,12 @@ def msdki_oracle(
         s0 = torch.as_tensor(S0_v[chunk], dtype=_DTYPE)
         tables = [_ShellLikelihood(m[:, mask], sigma) for mask in masks]
 
-        def log_likelihood(theta: torch.Tensor) -> torch.Tensor:
-            nu = s0.view(-1, *([1] * (theta.dim() - 1))) * msdki_signal(shell_bvals, theta[..., 0], theta[..., 1])
-            return sum(table(nu[..., i]) for i, table in enumerate(tables))
+        def log_likelihood(theta: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
+            nu = s0[voxels, None, None] * msdki_signal(shell_bvals, theta[..., 0], theta[..., 1])
+            return sum(table(nu[..., i], voxels) for i, table in enumerate(tables))
 
         mu, cov, log_z, levels = _grid_posterior(
-            log_likelihood, prior, bounds, n_voxels=len(s0), n_grid=n_grid,
-            max_refinements=max_refinements,
+            log_likelihood, prior, n_voxels=len(s0), n_grid=n_grid, max_refinements=max_refinements
         )
         n_refinements = max(n_refinements, levels)
         means.append(mu)
@@ -164,11 +180,7 @@ def msdki_oracle(
         std={name: variance[:, i].clamp_min(0.0).sqrt().numpy() for i, name in enumerate(names)},
         cluster_probs=probs.numpy(),
         method="grid",
-        diagnostics={
-            "n_grid": n_grid,
-            "n_refinements": n_refinements,
-            "seconds": perf_counter() - start,
-        },
+        diagnostics={"n_grid": n_grid, "n_refinements": n_refinements, "seconds": perf_counter() - start},
     )
 
 
@@ -189,8 +201,8 @@ class _ShellLikelihood:
     depth = 60.0
 
     def __init__(self, m: torch.Tensor, sigma: float) -> None:
-        self.n_measurements = m.shape[1]
         self.sigma = sigma
+        self.curvature = m.shape[1] / sigma**2
         top = m.max(dim=1).values + 12.0 * sigma
         coarse_step = top / (self.n_coarse - 1)
         coarse = self._evaluate(m, torch.zeros_like(top), coarse_step, self.n_coarse)
@@ -200,40 +212,53 @@ class _ShellLikelihood:
         self.low = (first - 1).clamp_min(0) * coarse_step
         self.high = (last + 1).clamp_max(self.n_coarse - 1) * coarse_step
         self.step = (self.high - self.low) / (self.n_fine - 1)
-        self.table = self._evaluate(m, self.low, self.step, self.n_fine)
-        edge = self.table[:, :1], self.table[:, -1:]
-        self._padded = torch.cat(
-            [2 * edge[0] - self.table[:, 1:2], self.table, 2 * edge[1] - self.table[:, -2:-1]], dim=1
+        table = self._evaluate(m, self.low, self.step, self.n_fine)
+        self.slope_low = (table[:, 1] - table[:, 0]) / self.step
+        self.slope_high = (table[:, -1] - table[:, -2]) / self.step
+        # Catmull-Rom cubic of each interval, c0 + c1 t + c2 t² + c3 t³ for t in [0, 1]; linear
+        # extrapolation by one point at each end gives the end intervals' outer neighbours.
+        below, above = 2 * table[:, :1] - table[:, 1:2], 2 * table[:, -1:] - table[:, -2:-1]
+        padded = torch.cat([below, table, above], dim=1)
+        p0, p1, p2, p3 = (padded[:, j : j + self.n_fine - 1] for j in range(4))
+        self.coefficients = torch.stack(
+            [p1, 0.5 * (p2 - p0), p0 - 2.5 * p1 + 2 * p2 - 0.5 * p3, 1.5 * (p1 - p2) + 0.5 * (p3 - p0)],
+            dim=-1,
         )
 
     def _evaluate(self, m: torch.Tensor, low: torch.Tensor, step: torch.Tensor, n: int) -> torch.Tensor:
         nu = low[:, None] + step[:, None] * torch.arange(n, dtype=_DTYPE)
         return rician_log_pdf(m[:, None, :], nu[:, :, None], self.sigma).sum(-1)
 
-    def __call__(self, nu: torch.Tensor) -> torch.Tensor:
-        """Log-likelihood at ν of shape (n_voxels, ...), by cubic interpolation inside the table."""
+    def __call__(self, nu: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
+        """Log-likelihood at ν, shape (n_rows, ...), where row r belongs to voxel ``voxels[r]``."""
         shape = nu.shape
         nu = nu.reshape(shape[0], -1)
-        inside = torch.minimum(torch.maximum(nu, self.low[:, None]), self.high[:, None])
-        u = (inside - self.low[:, None]) / self.step[:, None]
+        low, high, step = self.low[voxels, None], self.high[voxels, None], self.step[voxels, None]
+        inside = torch.minimum(torch.maximum(nu, low), high)
+        u = (inside - low) / step
         index = u.floor().clamp(0, self.n_fine - 2).long()
         t = u - index
-        p0, p1, p2, p3 = (torch.gather(self._padded, 1, index + j) for j in range(4))
-        value = p1 + 0.5 * t * (p2 - p0 + t * (2 * p0 - 5 * p1 + 4 * p2 - p3 + t * (3 * (p1 - p2) + p3 - p0)))
-        outside = (nu - inside) / self.sigma
-        return (value - 0.5 * self.n_measurements * outside * outside).reshape(shape)
+        c = torch.gather(self.coefficients[voxels], 1, index[..., None].expand(-1, -1, 4))
+        value = c[..., 0] + t * (c[..., 1] + t * (c[..., 2] + t * c[..., 3]))
+        beyond = nu - inside
+        slope = torch.where(beyond > 0, self.slope_high[voxels, None], self.slope_low[voxels, None])
+        value = value + slope * beyond - 0.5 * self.curvature * beyond * beyond
+        return value.reshape(shape)
 
 
 def _grid_posterior(
     log_likelihood,
     prior: ClusterPrior,
-    bounds: np.ndarray,
     *,
     n_voxels: int,
     n_grid: int,
     max_refinements: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Per-cluster posterior moments and log evidence of a two-parameter model on refined grids.
+
+    ``log_likelihood(theta, voxels)`` returns the log-likelihood of grids ``theta`` (n_rows, M, 2)
+    for the voxels ``voxels`` (n_rows,).  Works on flat (voxel, cluster) pairs and refines only the
+    pairs that have not converged (see :func:`msdki_oracle`).
 
     Returns
     -------
@@ -251,57 +276,68 @@ def _grid_posterior(
     edge = torch.ones(n_grid, n_grid, dtype=torch.bool)
     edge[1:-1, 1:-1] = False
     edge = edge.reshape(-1)
-    cluster_index = np.arange(n_clusters)[None, :, None, None]
 
-    def evaluate(centre: torch.Tensor, axes: torch.Tensor):
-        """Moments on the grid θ = centre + axes · unit grid, and the window for the next grid."""
-        theta = centre[..., None, :] + unit_grid @ axes.transpose(-1, -2)
-        values = theta.numpy()
-        log_prior = np.take_along_axis(prior.cluster_log_density(values), cluster_index, axis=-1)[..., 0]
-        inside = np.all((values >= bounds[:, 0]) & (values <= bounds[:, 1]), axis=-1)
-        log_w = torch.as_tensor(np.where(inside, log_prior, -np.inf)) + log_likelihood(theta)
+    def evaluate(pairs: torch.Tensor, centre: torch.Tensor, axes: torch.Tensor, growth: torch.Tensor):
+        """Moments on the grids θ = centre + axes · unit grid of (voxel, cluster) ``pairs``."""
+        voxels, clusters = pairs // n_clusters, pairs % n_clusters
+        theta = centre[:, None, :] + unit_grid @ axes.transpose(-1, -2)
+        log_prior = prior.cluster_log_density(theta.numpy(), clusters.numpy()[:, None])
+        log_w = torch.as_tensor(log_prior) + log_likelihood(theta, voxels)
         top = log_w.max(dim=-1, keepdim=True).values
         w = torch.exp(log_w - top)
         total = w.sum(dim=-1)
-        w = w / total[..., None]
+        w = w / total[:, None]
         mean = (w[..., None] * theta).sum(dim=-2)
-        centred = theta - mean[..., None, :]
-        cov = torch.einsum("vkm,vkmi,vkmj->vkij", w, centred, centred)
-        log_z = top[..., 0] + torch.log(total * torch.linalg.det(axes).abs() * cell_width**2)
-        # Next window: the principal-axis bounding box of the points within _DEPTH nats of the
-        # maximum, widened by one cell of this grid on each side.
-        _, principal = torch.linalg.eigh(cov)
-        projected = centred @ principal
+        centred = theta - mean[:, None, :]
+        cov = torch.einsum("pm,pmi,pmj->pij", w, centred, centred)
+        log_z = top[:, 0] + torch.log(total * torch.linalg.det(axes).abs() * cell_width**2)
         above = (log_w >= top - _DEPTH)[..., None]
-        low = torch.where(above, projected, math.inf).min(dim=-2).values
-        high = torch.where(above, projected, -math.inf).max(dim=-2).values
-        margin = (principal.transpose(-1, -2) @ axes).abs().sum(-1) * cell_width
         covered = ~(above[..., 0] & edge).any(dim=-1)
         span = (torch.where(above, unit_grid, -2.0).max(dim=-2).values
                 - torch.where(above, unit_grid, 2.0).min(dim=-2).values)
         resolved = (span >= 0.5).all(dim=-1)
-        # A region cut by the grid's edge may reach far beyond it: double the next window.
-        half = ((high - low) / 2 + margin) * torch.where(covered, 1.0, 2.0)[..., None]
+        # Next window: the principal-axis bounding box of the points within _DEPTH nats of the
+        # maximum, widened by one cell of this grid on each side.  When the region was cut by this
+        # grid's edge it may reach far beyond: the window grows by 2, 4, 8, ... on successive cuts.
+        growth = torch.where(covered, 1.0, 2.0 * growth)
+        _, principal = torch.linalg.eigh(cov)
+        projected = centred @ principal
+        low = torch.where(above, projected, math.inf).min(dim=-2).values
+        high = torch.where(above, projected, -math.inf).max(dim=-2).values
+        margin = (principal.transpose(-1, -2) @ axes).abs().sum(-1) * cell_width
+        half = ((high - low) / 2 + margin) * growth[:, None]
         next_centre = mean + (principal @ ((low + high) / 2)[..., None])[..., 0]
-        next_axes = principal * half[..., None, :]
-        return mean, cov, log_z, next_centre, next_axes, covered, resolved
+        next_axes = principal * half[:, None, :]
+        return mean, cov, log_z, next_centre, next_axes, growth, covered & resolved
 
-    # First grid: each cluster's mean +- 6 prior standard deviations, within the bounds.
-    box_low = np.maximum(prior.means - 6 * prior.stds, np.maximum(bounds[:, 0], prior.lower))
-    box_high = np.minimum(prior.means + 6 * prior.stds, np.minimum(bounds[:, 1], prior.upper))
-    centre = torch.as_tensor((box_high + box_low) / 2).expand(n_voxels, -1, -1)
-    axes = torch.diag_embed(torch.as_tensor((box_high - box_low) / 2)).expand(n_voxels, -1, -1, -1)
-    log_weights = torch.as_tensor(np.log(prior.weights))
+    # First grid of every pair: the box spanning all clusters' means +- 6 prior standard deviations
+    # (within the prior's bounds), which holds both the likelihood's peak (the data came from one of
+    # the clusters) and every cluster's prior, so also each cluster's posterior.
+    box_low = np.maximum((prior.means - 6 * prior.stds).min(0), prior.lower)
+    box_high = np.minimum((prior.means + 6 * prior.stds).max(0), prior.upper)
+    n_pairs = n_voxels * n_clusters
+    centre = torch.as_tensor((box_high + box_low) / 2).repeat(n_pairs, 1)
+    axes = torch.diag(torch.as_tensor((box_high - box_low) / 2)).repeat(n_pairs, 1, 1)
+    mean = torch.empty(n_pairs, 2, dtype=_DTYPE)
+    cov = torch.empty(n_pairs, 2, 2, dtype=_DTYPE)
+    log_z = torch.empty(n_pairs, dtype=_DTYPE)
+    growth = torch.ones(n_pairs, dtype=_DTYPE)
+    converged = torch.zeros(n_pairs, dtype=torch.bool)
+    active = torch.arange(n_pairs)
     for level in range(max_refinements + 1):
-        mean, cov, log_z, centre, axes, covered, resolved = evaluate(centre, axes)
-        log_joint = log_z + log_weights
-        relevant = log_joint >= log_joint.max(dim=1, keepdim=True).values - _DEPTH
-        if level > 0 and bool((covered & resolved | ~relevant).all()):
-            return mean, cov, log_z, level
+        found = evaluate(active, centre[active], axes[active], growth[active])
+        for store, value in zip((mean, cov, log_z, centre, axes, growth, converged), found):
+            store[active] = value
+        if level > 0:
+            # Every pair refines to convergence: the evidence of an unresolved grid can be too low by
+            # hundreds of nats, so it cannot tell which clusters are negligible.
+            active = torch.nonzero(~converged)[:, 0]
+            if active.numel() == 0:
+                shape = (n_voxels, n_clusters)
+                return mean.view(*shape, 2), cov.view(*shape, 2, 2), log_z.view(shape), level
     raise RuntimeError(
-        f"the MS-DKI oracle's grids did not converge in {max_refinements} refinements "
-        f"({int((relevant & ~covered).sum())} voxel-clusters not covered, "
-        f"{int((relevant & ~resolved).sum())} not resolved); raise max_refinements or n_grid."
+        f"the MS-DKI oracle's grids did not converge in {max_refinements} refinements for "
+        f"{active.numel()} (voxel, cluster) pairs; raise max_refinements or n_grid."
     )
 
 
@@ -366,7 +402,8 @@ def ball_stick_oracle(
     stay fixed afterwards, so the kept sweeps are a valid Markov chain.  The chain starts from the best
     of ``n_init`` prior draws, never from the truth.  With the defaults the Monte Carlo standard error
     of a posterior mean is about a tenth of the posterior standard deviation, which inflates the
-    oracle's mean squared error by about 1 %.
+    oracle's mean squared error by about 1 %.  2,000 voxels of the HCP-like protocol take about 80 s
+    on 2 CPU cores.
     """
     model = BallStickModel(protocol)
     _check_prior(prior, model.parameter_names, True)
@@ -480,15 +517,18 @@ class _BallStickSampler:
             noise = torch.randn(n, p, 1, generator=generator, dtype=_DTYPE)
             step = log_scale[:, :1].exp() * (chol @ noise)[..., 0]
             accept_scalars = self._metropolis(self.scalars + step, self.direction, generator)
-            moved = self.direction + log_scale[:, 1:].exp() * torch.randn(n, 3, generator=generator, dtype=_DTYPE)
-            accept_direction = self._metropolis(self.scalars, moved / moved.norm(dim=1, keepdim=True), generator)
+            kick = torch.randn(n, 3, generator=generator, dtype=_DTYPE)
+            moved = self.direction + log_scale[:, 1:].exp() * kick
+            accept_direction = self._metropolis(
+                self.scalars, moved / moved.norm(dim=1, keepdim=True), generator
+            )
             if sweep < n_burn:
                 log_scale += self.adaptation_rate * (
                     torch.stack([accept_scalars, accept_direction], dim=1) - self.target_acceptance
                 )
                 window.add(self.scalars)
                 if sweep + 1 in checkpoints:
-                    chol = window.proposal_cholesky()
+                    chol = window.proposal_cholesky((1e-2 * typical_std) ** 2)
                     log_scale[:, 0] = 0.0
                     window = _RunningMoments(n, p)
                 continue
@@ -517,12 +557,14 @@ class _RunningMoments:
         self.mean += delta / self.count
         self.m2 += delta[:, :, None] * (x - self.mean)[:, None, :]
 
-    def proposal_cholesky(self) -> torch.Tensor:
-        """Cholesky factor of the optimal random-walk covariance 2.38² Σ / P (Roberts & Rosenthal 2001)."""
+    def proposal_cholesky(self, floor: torch.Tensor) -> torch.Tensor:
+        """Cholesky factor of the random-walk covariance 2.38² Σ / P (Roberts & Rosenthal 2001).
+
+        ``floor`` (n_params,) is added to the variances, so that a chain that did not move in the
+        window keeps a usable proposal.
+        """
         n_params = self.mean.shape[1]
-        cov = self.m2 / max(self.count - 1, 1)
-        jitter = 1e-6 * cov.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
-        cov = cov + jitter[:, None, None] * torch.eye(n_params, dtype=_DTYPE)
+        cov = self.m2 / max(self.count - 1, 1) + torch.diag(floor)
         return torch.linalg.cholesky(cov * (2.38**2 / n_params))
 
 

@@ -1,0 +1,167 @@
+"""Tests of the Bayes-optimal oracles in varmap.evaluation.oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from varmap.evaluation import angular_error_deg, ball_stick_oracle, msdki_oracle
+from varmap.protocol import Protocol
+from varmap.signal_models import get_signal_model, msdki_signal
+from varmap.simulation import (
+    ball_stick_prior,
+    hcp_protocol,
+    msdki_paper_prior,
+    msdki_physical_prior,
+    rician_log_pdf,
+    simulate,
+)
+
+
+@pytest.fixture(scope="module")
+def protocol() -> Protocol:
+    return hcp_protocol()
+
+
+def _msdki_data(protocol, snr, n_voxels, seed, prior=None):
+    prior = prior or msdki_paper_prior()
+    return simulate(get_signal_model("msdki", protocol), prior, n_voxels=n_voxels, snr=snr, seed=seed)
+
+
+def _oracle(data, **kwargs):
+    return msdki_oracle(data.signals, data.protocol, data.prior, sigma=data.sigma, S0=data.S0, **kwargs)
+
+
+def _log_linear_fit(data) -> dict[str, np.ndarray]:
+    """A plain voxelwise estimate: least squares of log shell means on -b D + b² D² K / 6."""
+    protocol = data.protocol
+    shells = protocol.powder_average(data.signals / data.S0[:, None])[:, 1:]
+    b = protocol.dw_shell_bvals
+    design = np.stack([b, b**2], axis=1)
+    coefficients = np.linalg.lstsq(design, np.log(np.clip(shells, 1e-6, None)).T, rcond=None)[0]
+    D = -coefficients[0]
+    return {"D": D, "K": 6 * coefficients[1] / D**2}
+
+
+def _rmse(estimate, truth):
+    return float(np.sqrt(np.mean((estimate - truth) ** 2)))
+
+
+# ---------------------------------------------------------------------------------------------- MS-DKI
+def test_msdki_oracle_recovers_truth_at_very_high_snr(protocol):
+    data = _msdki_data(protocol, snr=300, n_voxels=60, seed=0)
+    result = _oracle(data)
+    assert result.method == "grid"
+    tissue = data.labels < 2  # free water keeps a prior-limited direction: its b=2, 3 signal is ~0
+    for name in ("D", "K"):
+        error = result.params[name] - data.params[name]
+        assert _rmse(result.params[name][tissue], data.params[name][tissue]) < 0.005
+        assert np.all(np.abs(error) < 6 * result.std[name])
+    # The posterior concentrates on the truth, so cluster probabilities become the prior's
+    # responsibilities there (overlapping clusters stay ambiguous even with perfect data).
+    truth = np.stack([data.params["D"], data.params["K"]], axis=1)
+    np.testing.assert_allclose(result.cluster_probs, data.prior.responsibilities(truth), atol=0.05)
+
+
+def test_msdki_oracle_beats_a_voxelwise_fit_and_is_calibrated_at_snr_5(protocol):
+    data = _msdki_data(protocol, snr=5, n_voxels=300, seed=1)
+    result = _oracle(data)
+    voxelwise = _log_linear_fit(data)
+    assert _rmse(result.params["K"], data.params["K"]) < 0.5 * _rmse(voxelwise["K"], data.params["K"])
+    for name in ("D", "K"):
+        mse = np.mean((result.params[name] - data.params[name]) ** 2)
+        assert np.mean(result.std[name] ** 2) == pytest.approx(mse, rel=0.3)
+
+
+def test_msdki_oracle_matches_brute_force_integration(protocol):
+    """Exact likelihood of every measurement on a dense grid, for one tissue and one free-water voxel."""
+    data = _msdki_data(protocol, snr=20, n_voxels=40, seed=2)
+    voxels = [int(np.flatnonzero(data.labels == 0)[0]), int(np.flatnonzero(data.labels == 2)[0])]
+    result = msdki_oracle(data.signals[voxels], protocol, data.prior, sigma=data.sigma, S0=data.S0[voxels])
+    dw = ~protocol.b0_mask
+    bvals = torch.tensor(protocol.bvals[dw])
+    for i, v in enumerate(voxels):
+        mean = np.array([result.params["D"][i], result.params["K"][i]])
+        std = np.array([result.std["D"][i], result.std["K"][i]])
+        axes = [np.linspace(mean[j] - 9 * std[j], mean[j] + 9 * std[j], 301) for j in range(2)]
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 2)
+        theta = torch.tensor(grid)
+        nu = data.S0[v] * msdki_signal(bvals, theta[:, 0], theta[:, 1])  # every measurement's ν
+        log_w = data.prior.log_density(grid) + rician_log_pdf(
+            torch.tensor(data.signals[v, dw]), nu, data.sigma
+        ).sum(-1).numpy()
+        w = np.exp(log_w - log_w.max())
+        w /= w.sum()
+        brute_mean = w @ grid
+        brute_std = np.sqrt(w @ (grid - brute_mean) ** 2)
+        np.testing.assert_allclose(mean, brute_mean, atol=1e-3 * std.min())
+        np.testing.assert_allclose(std, brute_std, rtol=1e-3)
+
+
+def test_msdki_oracle_grid_is_converged(protocol):
+    data = _msdki_data(protocol, snr=30, n_voxels=40, seed=3)
+    coarse, fine = _oracle(data), _oracle(data, n_grid=61)
+    for name in ("D", "K"):
+        np.testing.assert_allclose(coarse.params[name], fine.params[name], atol=0.01 * coarse.std[name].min())
+        np.testing.assert_allclose(coarse.std[name], fine.std[name], rtol=0.01)
+
+
+def test_msdki_oracle_physical_prior_stays_in_support(protocol):
+    prior = msdki_physical_prior()
+    data = _msdki_data(protocol, snr=10, n_voxels=40, seed=4, prior=prior)
+    result = _oracle(data)
+    assert np.all(result.params["K"] >= 0) and np.all(result.params["D"] > 0)
+    assert _rmse(result.params["K"], data.params["K"]) < 0.1
+
+
+def test_msdki_oracle_scale_invariance_and_per_voxel_S0(protocol):
+    model = get_signal_model("msdki", protocol)
+    S0 = np.linspace(800.0, 1200.0, 7)
+    data = simulate(model, msdki_paper_prior(), n_voxels=7, snr=15, S0=S0, seed=5)
+    together = msdki_oracle(data.signals, protocol, data.prior, sigma=data.sigma, S0=S0, chunk_size=3)
+    for v in (0, 6):
+        alone = msdki_oracle(
+            data.signals[v : v + 1] / 1000, protocol, data.prior, sigma=data.sigma / 1000, S0=S0[v] / 1000
+        )
+        for name in ("D", "K"):
+            assert alone.params[name][0] == pytest.approx(together.params[name][v], rel=1e-7)
+            assert alone.std[name][0] == pytest.approx(together.std[name][v], rel=1e-6)
+
+
+def test_msdki_oracle_validates_inputs(protocol):
+    data = _msdki_data(protocol, snr=10, n_voxels=3, seed=6)
+    with pytest.raises(ValueError, match="prior"):
+        msdki_oracle(data.signals, protocol, ball_stick_prior(), sigma=data.sigma, S0=1.0)
+    with pytest.raises(ValueError, match="shape"):
+        msdki_oracle(data.signals[:, :10], protocol, data.prior, sigma=data.sigma, S0=1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        msdki_oracle(data.signals, protocol, data.prior, sigma=0.0, S0=1.0)
+    with pytest.raises(ValueError, match="n_grid"):
+        msdki_oracle(data.signals, protocol, data.prior, sigma=data.sigma, S0=1.0, n_grid=40)
+
+
+# ------------------------------------------------------------------------------------------ ball-stick
+def test_ball_stick_oracle_recovers_truth_at_high_snr(protocol):
+    model = get_signal_model("ball_stick", protocol)
+    data = simulate(model, ball_stick_prior(), n_voxels=40, snr=150, seed=0)
+    kwargs = dict(sigma=data.sigma, S0=data.S0, n_burn=400, n_steps=300, n_init=32, seed=1)
+    result = ball_stick_oracle(data.signals, protocol, data.prior, **kwargs)
+    assert result.method == "mcmc"
+    assert 0.1 < result.diagnostics["acceptance_scalars"] < 0.6
+    fibre = data.params["f"] > 0.2
+    assert np.all(np.abs(result.params["f"] - data.params["f"]) < 0.02)
+    assert np.all(np.abs(result.params["d_iso"] - data.params["d_iso"]) < 0.1)
+    assert np.all(np.abs(result.params["d_par"] - data.params["d_par"])[fibre] < 0.1)
+    assert np.all(angular_error_deg(result.params["n"], data.params["n"])[fibre] < 3.0)
+    np.testing.assert_allclose(np.linalg.norm(result.params["n"], axis=1), 1.0)
+    np.testing.assert_allclose(result.cluster_probs.sum(1), 1.0)
+    again = ball_stick_oracle(data.signals, protocol, data.prior, **kwargs)
+    np.testing.assert_array_equal(again.params["f"], result.params["f"])
+
+
+def test_ball_stick_oracle_validates_prior(protocol):
+    with pytest.raises(ValueError, match="prior"):
+        ball_stick_oracle(
+            np.ones((2, protocol.n_measurements)), protocol, msdki_paper_prior(), sigma=0.1, S0=1.0
+        )
