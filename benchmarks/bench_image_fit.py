@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from varmap.simulation import fibonacci_sphere
 
 METHODS = ("nlls", "selfsup", "vae", "gmvae")
 HCP_SHELLS = (1000.0, 2000.0, 3000.0)
@@ -57,12 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def fibonacci_sphere(n: int) -> np.ndarray:
-    i = np.arange(n) + 0.5
-    z = 1.0 - 2.0 * i / n
-    r = np.sqrt(1.0 - z * z)
-    phi = np.pi * (1.0 + 5.0**0.5) * i
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
 def make_phantom(

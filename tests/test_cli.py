@@ -12,6 +12,7 @@ import torch
 
 import varmap
 from varmap import cli
+from varmap.simulation import fibonacci_sphere
 
 N_EPOCHS = "3"
 MODELS = ("msdki", "ball_stick")
@@ -167,12 +168,6 @@ def test_checkpoint_loads_with_map_location(fitted):
 
 
 # ---------------------------------------------------------------------------------------------- synthetic inputs
-def fibonacci_sphere(n):
-    i = np.arange(n) + 0.5
-    z = 1.0 - 2.0 * i / n
-    r = np.sqrt(1.0 - z * z)
-    phi = np.pi * (1.0 + 5.0**0.5) * i
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
 BVALS = np.concatenate([[0.0, 0.0], np.full(6, 1000.0), np.full(6, 2000.0)])

@@ -12,18 +12,13 @@ import varmap
 import varmap.image_fit as image_fit
 from varmap import Protocol, cli, get_signal_model
 from varmap.io import InputError, open_dwi
+from varmap.simulation import fibonacci_sphere
 
 SHAPE = (14, 14, 8)
 AFFINE = np.array([[-2.0, 0.0, 0.0, 30.0], [0.0, 2.0, 0.0, -20.0], [0.0, 0.0, 2.5, -10.0], [0, 0, 0, 1]])
 SIGMA = 25.0
 
 
-def fibonacci_sphere(n):
-    i = np.arange(n) + 0.5
-    z = 1.0 - 2.0 * i / n
-    r = np.sqrt(1.0 - z * z)
-    phi = np.pi * (1.0 + 5.0**0.5) * i
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
 def phantom(n_b0=4):

@@ -13,14 +13,9 @@ import pytest
 from varmap import io
 from varmap.io import InputError
 from varmap.protocol import ProtocolError
+from varmap.simulation import fibonacci_sphere
 
 
-def fibonacci_sphere(n: int) -> np.ndarray:
-    i = np.arange(n) + 0.5
-    z = 1.0 - 2.0 * i / n
-    r = np.sqrt(1.0 - z * z)
-    phi = np.pi * (1.0 + 5.0**0.5) * i
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
 AFFINE = np.array([[-2.0, 0.0, 0.1, 90.0], [0.0, 2.0, 0.0, -120.0], [0.0, 0.0, 2.5, -70.0], [0, 0, 0, 1]])

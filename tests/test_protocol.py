@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 
 from varmap.protocol import BVALUE_UNITS, Protocol, ProtocolError
+from varmap.simulation import fibonacci_sphere
 
 
-def fibonacci_sphere(n: int) -> np.ndarray:
-    """``n`` nearly uniform unit vectors (deterministic), shape (n, 3)."""
-    i = np.arange(n) + 0.5
-    z = 1.0 - 2.0 * i / n
-    r = np.sqrt(1.0 - z * z)
-    phi = np.pi * (1.0 + 5.0**0.5) * i
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
 def shell_table(shells_s_mm2=(1000.0, 2000.0), n_dirs=8, n_b0=2) -> tuple[np.ndarray, np.ndarray]:

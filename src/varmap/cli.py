@@ -8,7 +8,10 @@ Subcommands
 ``varmap apply CHECKPOINT DWI --bvals F --bvecs F [--mask M] -o OUTDIR``
     Map a new scan of the same protocol with a trained ``model.pt``, without training.
 ``varmap bench MODEL``
-    Simulation study: every method against the truth and the Bayes oracle.
+    Simulation study: every method against the truth and the Bayes oracle (MODEL msdki or
+    ball_stick), or ``varmap bench phantom``: every method on the brain phantom, per tissue.
+``varmap phantom -o DIR``
+    Write a digital brain phantom (DWI, bvals/bvecs, mask, ground truth).
 ``varmap demo``
     A small simulation study with its figures.
 
@@ -98,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate voxels at several SNRs, fit them with every method, and compare the "
         "errors with the Bayes-optimal oracle.",
     )
-    bench.add_argument("model", metavar="MODEL", choices=["msdki", "ball_stick"], help="signal model")
+    bench.add_argument("model", metavar="MODEL", choices=["msdki", "ball_stick", "phantom"],
+                       help="signal model of the voxel study, or 'phantom' for the brain-phantom study")
     bench.add_argument("--snrs", type=float, nargs="+", default=[5.0, 10.0, 20.0, 50.0],
                        help="b=0 signal-to-noise ratios (default 5 10 20 50)")
     bench.add_argument("--n-voxels", type=int, default=10_000, help="voxels per SNR (default 10000)")
@@ -110,7 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-o", "--output", dest="output_dir", type=Path, default=None,
                        help="output folder (default bench_output/MODEL)")
     bench.add_argument("--force", action="store_true", help="replace an existing output folder")
+    _add_phantom_arguments(bench, "phantom study: ")
+    bench.add_argument("--n-epochs", type=int, default=None, help="phantom study: training epochs of the network methods")
+    bench.add_argument("--no-dipy", action="store_true", help="phantom study: skip dipy's MS-DKI fit")
     bench.set_defaults(handler=_cmd_bench)
+
+    # ---- phantom
+    phantom = commands.add_parser("phantom", parents=[common], help="write a digital brain phantom with ground truth")
+    phantom.add_argument("-o", "--output", dest="output_dir", type=Path, required=True, help="output folder")
+    phantom.add_argument("--force", action="store_true", help="replace an existing output folder")
+    phantom.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    _add_phantom_arguments(phantom, "")
+    phantom.set_defaults(handler=_cmd_phantom)
 
     # ---- demo
     demo = commands.add_parser("demo", parents=[common], help="small MS-DKI simulation study with figures")
@@ -119,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="replace an existing output folder")
     demo.set_defaults(handler=_cmd_demo)
     return parser
+
+
+def _add_phantom_arguments(parser: argparse.ArgumentParser, prefix: str) -> None:
+    parser.add_argument("--phantom-model", default="msdki", choices=["msdki", "ball_stick"],
+                        help=f"{prefix}signal model of the phantom (default msdki)")
+    parser.add_argument("--voxel-size", type=float, default=1.25, help=f"{prefix}voxel size in mm (default 1.25)")
+    parser.add_argument("--snr", type=float, default=10.0, help=f"{prefix}b=0 SNR of white matter (default 10)")
+    parser.add_argument("--crop", type=int, nargs=3, metavar=("NX", "NY", "NZ"), default=None,
+                        help=f"{prefix}keep a centred box of this many voxels")
 
 
 def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -163,16 +187,49 @@ def _cmd_apply(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .evaluation.study import run_study
+    if args.model == "phantom":
+        return _bench_phantom(args)
+    from .evaluation.study import format_markdown, run_study
 
     extra = {"prior": args.prior} if hasattr(args, "prior") else {}
     output_dir = args.output_dir if args.output_dir is not None else Path("bench_output") / args.model
-    run_study(
+    result = run_study(
         model=args.model, snrs=[float(s) for s in args.snrs], n_voxels=int(args.n_voxels),
         methods=list(args.methods), seed=int(args.seed), output_dir=Path(output_dir),
         n_oracle=int(args.n_oracle), force=bool(args.force), progress=not args.quiet, **extra,
     )
+    print(format_markdown(result.rows))
     logger.info("study written to %s", output_dir)
+    return 0
+
+
+def _bench_phantom(args: argparse.Namespace) -> int:
+    from .evaluation.phantom_study import format_phantom_markdown, run_phantom_study
+
+    output_dir = args.output_dir if args.output_dir is not None else Path("bench_output") / "phantom"
+    options = {} if args.n_epochs is None else {
+        method: {"n_epochs": args.n_epochs} for method in args.methods if method != "nlls"
+    }
+    result = run_phantom_study(
+        model=args.phantom_model, voxel_size=args.voxel_size, snr=args.snr, methods=list(args.methods),
+        seed=int(args.seed), crop=args.crop, output_dir=Path(output_dir), force=bool(args.force),
+        progress=not args.quiet, include_dipy=not args.no_dipy, method_options=options,
+    )
+    print(format_phantom_markdown(result))
+    logger.info("phantom study written to %s", output_dir)
+    return 0
+
+
+def _cmd_phantom(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .phantom import make_phantom, write_phantom
+
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not args.force:
+        raise FileExistsError(f"{output_dir} exists; choose another folder or pass --force to replace it.")
+    phantom = make_phantom(model=args.phantom_model, voxel_size=args.voxel_size, snr=args.snr,
+                           seed=args.seed, crop=args.crop)
+    write_phantom(phantom, output_dir, force=bool(args.force))
+    logger.info("phantom (%s) written to %s", " x ".join(map(str, phantom.dwi.shape)), output_dir)
     return 0
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "SimulatedData",
     "add_noise",
     "ball_stick_prior",
+    "fibonacci_sphere",
     "get_prior",
     "hcp_protocol",
     "msdki_paper_prior",
@@ -49,6 +50,18 @@ _MAX_REJECTION_ROUNDS = 1000
 
 
 # ---------------------------------------------------------------------------------------- protocol
+def fibonacci_sphere(n: int) -> np.ndarray:
+    """``n`` nearly uniform unit vectors on the sphere (Fibonacci lattice, deterministic), shape (n, 3).
+
+    Handy for quick test protocols; :func:`hcp_protocol` spreads directions more evenly.
+    """
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    r = np.sqrt(1.0 - z * z)
+    phi = np.pi * (1.0 + 5.0**0.5) * i
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
 def hcp_protocol(
     *,
     n_b0: int = 18,

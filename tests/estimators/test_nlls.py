@@ -9,18 +9,11 @@ import torch
 import varmap
 from varmap.estimators.nlls import INITIALISERS, NLLSEstimator
 from varmap.signal_models import Parameter, SignalModel, get_signal_model
+from varmap.simulation import fibonacci_sphere
 
 S0_TRUE = 100.0
 
 
-def fibonacci_sphere(n: int) -> np.ndarray:
-    """``n`` nearly uniform unit vectors, shape (n, 3)."""
-    i = np.arange(n) + 0.5
-    polar = np.arccos(1.0 - 2.0 * i / n)
-    azimuth = np.pi * (1.0 + 5.0**0.5) * i
-    return np.stack(
-        [np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)], axis=-1
-    )
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,11 @@ from varmap.signal_models import (
     get_signal_model,
     msdki_signal,
 )
+from varmap.simulation import fibonacci_sphere
 
 MODEL_NAMES = sorted(SIGNAL_MODELS)
 
 
-def fibonacci_sphere(n: int) -> np.ndarray:
-    """``n`` nearly uniform unit vectors (deterministic), shape (n, 3)."""
-    i = np.arange(n) + 0.5
-    z = 1.0 - 2.0 * i / n
-    r = np.sqrt(1.0 - z * z)
-    phi = np.pi * (1.0 + 5.0**0.5) * i
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
 def make_protocol(shells_s_mm2=(1000.0, 2000.0, 3000.0), n_dirs=12, b0s=(0.0, 5.0)) -> Protocol:

@@ -44,7 +44,7 @@ class Estimator(ABC):
         Physics model bound to the acquisition protocol.
     sigma : float, optional
         Noise standard deviation of one measurement in raw signal units.  Estimated from repeated b=0
-        measurements when not given (or, with fewer than two, from least-squares residuals).
+        measurements when not given; with fewer than two it must be given.
     likelihood : {"rician", "gaussian"}
         Noise model of the reconstruction term (network methods).
     seed : int
@@ -168,13 +168,6 @@ class Estimator(ABC):
     def _infer(self, data: PreparedData) -> Estimates:
         """Estimate the parameters of ``data``'s voxels."""
 
-    def _fallback_sigma(self, observables: np.ndarray) -> float:
-        """Noise level when the protocol has fewer than two b=0 measurements (normalised units)."""
-        raise ValueError(
-            "cannot estimate the noise level: the protocol has fewer than two b=0 measurements. "
-            "Pass sigma= (noise standard deviation in signal units)."
-        )
-
     # ------------------------------------------------------------------ helpers
     def _prepare(self, signals: np.ndarray, sigma: float | None = None) -> PreparedData:
         valid, S0_mean, observables = prepare_signals(signals, self.model)
@@ -184,9 +177,14 @@ class Estimator(ABC):
             )
         sigma = self.sigma if sigma is None else sigma
         if sigma is None:
-            sigma = estimate_sigma_from_b0(np.asarray(signals)[valid], self.model.protocol.b0_mask)
+            b0_signals = np.asarray(signals)[:, self.model.protocol.b0_mask][valid]
+            sigma = estimate_sigma_from_b0(b0_signals, np.ones(b0_signals.shape[1], dtype=bool))
         if sigma is None:
-            sigma = self._fallback_sigma(observables) * float(np.median(S0_mean[valid]))
+            raise ValueError(
+                "cannot estimate the noise level: the protocol has fewer than two b=0 measurements. "
+                "Pass sigma= (noise standard deviation in signal units); varmap.fit_image estimates it "
+                "from the b=0 image."
+            )
         if not np.isfinite(sigma) or sigma <= 0:
             raise ValueError(f"sigma must be a positive noise standard deviation; got {sigma!r}.")
         self.sigma_ = float(sigma)

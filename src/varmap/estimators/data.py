@@ -97,8 +97,9 @@ def prepare_signals(signals: np.ndarray, model: SignalModel) -> tuple[np.ndarray
     S0_mean = np.where(finite, signals[:, protocol.b0_mask].mean(axis=1, dtype=np.float64), 0.0)
     valid = finite & (S0_mean > 0)
     S0_mean = np.where(valid, S0_mean, 0.0)
-    normalised = signals[valid] / S0_mean[valid, None]
-    observables = model.observables(normalised.astype(np.float64)).astype(np.float32)
+    # float32 throughout: a whole-brain matrix is ~1 GB per copy.
+    normalised = signals[valid].astype(np.float32, copy=False) / S0_mean[valid, None].astype(np.float32)
+    observables = model.observables(normalised).astype(np.float32, copy=False)
     return valid, S0_mean, observables
 
 

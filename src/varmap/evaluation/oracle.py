@@ -72,7 +72,7 @@ def msdki_oracle(
     max_refinements: int = 100,
     chunk_size: int = 256,
 ) -> OracleResult:
-    """Posterior mean and standard deviation of MS-DKI's D and K under the true prior.
+    r"""Posterior mean and standard deviation of MS-DKI's D and K under the true prior.
 
     Parameters
     ----------
