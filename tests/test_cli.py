@@ -392,7 +392,12 @@ def test_bench_and_demo_call_the_study(monkeypatch, tmp_path, capsys):
     import varmap.evaluation.study as study
 
     calls = {}
-    monkeypatch.setattr(study, "run_study", lambda **kwargs: calls.setdefault("bench", kwargs))
+
+    def fake_study(**kwargs):
+        calls["bench"] = kwargs
+        return study.StudyResult(rows=[])
+
+    monkeypatch.setattr(study, "run_study", fake_study)
     monkeypatch.setattr(study, "run_demo", lambda **kwargs: calls.setdefault("demo", kwargs))
     assert cli.main(["bench", "msdki", "--quiet"]) == 0
     assert calls["bench"] == {
