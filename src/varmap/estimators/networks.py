@@ -103,11 +103,6 @@ class SignalDecoder(nn.Module):
         self.likelihood = likelihood
         self.register_buffer("counts", torch.as_tensor(model.observation_counts, dtype=torch.float32))
 
-    @property
-    def n_unconstrained(self) -> int:
-        """Width of the unconstrained vector: packed parameters plus the S0 level."""
-        return self.model.n_packed + 1
-
     def parameters_of(self, unconstrained: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed physical parameters and S0 level (:data:`~varmap.estimators.data.S0_LEVEL`)."""
         return decode_unconstrained(self.model, unconstrained, S0_LEVEL)
