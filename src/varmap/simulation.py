@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-import torch
 from dipy.core.sphere import HemiSphere, disperse_charges
 from scipy.integrate import quad
 from scipy.special import logsumexp, ndtr
 
+from .estimators.likelihood import rician_log_pdf
 from .protocol import Protocol
 from .signal_models import SignalModel
 
@@ -513,38 +513,6 @@ def add_noise(
     if kind == "gaussian":
         return real
     return np.hypot(real, sigma * rng.standard_normal(signals.shape))
-
-
-def rician_log_pdf(m: torch.Tensor, nu: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    """Exact log density of Rician magnitudes: the noise :func:`add_noise` draws with ``kind="rician"``.
-
-    Parameters
-    ----------
-    m : Tensor
-        Measured magnitudes (>= 0), raw units.
-    nu : Tensor, broadcastable with ``m``
-        Noiseless signals (>= 0), raw units.
-    sigma : Tensor or float, broadcastable with ``m``
-        Noise standard deviation per channel, raw units.
-
-    Returns
-    -------
-    Tensor
-        ``log p(m | nu, sigma)``, elementwise.
-
-    Notes
-    -----
-    .. math:: \\log p = \\log(m/\\sigma^2) - \\frac{(m-\\nu)^2}{2\\sigma^2} + \\log I^e_0(m\\nu/\\sigma^2)
-
-    with the exponentially scaled Bessel function :math:`I^e_0(x) = e^{-x} I_0(x)`, which keeps the
-    evaluation finite at any SNR.
-    """
-    variance = sigma * sigma
-    return (
-        torch.log(m / variance)
-        - (m - nu) ** 2 / (2.0 * variance)
-        + torch.log(torch.special.i0e(m * nu / variance))
-    )
 
 
 # ---------------------------------------------------------------------------------------- simulate

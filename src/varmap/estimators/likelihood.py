@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["LIKELIHOODS", "gaussian_nll", "rician_nll", "rician_mean", "check_likelihood"]
+__all__ = ["LIKELIHOODS", "gaussian_nll", "rician_nll", "rician_log_pdf", "rician_mean", "check_likelihood"]
 
 LIKELIHOODS = ("rician", "gaussian")
 
@@ -86,10 +86,45 @@ def rician_nll(
     nu = predicted.clamp_min(0.0)
     variance = sigma * sigma
     single = counts <= 1
-    exact = torch.log(variance) + (observed - nu) ** 2 / (2.0 * variance) - torch.log(
-        torch.special.i0e(observed.clamp_min(0.0) * nu / variance)
-    )
+    if bool(single.all()):  # only the branch the observables need (ball_stick: every one is single)
+        return (torch.log(variance) - _rician_kernel(observed.clamp_min(0.0), nu, variance)).sum(-1)
     mean = rician_mean(nu, sigma)
     avg_variance = (2.0 * variance + nu * nu - mean * mean).clamp_min(1e-3 * variance) / counts
     averaged = 0.5 * (observed - mean) ** 2 / avg_variance + 0.5 * torch.log(avg_variance)
+    if not bool(single.any()):
+        return averaged.sum(-1)
+    exact = torch.log(variance) - _rician_kernel(observed.clamp_min(0.0), nu, variance)
     return torch.where(single, exact, averaged).sum(-1)
+
+
+def rician_log_pdf(m: torch.Tensor, nu: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    r"""Exact log density of Rician magnitudes, elementwise.
+
+    Parameters
+    ----------
+    m : Tensor
+        Measured magnitudes (>= 0).
+    nu : Tensor, broadcastable with ``m``
+        Noiseless signals (>= 0).
+    sigma : Tensor or float, broadcastable with ``m``
+        Noise standard deviation per channel.
+
+    Returns
+    -------
+    Tensor
+        ``log p(m | nu, sigma)``.
+
+    Notes
+    -----
+    .. math:: \log p = \log(m/\sigma^2) - \frac{(m-\nu)^2}{2\sigma^2} + \log I^e_0(m\nu/\sigma^2)
+
+    with the exponentially scaled Bessel function :math:`I^e_0(x) = e^{-x} I_0(x)`, which keeps the
+    evaluation finite at any SNR.
+    """
+    variance = sigma * sigma
+    return torch.log(m / variance) + _rician_kernel(m, nu, variance)
+
+
+def _rician_kernel(m: torch.Tensor, nu: torch.Tensor, variance: torch.Tensor | float) -> torch.Tensor:
+    """The part of the Rician log density that depends on ν: -(m-ν)²/2σ² + log I₀ᵉ(mν/σ²)."""
+    return -((m - nu) ** 2) / (2.0 * variance) + torch.log(torch.special.i0e(m * nu / variance))

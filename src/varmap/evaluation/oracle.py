@@ -108,7 +108,7 @@ def msdki_oracle(
 
     Notes
     -----
-    Every measurement i of shell s has the Rician density of :func:`~varmap.simulation.rician_log_pdf`
+    Every measurement i of shell s has the Rician density of :func:`~varmap.estimators.likelihood.rician_log_pdf`
     with noiseless value :math:`\\nu_s = S_0\\, \\phi(b_s; D, K)`, where φ is
     :func:`~varmap.signal_models.msdki_signal` (:math:`\\exp(-b_s D + b_s^2 D^2 K / 6)`, the function
     :func:`~varmap.simulation.simulate` uses), the same for every direction of the shell.  The
