@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -403,17 +404,18 @@ def test_bench_and_demo_call_the_study(monkeypatch, tmp_path, capsys):
     assert calls["bench"] == {
         "model": "msdki", "snrs": [5.0, 10.0, 20.0, 50.0], "n_voxels": 10000,
         "methods": ["nlls", "selfsup", "vae", "gmvae"], "seed": 0, "output_dir": Path("bench_output/msdki"),
-        "n_oracle": 2000, "force": False, "progress": False,
+        "n_oracle": 2000, "force": False, "progress": False, "n_jobs": min(4, os.cpu_count() or 1),
     }
     calls.clear()
     assert cli.main(["bench", "ball_stick", "--snrs", "10", "30", "--n-voxels", "500", "--methods", "nlls",
-                     "--seed", "4", "--n-oracle", "0", "-o", str(tmp_path / "b"), "--force"]) == 0
+                     "--seed", "4", "--n-oracle", "0", "-o", str(tmp_path / "b"), "--force", "--jobs", "1"]) == 0
     bench = calls["bench"]
     assert bench["snrs"] == [10.0, 30.0] and bench["n_voxels"] == 500 and bench["methods"] == ["nlls"]
     assert bench["seed"] == 4 and bench["n_oracle"] == 0 and bench["output_dir"] == tmp_path / "b"
-    assert bench["force"] is True and bench["progress"] is True
-    assert cli.main(["demo", "-o", str(tmp_path / "d"), "--force"]) == 0
-    assert calls["demo"] == {"output_dir": tmp_path / "d", "force": True, "progress": True}
+    assert bench["force"] is True and bench["progress"] is True and bench["n_jobs"] == 1
+    assert cli.main(["demo", "-o", str(tmp_path / "d"), "--force", "--jobs", "3"]) == 0
+    # progress bars of parallel fits would garble each other
+    assert calls["demo"] == {"output_dir": tmp_path / "d", "force": True, "progress": False, "n_jobs": 3}
 
 
 def test_study_errors_are_user_errors(monkeypatch, capsys):

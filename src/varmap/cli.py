@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import traceback
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-o", "--output", dest="output_dir", type=Path, default=None,
                        help="output folder (default bench_output/MODEL)")
     bench.add_argument("--force", action="store_true", help="replace an existing output folder")
+    _add_jobs_argument(bench, "voxel study: ")
     _add_phantom_arguments(bench, "phantom study: ")
     bench.add_argument("--n-epochs", type=int, default=None, help="phantom study: training epochs of the network methods")
     bench.add_argument("--no-dipy", action="store_true", help="phantom study: skip dipy's MS-DKI fit")
@@ -132,8 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", dest="output_dir", type=Path, default=Path("demo_output"),
                       help="output folder (default demo_output)")
     demo.add_argument("--force", action="store_true", help="replace an existing output folder")
+    _add_jobs_argument(demo, "")
     demo.set_defaults(handler=_cmd_demo)
     return parser
+
+
+def _add_jobs_argument(parser: argparse.ArgumentParser, prefix: str) -> None:
+    default = min(4, os.cpu_count() or 1)
+    parser.add_argument("--jobs", type=int, default=default,
+                        help=f"{prefix}fits run at once, one process each (default: CPU cores, at most 4; here {default})")
 
 
 def _add_phantom_arguments(parser: argparse.ArgumentParser, prefix: str) -> None:
@@ -196,7 +205,8 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     result = run_study(
         model=args.model, snrs=[float(s) for s in args.snrs], n_voxels=int(args.n_voxels),
         methods=list(args.methods), seed=int(args.seed), output_dir=Path(output_dir),
-        n_oracle=int(args.n_oracle), force=bool(args.force), progress=not args.quiet, **extra,
+        n_oracle=int(args.n_oracle), force=bool(args.force), progress=not args.quiet and args.jobs == 1,
+        n_jobs=int(args.jobs), **extra,
     )
     print(format_markdown(result.rows))
     logger.info("study written to %s", output_dir)
@@ -236,7 +246,8 @@ def _cmd_phantom(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .evaluation.study import run_demo
 
-    run_demo(output_dir=Path(args.output_dir), force=bool(args.force), progress=not args.quiet)
+    run_demo(output_dir=Path(args.output_dir), force=bool(args.force), progress=not args.quiet and args.jobs == 1,
+             n_jobs=int(args.jobs))
     logger.info("demo written to %s", args.output_dir)
     return 0
 

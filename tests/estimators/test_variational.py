@@ -1,5 +1,7 @@
 """Shared battery for the network estimators (selfsup, vae, gmvae) and their likelihoods."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ from scipy import stats
 
 import varmap
 from varmap.estimators import ESTIMATORS, get_estimator
+from varmap.estimators.networks import encoder_inputs
 from varmap.estimators.likelihood import gaussian_nll, rician_mean, rician_nll
 from varmap.signal_models import get_signal_model
 
@@ -102,6 +105,33 @@ def test_same_seed_same_result_and_checkpoint_round_trip(fitted, method):
     np.testing.assert_allclose(restored.transform(signals).params["K"], result.params["K"], atol=1e-6)
 
 
+def test_gmvae_reseeds_an_unused_component_by_splitting_the_most_used(fitted):
+    _, signals, _, _, results = fitted
+    estimator = copy.deepcopy(results["gmvae"][0])
+    assert isinstance(results["gmvae"][1].history["reseeded_epochs"], list)
+    batch = estimator._tensors(estimator._prepare(signals))
+    head, prior = estimator.encoder_.net[-1], estimator.prior_
+    with torch.no_grad():
+        head.bias[2] = -50.0  # nobody uses component 2 any more
+    usage = torch.softmax(estimator._split(estimator.encoder_(encoder_inputs(batch.observables, batch.S0_relative)))[0], -1).mean(0)
+    donor = int(usage.argmax())
+    old_mean, old_logit = prior.means[donor].detach().clone(), float(prior.logits[donor].detach())
+    epoch = estimator._first_stop_epoch() + 100
+    assert estimator._after_epoch(epoch, batch)
+    assert estimator.reseeded_epochs_[-1] == epoch
+    logits = prior.logits.detach()
+    assert float(logits[2]) == pytest.approx(float(logits[donor])) == pytest.approx(old_logit - np.log(2))
+    torch.testing.assert_close((prior.means[2] + prior.means[donor]) / 2, old_mean)
+    assert float((prior.means[2] - prior.means[donor]).detach().norm()) > 0
+    torch.testing.assert_close(head.bias[2], head.bias[donor])
+    # re-seeding waits patience // 2 epochs, and only acts on usage below the threshold
+    with torch.no_grad():
+        head.bias[2] = -50.0
+    assert not estimator._after_epoch(epoch + 1, batch)
+    estimator.min_component_usage = 0.0
+    assert not estimator._after_epoch(epoch + estimator.patience, batch)
+
+
 def test_gumbel_sampler_trains():
     model, signals, truth, _ = _data(n_voxels=800)
     result = get_estimator("gmvae", model, seed=0, y_sampler="gumbel", **FAST).fit(signals)
@@ -124,6 +154,8 @@ def test_bad_options_raise():
         get_estimator("gmvae", model, y_sampler="magic")
     with pytest.raises(ValueError, match="likelihood"):
         get_estimator("vae", model, likelihood="poisson")
+    with pytest.raises(ValueError, match="voxels_per_epoch"):
+        get_estimator("selfsup", model, voxels_per_epoch=10, batch_size=128)
     with pytest.raises(ValueError, match="choose one of"):
         get_estimator("nope", model)
     assert set(NETWORK_METHODS) | {"nlls"} == set(ESTIMATORS)

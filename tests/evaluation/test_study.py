@@ -63,8 +63,26 @@ def test_existing_output_refused_and_untouched(study):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"model": "ivim"}, "no study"), ({"methods": ("magic",)}, "unknown method"), ({"snrs": (0,)}, "positive")],
+    [
+        ({"model": "ivim"}, "no study"),
+        ({"methods": ("magic",)}, "unknown method"),
+        ({"snrs": (0,)}, "positive"),
+        ({"n_jobs": 0}, "n_jobs"),
+        ({"prior": "nope"}, "prior"),
+    ],
 )
 def test_bad_requests_fail_before_work(kwargs, match):
     with pytest.raises(ValueError, match=match):
         run_study(**{"n_voxels": 10, "n_oracle": 0, **kwargs})
+
+
+def test_parallel_jobs_give_the_same_estimates(study):
+    _, serial = study
+    parallel = run_study(
+        model="msdki", snrs=(20,), n_voxels=300, methods=("nlls", "vae"), n_oracle=100,
+        progress=False, method_options=FAST, n_jobs=2,
+    )
+    for method in ("nlls", "vae", "oracle"):
+        for name, values in serial.estimates[20][method].items():
+            np.testing.assert_allclose(parallel.estimates[20][method][name], values, rtol=1e-4, atol=1e-6)
+    assert len(parallel.rows) == len(serial.rows)

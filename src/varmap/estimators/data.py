@@ -71,6 +71,10 @@ def estimate_sigma_from_b0(signals: np.ndarray, b0_mask: np.ndarray) -> float | 
     return float(np.sqrt(np.median(variances) / (stats.chi2.median(dof) / dof)))
 
 
+#: Voxels normalised at a time by :func:`prepare_signals`.
+_PREPARE_CHUNK = 65536
+
+
 def prepare_signals(signals: np.ndarray, model: SignalModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate raw signals and normalise them by each voxel's mean b=0 signal.
 
@@ -93,13 +97,21 @@ def prepare_signals(signals: np.ndarray, model: SignalModel) -> tuple[np.ndarray
             f"signals must have shape (n_voxels, {protocol.n_measurements}) to match the protocol; got "
             f"{signals.shape}. Reshape images to (n_voxels, n_volumes) or check bvals/bvecs."
         )
-    finite = np.isfinite(signals).all(axis=1)
+    finite = np.empty(len(signals), dtype=bool)
+    for start in range(0, len(signals), _PREPARE_CHUNK):
+        finite[start : start + _PREPARE_CHUNK] = np.isfinite(signals[start : start + _PREPARE_CHUNK]).all(axis=1)
     S0_mean = np.where(finite, signals[:, protocol.b0_mask].mean(axis=1, dtype=np.float64), 0.0)
     valid = finite & (S0_mean > 0)
     S0_mean = np.where(valid, S0_mean, 0.0)
-    # float32 throughout: a whole-brain matrix is ~1 GB per copy.
-    normalised = signals[valid].astype(np.float32, copy=False) / S0_mean[valid, None].astype(np.float32)
-    observables = model.observables(normalised).astype(np.float32, copy=False)
+    # float32 and in chunks: a whole-brain matrix is ~1 GB per copy, and its observables (shell
+    # averages for MS-DKI) may be far smaller.
+    valid_index = np.flatnonzero(valid)
+    parts = []
+    for start in range(0, valid_index.size, _PREPARE_CHUNK):
+        index = valid_index[start : start + _PREPARE_CHUNK]
+        normalised = signals[index].astype(np.float32, copy=False) / S0_mean[index, None].astype(np.float32)
+        parts.append(model.observables(normalised).astype(np.float32, copy=False))
+    observables = np.concatenate(parts) if parts else np.zeros((0, model.n_observables), dtype=np.float32)
     return valid, S0_mean, observables
 
 

@@ -9,10 +9,14 @@ import torch
 from torch import nn
 
 from ..signal_models import SignalModel
+from .data import PreparedData
 from .networks import VoxelBatch, encoder_inputs
 from .variational import VariationalEstimator, gaussian_log_density
 
 __all__ = ["GMVAEEstimator", "GaussianMixturePrior", "Y_SAMPLERS"]
+
+#: Training voxels on which component usage is measured after each epoch.
+_USAGE_VOXELS = 4096
 
 #: How the component y enters the reconstruction term during training.
 Y_SAMPLERS = ("gumbel", "enumerate")
@@ -55,7 +59,19 @@ class GMVAEEstimator(VariationalEstimator):
 
     .. math:: KL(q(y|s)\\|p(y)) + \\sum_k q(y=k|s)\\, KL(q(z|s,k)\\|p(z|y=k))
 
-    (against each component's own learnable Gaussian, not a single standard normal).  For the
+    (against each component's own learnable Gaussian, not a single standard normal).
+
+    Notes
+    -----
+    Mixture components can die: early in training one component may reconstruct everything a
+    little better, take over q(y|s) for two tissues, and leave another component unused with
+    p(y=k) → 0; nothing then brings it back, and two tissues share one broad Gaussian prior.
+    After the warm-up, an unused component is therefore re-seeded by splitting the most used one
+    (as in split-and-merge EM): both get half its weight and its encoder head, and their prior means
+    move ±0.8 standard deviations apart along the principal axis of that component's posterior means
+    over the training voxels.  Training then decides whether the split stays (a re-seeded component
+    that the data do not support dies again).  At most ``max_reseeds`` splits, one per
+    ``patience // 2`` epochs; the epochs are listed in ``history["reseeded_epochs"]``.  For the
     reconstruction term, y is drawn with the Gumbel-softmax relaxation at a temperature annealed from
     ``temperature[0]`` to ``temperature[1]`` (``y_sampler="gumbel"``), or summed exactly over the K
     components (``y_sampler="enumerate"``).  Cluster probabilities are the posterior probabilities of
@@ -69,6 +85,11 @@ class GMVAEEstimator(VariationalEstimator):
     y_sampler : {"gumbel", "enumerate"}
     temperature : tuple of float
         Gumbel-softmax temperature at the end of the KL warm-up and at the last epoch (geometric decay).
+    min_component_usage : float
+        A component whose share of the training voxels (mean of q(y|s)) falls below this after the
+        warm-up is re-seeded by splitting the most used component (see Notes); 0 never re-seeds.
+    max_reseeds : int
+        Most re-seedings in one training run.
     **kwargs
         Options of :class:`~varmap.estimators.variational.VariationalEstimator`.
     """
@@ -82,6 +103,8 @@ class GMVAEEstimator(VariationalEstimator):
         n_components: int = 3,
         y_sampler: str = "enumerate",
         temperature: tuple[float, float] = (1.0, 0.3),
+        min_component_usage: float = 0.005,
+        max_reseeds: int = 4,
         **kwargs,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -92,6 +115,8 @@ class GMVAEEstimator(VariationalEstimator):
         self.n_components = n_components
         self.y_sampler = y_sampler
         self.temperature = tuple(temperature)
+        self.min_component_usage = min_component_usage
+        self.max_reseeds = max_reseeds
 
     def _encoder_outputs(self) -> int:
         return self.n_components * (1 + 2 * self.latent_size)
@@ -99,6 +124,49 @@ class GMVAEEstimator(VariationalEstimator):
     def _prior_modules(self, generator: torch.Generator) -> dict[str, nn.Module]:
         self.prior_ = GaussianMixturePrior(self.n_components, self.latent_size, generator)
         return {"prior": self.prior_}
+
+    def _train(self, data: PreparedData) -> dict[str, list[float]]:
+        self.reseeded_epochs_: list[int] = []
+        history = super()._train(data)
+        history["reseeded_epochs"] = list(self.reseeded_epochs_)
+        return history
+
+    def _after_epoch(self, epoch: int, train_data: VoxelBatch) -> bool:
+        last = self.reseeded_epochs_[-1] if self.reseeded_epochs_ else -float("inf")
+        if (
+            epoch + 1 < self._first_stop_epoch()
+            or len(self.reseeded_epochs_) >= self.max_reseeds
+            or epoch - last < max(1, self.patience // 2)
+        ):
+            return False
+        sample = VoxelBatch(*(t[:_USAGE_VOXELS] for t in train_data))
+        with torch.no_grad():
+            logits, mean, _ = self._split(self.encoder_(encoder_inputs(sample.observables, sample.S0_relative)))
+            usage = torch.softmax(logits, dim=-1).mean(0)
+            dead = int(torch.argmin(usage))
+            if usage[dead] >= self.min_component_usage:
+                return False
+            donor = int(torch.argmax(usage))
+            weights = torch.softmax(logits, dim=-1)[:, donor]
+            axis, spread = _principal_axis(mean[:, donor], weights)
+            self._reseed(dead, donor, 0.8 * spread * axis)
+        self.reseeded_epochs_.append(epoch)
+        return True
+
+    def _reseed(self, dead: int, donor: int, offset: torch.Tensor) -> None:
+        """Split component ``donor`` into itself and ``dead``, prior means ``∓ offset`` apart."""
+        prior = self.prior_
+        prior.logits[donor] -= math.log(2.0)
+        prior.logits[dead] = prior.logits[donor]
+        centre = prior.means[donor].clone()
+        prior.means[donor] = centre - offset
+        prior.means[dead] = centre + offset
+        prior.log_vars[dead] = prior.log_vars[donor]
+        head = self.encoder_.net[-1]
+        K, L = self.n_components, self.latent_size
+        for rows in (lambda k: [k], lambda k: range(K + 2 * L * k, K + 2 * L * (k + 1))):
+            head.weight[list(rows(dead))] = head.weight[list(rows(donor))]
+            head.bias[list(rows(dead))] = head.bias[list(rows(donor))]
 
     def _split(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Class logits (B, K), component means and log-variances (B, K, L)."""
@@ -155,6 +223,15 @@ class GMVAEEstimator(VariationalEstimator):
     def _cluster_probs(self, z: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
         responsibilities = torch.softmax(self.prior_.component_log_density(z), dim=-1)
         return (weights[..., None] * responsibilities.double()).sum(0).cpu().numpy()
+
+
+def _principal_axis(points: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit principal axis (L,) of weighted points (N, L) and the standard deviation along it."""
+    weights = weights / weights.sum().clamp_min(1e-12)
+    centred = points - (weights[:, None] * points).sum(0)
+    covariance = torch.einsum("n,ni,nj->ij", weights, centred, centred)
+    values, vectors = torch.linalg.eigh(covariance)
+    return vectors[:, -1], values[-1].clamp_min(0.0).sqrt()
 
 
 def _gumbel_softmax(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:

@@ -42,6 +42,11 @@ class NetworkEstimator(Estimator):
         Fraction of voxels held out for early stopping (they are still mapped).
     patience : int
         Epochs without improvement of the held-out loss before training stops.
+    voxels_per_epoch : int, optional
+        Most training voxels one epoch visits (a fresh random subset each epoch) and most held-out
+        voxels the early-stopping check evaluates (a fixed subset).  On a whole brain (about a
+        million voxels) an epoch then costs the same as on a slice, and training time no longer grows
+        with the image; every voxel is still mapped.  ``None``: no limit.
     chunk_size : int
         Voxels per inference chunk.
     n_threads : int, optional
@@ -65,11 +70,16 @@ class NetworkEstimator(Estimator):
         learning_rate: float = 1e-3,
         validation_fraction: float = 0.1,
         patience: int = 30,
+        voxels_per_epoch: int | None = 32768,
         chunk_size: int = 4096,
         n_threads: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(model, **kwargs)
+        if voxels_per_epoch is not None and voxels_per_epoch < batch_size:
+            raise ValueError(
+                f"voxels_per_epoch must be None or at least batch_size ({batch_size}); got {voxels_per_epoch!r}."
+            )
         self.n_threads = n_threads
         self.n_hidden = n_hidden
         self.n_layers = n_layers
@@ -79,6 +89,7 @@ class NetworkEstimator(Estimator):
         self.learning_rate = learning_rate
         self.validation_fraction = validation_fraction
         self.patience = patience
+        self.voxels_per_epoch = voxels_per_epoch
         self.chunk_size = chunk_size
 
     # ------------------------------------------------------------------ to implement
@@ -110,6 +121,10 @@ class NetworkEstimator(Estimator):
     def _inference_chunk(self) -> int:
         """Voxels per inference chunk."""
         return self.chunk_size
+
+    def _after_epoch(self, epoch: int, train_data: VoxelBatch) -> bool:
+        """Adjust the network after a training epoch; true if it changed (default: nothing)."""
+        return False
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
@@ -154,6 +169,8 @@ class NetworkEstimator(Estimator):
         inputs = encoder_inputs(voxels.observables, voxels.S0_relative)
         self._build(inputs.mean(0).cpu().numpy(), inputs.std(0).clamp_min(1e-6).cpu().numpy(), generator)
         train_index, val_index = split_voxels(voxels.observables.shape[0], self.validation_fraction, generator)
+        if self.voxels_per_epoch is not None:
+            val_index = val_index[: self.voxels_per_epoch]
         train_index, val_index = train_index.to(self.device_), val_index.to(self.device_)
         device_generator = _device_generator(self.device_, self.seed + 1)
         threads = (self.n_threads or 1) if self.device_.type == "cpu" else None
@@ -171,6 +188,8 @@ class NetworkEstimator(Estimator):
                 learning_rate=self.learning_rate,
                 patience=self.patience,
                 first_stop_epoch=self._first_stop_epoch(),
+                voxels_per_epoch=self.voxels_per_epoch,
+                after_epoch=lambda epoch: self._after_epoch(epoch, train_data),
                 generator=generator,
                 progress=self.progress,
                 description=f"{self.name} training",

@@ -41,6 +41,8 @@ def train_network(
     learning_rate: float,
     patience: int,
     first_stop_epoch: int,
+    voxels_per_epoch: int | None = None,
+    after_epoch: Callable[[int], bool] | None = None,
     generator: torch.Generator,
     progress: bool,
     description: str,
@@ -69,6 +71,13 @@ def train_network(
     first_stop_epoch : int
         Epochs before this one are not tracked for early stopping (the loss changes meaning during a
         warm-up).
+    voxels_per_epoch : int, optional
+        Training voxels visited per epoch, a fresh random subset each time (``None``: all).  On a
+        whole brain this keeps an epoch, and so the early-stopping check, to a fixed amount of work.
+    after_epoch : callable, optional
+        ``after_epoch(epoch)`` runs after every epoch's validation; it returns true when it changed
+        the network (e.g. re-seeded a mixture component), which restarts the patience count so that
+        the change gets a fair trial before early stopping (the best weights so far are still kept).
     generator : torch.Generator
         Source of the mini-batch order.
     progress : bool
@@ -86,15 +95,16 @@ def train_network(
     # networks resolve narrow posteriors at high SNR.
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=max(1, patience // 4))
     n_train = train_data[0].shape[0]
+    epoch_size = n_train if voxels_per_epoch is None else max(1, min(n_train, voxels_per_epoch))
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     best_loss, best_state, best_epoch, waited = float("inf"), None, -1, 0
     typical_norm = float("inf")
     bar = tqdm(range(n_epochs), desc=description, disable=not progress, unit="epoch", leave=False)
     for epoch in bar:
         network.train()
-        order = torch.randperm(n_train, generator=generator).to(train_data[0].device)
+        order = torch.randperm(n_train, generator=generator)[:epoch_size].to(train_data[0].device)
         total = 0.0
-        for start in range(0, n_train, batch_size):
+        for start in range(0, epoch_size, batch_size):
             index = order[start : start + batch_size]
             loss = loss_fn(type(train_data)(*(t[index] for t in train_data)), epoch, True).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -104,12 +114,13 @@ def train_network(
                 typical_norm = norm if typical_norm == float("inf") else 0.9 * typical_norm + 0.1 * min(norm, 3.0 * typical_norm)
                 optimizer.step()
             total += float(loss.detach()) * index.numel()
-        history["train_loss"].append(total / n_train)
+        history["train_loss"].append(total / epoch_size)
         network.eval()
         with torch.no_grad():
             val_loss = _trimmed_mean(loss_fn(val_data, epoch, False)) if val_data[0].shape[0] else history["train_loss"][-1]
         history["val_loss"].append(val_loss)
         bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}", val=f"{val_loss:.4g}")
+        changed = after_epoch is not None and after_epoch(epoch)
         if epoch < first_stop_epoch:
             continue
         scheduler.step(val_loss)
@@ -117,7 +128,7 @@ def train_network(
             best_loss, best_epoch, waited = val_loss, epoch, 0
             best_state = copy.deepcopy(network.state_dict())
         else:
-            waited += 1
+            waited = 0 if changed else waited + 1
             if waited >= patience:
                 break
     bar.close()

@@ -67,9 +67,9 @@ class VariationalEstimator(NetworkEstimator):
         beta: float = 1.0,
         warmup_off_epochs: int = 5,
         warmup_ramp_epochs: int = 20,
-        n_posterior_samples: int = 64,
+        n_posterior_samples: int = 128,
         proposal_scale: float = 1.2,
-        n_adaptive_rounds: int = 1,
+        n_adaptive_rounds: int = 2,
         **kwargs,
     ) -> None:
         super().__init__(model, **kwargs)
