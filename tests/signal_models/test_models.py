@@ -84,6 +84,19 @@ def test_unknown_model_name_lists_valid_names(multishell):
 
 
 # ------------------------------------------------------------------------------- protocol checking
+def test_msdki_kurtosis_range_is_dipys():
+    import inspect
+
+    from dipy.reconst.dki import mean_kurtosis
+
+    K = {p.name: p for p in MSDKIModel.parameters}["K"]
+    assert K.low == pytest.approx(inspect.signature(mean_kurtosis).parameters["min_kurtosis"].default)
+    assert K.high == inspect.signature(mean_kurtosis).parameters["max_kurtosis"].default == 3
+    # negative K inside the range is a valid, finite signal that decays faster than mono-exponential
+    signal = msdki_signal(torch.tensor([1.0, 2.0]), torch.tensor(3.0), torch.tensor(-0.3))
+    assert torch.all(signal < torch.exp(-torch.tensor([3.0, 6.0])))
+
+
 def test_msdki_refuses_a_single_shell():
     single = make_protocol(shells_s_mm2=(1000.0,), n_dirs=30)
     with pytest.raises(ProtocolError, match="at least two non-zero shells"):

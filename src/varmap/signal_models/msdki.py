@@ -56,12 +56,17 @@ class MSDKIModel(SignalModel):
 
     Observables are the normalised mean signals of every shell, b=0 included (which carries the
     information on S0).  Needs at least two non-zero shells.
+
+    ``K`` ranges from -3/7, the theoretical limit for water confined to spherical pores that dipy's
+    DKI uses as its lower kurtosis bound, to 3.  Allowing slightly negative values matters where the
+    true K is about 0 (free water, CSF): with K >= 0 the posterior there piles against the bound, and
+    since D and K trade off when only the b = 1000 shell rises above the noise floor, D is biased upward.
     """
 
     name = "msdki"
     parameters = (
         Parameter("D", "µm²/ms", 0.0, 4.0, "mean diffusivity", typical=1.0),
-        Parameter("K", "1", 0.0, 3.0, "mean kurtosis", typical=0.5),
+        Parameter("K", "1", -3.0 / 7.0, 3.0, "mean kurtosis", typical=0.5),
     )
 
     def __init__(self, protocol: Protocol) -> None:
