@@ -142,13 +142,13 @@ class GMVAEEstimator(VariationalEstimator):
         sample = VoxelBatch(*(t[:_USAGE_VOXELS] for t in train_data))
         with torch.no_grad():
             logits, mean, _ = self._split(self.encoder_(encoder_inputs(sample.observables, sample.S0_relative)))
-            usage = torch.softmax(logits, dim=-1).mean(0)
+            q_y = torch.softmax(logits, dim=-1)
+            usage = q_y.mean(0)
             dead = int(torch.argmin(usage))
             if usage[dead] >= self.min_component_usage:
                 return False
             donor = int(torch.argmax(usage))
-            weights = torch.softmax(logits, dim=-1)[:, donor]
-            axis, spread = _principal_axis(mean[:, donor], weights)
+            axis, spread = _principal_axis(mean[:, donor], q_y[:, donor])
             self._reseed(dead, donor, 0.8 * spread * axis)
         self.reseeded_epochs_.append(epoch)
         return True
@@ -163,10 +163,14 @@ class GMVAEEstimator(VariationalEstimator):
         prior.means[dead] = centre + offset
         prior.log_vars[dead] = prior.log_vars[donor]
         head = self.encoder_.net[-1]
+        head.weight[self._head_rows(dead)] = head.weight[self._head_rows(donor)]
+        head.bias[self._head_rows(dead)] = head.bias[self._head_rows(donor)]
+
+    def _head_rows(self, k: int) -> list[int]:
+        """Rows of the encoder's last layer that belong to component k, in :meth:`_split`'s layout:
+        its class logit, then its latent means and log-variances."""
         K, L = self.n_components, self.latent_size
-        for rows in (lambda k: [k], lambda k: range(K + 2 * L * k, K + 2 * L * (k + 1))):
-            head.weight[list(rows(dead))] = head.weight[list(rows(donor))]
-            head.bias[list(rows(dead))] = head.bias[list(rows(donor))]
+        return [k, *range(K + 2 * L * k, K + 2 * L * (k + 1))]
 
     def _split(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Class logits (B, K), component means and log-variances (B, K, L)."""

@@ -11,7 +11,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,19 +123,20 @@ def run_study(
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(ESTIMATORS)}.")
     prior_name = prior or DEFAULT_PRIORS[model]
+    signal_model = get_signal_model(model, hcp_protocol(seed=seed))
     simulation_prior = get_prior(model, prior_name)
     n_sub = min(n_oracle, n_voxels)
-    jobs = [
-        _FitJob(model, prior_name, snr, n_voxels, seed + index, seed, method, dict(method_options.get(method, {})), n_sub)
-        for index, snr in enumerate(snrs)
-        for method in ([ORACLE] if n_sub > 0 else []) + list(methods)
-    ]
     result = StudyResult(rows=[])
     started = time.perf_counter()
-    fits = _run_jobs(jobs, n_jobs=n_jobs, progress=progress)
     for index, snr in enumerate(snrs):
-        data = _simulate(model, prior_name, snr, n_voxels, seed + index, seed)
-        result.data[snr] = data
+        result.data[snr] = simulate(signal_model, simulation_prior, n_voxels=n_voxels, snr=snr, seed=seed + index)
+    jobs = [
+        _FitJob(result.data[snr], method, dict(method_options.get(method, {})), seed, n_sub)
+        for snr in snrs
+        for method in ([ORACLE] if n_sub > 0 else []) + list(methods)
+    ]
+    fits = _run_jobs(jobs, n_jobs=n_jobs, progress=progress)
+    for snr, data in result.data.items():
         result.estimates[snr] = {}
         oracle_rows: list[dict] = []
         if n_sub > 0:
@@ -219,35 +220,30 @@ _TIMING_NOTE = (
 )
 
 
+#: Methods from the slowest to the fastest, for scheduling.
+_EXPECTED_ORDER = ("gmvae", "vae", "selfsup", ORACLE, "nlls")
+
+
 @dataclass(frozen=True)
 class _FitJob:
-    """One fit of the study: which data (re-simulated from seeds in the worker) and which method."""
+    """One fit of the study: a method (or the oracle) on one simulated data set."""
 
-    model: str
-    prior: str
-    snr: float
-    n_voxels: int
-    data_seed: int
-    seed: int
+    data: SimulatedData
     method: str
     options: dict
+    seed: int
     n_oracle: int
-
-
-def _simulate(model: str, prior: str, snr: float, n_voxels: int, data_seed: int, seed: int) -> SimulatedData:
-    signal_model = get_signal_model(model, hcp_protocol(seed=seed))
-    return simulate(signal_model, get_prior(model, prior), n_voxels=n_voxels, snr=snr, seed=data_seed)
 
 
 def _run_job(job: _FitJob, progress: bool = False) -> tuple[dict, float]:
     """Parameters and seconds of one fit."""
-    data = _simulate(job.model, job.prior, job.snr, job.n_voxels, job.data_seed, job.seed)
+    data = job.data
     t0 = time.perf_counter()
     if job.method == ORACLE:
         n = job.n_oracle
-        params = _ORACLES[job.model](data.signals[:n], data.protocol, data.prior, sigma=data.sigma, S0=data.S0[:n]).params
+        params = _ORACLES[data.model](data.signals[:n], data.protocol, data.prior, sigma=data.sigma, S0=data.S0[:n]).params
     else:
-        signal_model = get_signal_model(job.model, data.protocol)
+        signal_model = get_signal_model(data.model, data.protocol)
         estimator = get_estimator(job.method, signal_model, seed=job.seed, progress=progress, **job.options)
         params = estimator.fit(data.signals).params
     return params, time.perf_counter() - t0
@@ -259,27 +255,25 @@ def _start_worker(n_threads: int) -> None:
 
 def _run_jobs(jobs: list[_FitJob], *, n_jobs: int, progress: bool) -> dict[tuple[float, str], tuple[dict, float]]:
     """Run every job, in this process or in ``n_jobs`` worker processes; keyed by (SNR, method)."""
-    done: dict[tuple[float, str], tuple[dict, float]] = {}
     if n_jobs == 1:
-        for job in jobs:
-            done[job.snr, job.method] = _run_job(job, progress)
-            logger.info("SNR %g: %s in %.1f s", job.snr, job.method, done[job.snr, job.method][1])
-        return done
+        finished = ((job, _run_job(job, progress)) for job in jobs)
+        return _collect(finished)
     n_threads = max(1, (os.cpu_count() or 1) // n_jobs)
     # Longest fits first, so that the last ones to finish are short.
     order = sorted(jobs, key=lambda job: _EXPECTED_ORDER.index(job.method) if job.method in _EXPECTED_ORDER else 0)
     context = multiprocessing.get_context("spawn")  # torch and fork do not mix
     with ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_start_worker, initargs=(n_threads,)) as pool:
         futures = {pool.submit(_run_job, job): job for job in order}
-        for future in as_completed(futures):
-            job = futures[future]
-            done[job.snr, job.method] = future.result()
-            logger.info("SNR %g: %s in %.1f s", job.snr, job.method, done[job.snr, job.method][1])
+        return _collect((futures[future], future.result()) for future in as_completed(futures))
+
+
+def _collect(finished: Iterable[tuple[_FitJob, tuple[dict, float]]]) -> dict[tuple[float, str], tuple[dict, float]]:
+    """Key finished (job, (params, seconds)) pairs by (SNR, method), logging each as it arrives."""
+    done = {}
+    for job, outcome in finished:
+        done[job.data.snr, job.method] = outcome
+        logger.info("SNR %g: %s in %.1f s", job.data.snr, job.method, outcome[1])
     return done
-
-
-#: Methods from the slowest to the fastest, for scheduling.
-_EXPECTED_ORDER = ("gmvae", "vae", "selfsup", ORACLE, "nlls")
 
 
 def _rows(data: SimulatedData, params: dict, n: int, snr: float, method: str, seconds: float) -> list[dict]:
