@@ -10,6 +10,7 @@ from scipy import stats
 import varmap
 from varmap.estimators import ESTIMATORS, get_estimator
 from varmap.estimators.networks import encoder_inputs
+from varmap.estimators.variational import _cholesky_with_jitter, _laplace_samples
 from varmap.estimators.likelihood import gaussian_nll, rician_mean, rician_nll
 from varmap.signal_models import get_signal_model
 
@@ -130,6 +131,42 @@ def test_gmvae_reseeds_an_unused_component_by_splitting_the_most_used(fitted):
     assert not estimator._after_epoch(epoch + 1, batch)
     estimator.min_component_usage = 0.0
     assert not estimator._after_epoch(epoch + estimator.patience, batch)
+
+
+def test_gmvae_prior_refinement_runs_its_em_steps(fitted):
+    _, _, _, _, results = fitted
+    estimator, result = results["gmvae"]
+    evidence = np.asarray(result.history["refinement_log_evidence"])
+    assert evidence.size == estimator.refinement_rounds * estimator.refinement_steps
+    assert np.all(np.isfinite(evidence))
+    within_round = np.diff(evidence.reshape(estimator.refinement_rounds, -1), axis=1)
+    assert np.all(within_round > -1e-3)  # EM on fixed samples does not lower their evidence
+
+
+def test_laplace_samples_have_the_density_of_their_gaussian():
+    generator = torch.Generator().manual_seed(0)
+    mode = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    axes = torch.linalg.qr(torch.randn(4, 3, 3, generator=generator, dtype=torch.float64))[0]
+    curvatures = torch.tensor([1.0, 30.0, 1e4], dtype=torch.float64).expand(4, 3)
+    z, log_q = _laplace_samples(mode, curvatures, axes, 20000, 1.5, generator)
+    covariance = 1.5**2 * axes @ torch.diag_embed(1 / curvatures) @ axes.transpose(-1, -2)
+    expected = torch.distributions.MultivariateNormal(mode, covariance_matrix=covariance)
+    torch.testing.assert_close(log_q, expected.log_prob(z))
+    centred = z - mode
+    empirical = torch.einsum("sbi,sbj->bij", centred, centred) / z.shape[0]
+    torch.testing.assert_close(empirical, covariance, rtol=0.05, atol=1e-6)
+
+
+def test_cholesky_with_jitter_factors_near_singular_covariances():
+    vector = torch.tensor([1e3, -2e2, 5e1, 1.0])
+    good = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    covariance = torch.stack([vector[:, None] * vector[None, :], good, -good])  # rank 1, fine, not PSD
+    tril = _cholesky_with_jitter(covariance)
+    assert torch.all(torch.isfinite(tril)) and torch.all(tril.diagonal(dim1=-2, dim2=-1) > 0)
+    torch.testing.assert_close(tril[1], torch.linalg.cholesky(good))
+    jitter = 1e-6 * covariance[0].diagonal().mean() + 1e-12  # relative to the matrix's scale
+    torch.testing.assert_close(tril[0] @ tril[0].T, covariance[0] + jitter * torch.eye(4), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(tril[2], torch.diag(torch.full((4,), 1e-6)))  # not even PSD: tiny diagonal
 
 
 def test_gumbel_sampler_trains():

@@ -17,7 +17,7 @@ from .data import S0_LEVEL, PreparedData, initial_unconstrained
 from .networks import Encoder, SignalDecoder, VoxelBatch, encoder_inputs
 from .training import split_voxels, train_network
 
-__all__ = ["NetworkEstimator"]
+__all__ = ["NetworkEstimator", "device_generator"]
 
 
 class NetworkEstimator(Estimator):
@@ -137,9 +137,13 @@ class NetworkEstimator(Estimator):
         self.network_.load_state_dict(state["network"])
 
     # ------------------------------------------------------------------ shared
-    def _tensors(self, data: PreparedData) -> VoxelBatch:
-        S0_relative = torch.as_tensor(data.S0_relative, device=self.device_)[:, None]
-        observables = torch.as_tensor(data.observables, device=self.device_) * S0_relative
+    def _tensors(self, data: PreparedData, rows: np.ndarray | None = None) -> VoxelBatch:
+        """The valid voxels (or those ``rows`` of them) as tensors on the device."""
+        S0_relative, observables = data.S0_relative, data.observables
+        if rows is not None:
+            S0_relative, observables = S0_relative[rows], observables[rows]
+        S0_relative = torch.as_tensor(S0_relative, device=self.device_)[:, None]
+        observables = torch.as_tensor(observables, device=self.device_) * S0_relative
         sigma = torch.full_like(S0_relative, self.sigma_ / data.S0_reference)
         return VoxelBatch(observables, S0_relative, sigma)
 
@@ -172,14 +176,14 @@ class NetworkEstimator(Estimator):
         if self.voxels_per_epoch is not None:
             val_index = val_index[: self.voxels_per_epoch]
         train_index, val_index = train_index.to(self.device_), val_index.to(self.device_)
-        device_generator = _device_generator(self.device_, self.seed + 1)
+        training_generator = device_generator(self.device_, self.seed + 1)
         threads = (self.n_threads or 1) if self.device_.type == "cpu" else None
         train_data = VoxelBatch(*(t[train_index] for t in voxels))
         with _torch_threads(threads):
             return train_network(
                 self.network_,
                 lambda batch, epoch, training: self._loss(
-                    batch, epoch, device_generator if training else _device_generator(self.device_, self.seed + 4)
+                    batch, epoch, training_generator if training else device_generator(self.device_, self.seed + 4)
                 ),
                 train_data,
                 VoxelBatch(*(t[val_index] for t in voxels)),
@@ -197,7 +201,7 @@ class NetworkEstimator(Estimator):
 
     def _infer(self, data: PreparedData) -> Estimates:
         voxels = self._tensors(data)
-        generator = _device_generator(self.device_, self.seed + 2)
+        generator = device_generator(self.device_, self.seed + 2)
         self.network_.eval()
         parts: list[Estimates] = []
         chunk = self._inference_chunk()
@@ -232,7 +236,8 @@ def _start_at_typical_values(layer: nn.Linear, start: torch.Tensor, weight_scale
         layer.bias.copy_(start.to(layer.bias.dtype))
 
 
-def _device_generator(device: torch.device, seed: int) -> torch.Generator:
+def device_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A seeded random generator on ``device``."""
     return torch.Generator(device=device).manual_seed(seed)
 
 

@@ -45,5 +45,8 @@ class VAEEstimator(VariationalEstimator):
         z = mean + torch.exp(0.5 * log_var) * noise
         return z, gaussian_log_density(z, mean, log_var)
 
+    def _proposal_centres(self, encoded: torch.Tensor) -> torch.Tensor:
+        return encoded.chunk(2, dim=-1)[0][None]
+
     def _log_prior(self, z: torch.Tensor) -> torch.Tensor:
         return gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))

@@ -1,0 +1,139 @@
+"""Gaussian-mixture prior over latent codes: densities, KL terms, component splits and EM refinement."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["GaussianMixturePrior"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+#: Smallest variance an EM step leaves along any axis of a component, relative to the component's
+#: mean variance (keeps a direction that the data pin down, e.g. an S0 shared by all voxels, invertible).
+_RELATIVE_VARIANCE_FLOOR = 1e-6
+
+
+class GaussianMixturePrior(nn.Module):
+    """p(y) = Cat(π), p(z|y=k) = N(μ_k, Σ_k) with Σ_k = L_k L_kᵀ; all learnable.
+
+    The Cholesky factor L_k has diagonal ``exp(log_vars / 2)`` and strictly lower part ``lower``, so
+    with ``lower = 0`` the components are axis-aligned with variances ``exp(log_vars)``.
+
+    Parameters
+    ----------
+    n_components, n_latent : int
+    generator : torch.Generator
+        Draws the initial component means (standard normal, so components start apart).
+    """
+
+    def __init__(self, n_components: int, n_latent: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n_components))
+        self.means = nn.Parameter(torch.randn(n_components, n_latent, generator=generator))
+        self.log_vars = nn.Parameter(torch.zeros(n_components, n_latent))
+        self.lower = nn.Parameter(torch.zeros(n_components, n_latent, n_latent))
+
+    def log_weights(self) -> torch.Tensor:
+        """log π, shape (K,)."""
+        return torch.log_softmax(self.logits, dim=0)
+
+    def scale_tril(self) -> torch.Tensor:
+        """Cholesky factors L_k of the component covariances, shape (K, L, L)."""
+        return torch.diag_embed(torch.exp(0.5 * self.log_vars)) + torch.tril(self.lower, diagonal=-1)
+
+    def _inverse_scale(self) -> torch.Tensor:
+        """L_k⁻¹, shape (K, L, L)."""
+        tril = self.scale_tril()
+        eye = torch.eye(tril.shape[-1], dtype=tril.dtype, device=tril.device).expand_as(tril)
+        return torch.linalg.solve_triangular(tril, eye, upper=False)
+
+    def component_log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """log π_k + log N(z; μ_k, Σ_k), shape (..., K)."""
+        whitened = torch.einsum("kij,...kj->...ki", self._inverse_scale(), z[..., None, :] - self.means)
+        n_latent = self.means.shape[-1]
+        log_normal = -0.5 * ((whitened**2).sum(-1) + self.log_vars.sum(-1) + n_latent * _LOG_2PI)
+        return self.log_weights() + log_normal
+
+    def log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of the mixture, shape (...)."""
+        return torch.logsumexp(self.component_log_density(z), dim=-1)
+
+    def kl_divergence(self, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+        """KL(N(mean, diag exp(log_var)) ‖ N(μ_k, Σ_k)) for every component, closed form.
+
+        Parameters
+        ----------
+        mean, log_var : Tensor, shape (B, K, L)
+            Each voxel's Gaussian posterior given each component.
+
+        Returns
+        -------
+        Tensor, shape (B, K)
+        """
+        inverse = self._inverse_scale()
+        mahalanobis = (torch.einsum("kij,bkj->bki", inverse, mean - self.means) ** 2).sum(-1)
+        trace = torch.einsum("kij,bkj->bk", inverse**2, torch.exp(log_var))
+        log_det_ratio = self.log_vars.sum(-1) - log_var.sum(-1)
+        return 0.5 * (trace + mahalanobis - mean.shape[-1] + log_det_ratio)
+
+    @torch.no_grad()
+    def split_component(self, dead: int, donor: int, offset: torch.Tensor) -> None:
+        """Replace component ``dead`` by half of ``donor``: equal weights, shape copied, means ``∓ offset`` apart."""
+        self.logits[donor] -= math.log(2.0)
+        self.logits[dead] = self.logits[donor]
+        centre = self.means[donor].clone()
+        self.means[donor] = centre - offset
+        self.means[dead] = centre + offset
+        self.log_vars[dead] = self.log_vars[donor]
+        self.lower[dead] = self.lower[donor]
+
+    @torch.no_grad()
+    def em_steps(self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor, n_steps: int) -> list[float]:
+        """Expectation-maximisation steps towards the prior of maximum marginal likelihood (empirical Bayes).
+
+        Each voxel's posterior under the current prior is represented by self-normalised importance
+        samples: ``z`` drawn from a proposal with log density ``log_proposal`` and data log-likelihood
+        ``log_likelihood`` (both fixed, so a step costs no network or physics evaluation).  The E-step
+        weighs every sample by posterior weight × component responsibility; the M-step sets each
+        component's weight, mean and full covariance to those of its weighted samples.  A component
+        that holds fewer than ``L + 1`` voxels' worth of weight keeps its mean and covariance.
+
+        Parameters
+        ----------
+        z : Tensor, shape (S, B, L)
+        log_likelihood, log_proposal : Tensor, shape (S, B)
+        n_steps : int
+
+        Returns
+        -------
+        list of float
+            Importance-sampling estimate of the mean log evidence per voxel (up to a constant) under
+            the prior before each step; it should not decrease.
+        """
+        n_samples, n_voxels, n_latent = z.shape
+        points = z.reshape(-1, n_latent).double()
+        eye = torch.eye(n_latent, dtype=torch.float64, device=z.device)
+        evidence = []
+        for _ in range(n_steps):
+            components = self.component_log_density(z).double()
+            log_weights = log_likelihood.double() + torch.logsumexp(components, -1) - log_proposal.double()
+            evidence.append(float((torch.logsumexp(log_weights, 0) - math.log(n_samples)).mean()))
+            posterior = torch.softmax(log_weights, dim=0)[..., None] * torch.softmax(components, dim=-1)
+            posterior = posterior.reshape(-1, posterior.shape[-1])  # (S·B, K), sums to B
+            mass = posterior.sum(0)
+            means = posterior.T @ points / mass[:, None].clamp_min(1e-300)
+            weighted = (posterior[:, :, None] * points[:, None, :]).reshape(points.shape[0], -1)
+            second = (weighted.T @ points).reshape(-1, n_latent, n_latent) / mass[:, None, None].clamp_min(1e-300)
+            covariance = second - means[:, :, None] * means[:, None, :]
+            covariance = 0.5 * (covariance + covariance.transpose(-1, -2))
+            floor = _RELATIVE_VARIANCE_FLOOR * covariance.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
+            tril, info = torch.linalg.cholesky_ex(covariance + floor[:, None, None] * eye)
+            update = (mass > n_latent + 1) & (info == 0)
+            self.logits.copy_(torch.log(mass.clamp_min(1e-12) / n_voxels).to(self.logits.dtype))
+            self.means[update] = means[update].to(self.means.dtype)
+            self.log_vars[update] = (2.0 * torch.log(tril[update].diagonal(dim1=-2, dim2=-1))).to(self.log_vars.dtype)
+            self.lower[update] = torch.tril(tril[update], diagonal=-1).to(self.lower.dtype)
+        return evidence
