@@ -138,15 +138,11 @@ class GMVAEEstimator(VariationalEstimator):
         rows = np.sort(np.random.default_rng(self.seed + 5).permutation(n_valid)[: self.refinement_voxels])
         voxels = self._tensors(data, rows)
         generator = device_generator(self.device_, self.seed + 5)
-        chunk = self._inference_chunk()
         evidence: list[float] = []
         self.network_.eval()
         with torch.no_grad():
             for _ in range(self.refinement_rounds if self.refinement_steps else 0):
-                parts = [
-                    self._posterior_samples(VoxelBatch(*(t[start : start + chunk] for t in voxels)), generator)
-                    for start in range(0, rows.size, chunk)
-                ]
+                parts = [self._posterior_samples(batch, generator) for batch in self._chunks(voxels)]
                 z, log_likelihood, log_proposal = (torch.cat(tensors, dim=1) for tensors in zip(*parts))
                 evidence += self.prior_.em_steps(z, log_likelihood, log_proposal, self.refinement_steps)
         return evidence

@@ -91,7 +91,9 @@ class GaussianMixturePrior(nn.Module):
         self.lower[dead] = self.lower[donor]
 
     @torch.no_grad()
-    def em_steps(self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor, n_steps: int) -> list[float]:
+    def em_steps(
+        self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor, n_steps: int
+    ) -> list[float]:
         """Expectation-maximisation steps towards the prior of maximum marginal likelihood (empirical Bayes).
 
         Each voxel's posterior under the current prior is represented by self-normalised importance

@@ -18,7 +18,7 @@ _RELATIVE_CURVATURE_FLOOR = 1e-6
 
 def find_modes(
     negative_log_density: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, n_steps: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Minimise a negative log density separately for every voxel, from one or more starts each.
 
     Each step takes the Newton direction of the exact Hessian with its eigenvalues replaced by their
@@ -38,13 +38,15 @@ def find_modes(
     -------
     mode : Tensor, shape (M, B, L)
         The point reached from each start.
+    value : Tensor, shape (M, B)
+        The negative log density there.
     curvatures, axes : Tensor, shapes (M, B, L) and (M, B, L, L)
         Eigenvalues (corrected as above) and eigenvectors (columns) of the Hessian at the mode: the
         precision of the Laplace approximation there is ``axes @ diag(curvatures) @ axes.T``.
     """
     z = start.detach()
     for _ in range(n_steps):
-        gradient, curvatures, axes = _gradient_and_curvature(negative_log_density, z)
+        _, gradient, curvatures, axes = _gradient_and_curvature(negative_log_density, z)
         direction = -(axes @ ((axes.transpose(-1, -2) @ gradient[..., None]) / curvatures[..., None]))[..., 0]
         lengths = torch.tensor(_STEP_LENGTHS, dtype=z.dtype, device=z.device)[:, None, None, None]
         candidates = z + lengths * direction  # (T, M, B, L)
@@ -54,14 +56,15 @@ def find_modes(
         values[-1] = torch.where(torch.isfinite(values[-1]), values[-1], 0.0)  # staying is always allowed
         best = values.argmin(0)
         z = torch.gather(candidates, 0, best[None, ..., None].expand(1, *z.shape))[0]
-    _, curvatures, axes = _gradient_and_curvature(negative_log_density, z)
-    return z, curvatures, axes
+    value, _, curvatures, axes = _gradient_and_curvature(negative_log_density, z)
+    return z, value, curvatures, axes
 
 
 def _gradient_and_curvature(
     negative_log_density: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradient (M, B, L), corrected Hessian eigenvalues (M, B, L) and eigenvectors (M, B, L, L) at ``z``."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Value (M, B), gradient (M, B, L), corrected Hessian eigenvalues (M, B, L) and eigenvectors
+    (M, B, L, L) at ``z``."""
     with torch.enable_grad():
         point = z.detach().requires_grad_(True)
         value = negative_log_density(point)
@@ -75,4 +78,4 @@ def _gradient_and_curvature(
     values, vectors = torch.linalg.eigh(hessian)
     magnitude = values.abs()
     values = torch.maximum(magnitude, _RELATIVE_CURVATURE_FLOOR * magnitude.amax(-1, keepdim=True) + 1e-6)
-    return torch.nan_to_num(gradient.detach()), values.to(z.dtype), vectors.to(z.dtype)
+    return value.detach(), torch.nan_to_num(gradient.detach()), values.to(z.dtype), vectors.to(z.dtype)

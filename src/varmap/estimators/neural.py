@@ -204,13 +204,17 @@ class NetworkEstimator(Estimator):
         generator = device_generator(self.device_, self.seed + 2)
         self.network_.eval()
         parts: list[Estimates] = []
+        with torch.no_grad():
+            batches = tqdm(self._chunks(voxels), desc=f"{self.name} inference", disable=not self.progress, leave=False)
+            for batch in batches:
+                parts.append(self._estimate(batch, generator))
+        return _concatenate(parts)
+
+    def _chunks(self, voxels: VoxelBatch) -> list[VoxelBatch]:
+        """Consecutive views of ``voxels`` of :meth:`_inference_chunk` voxels each."""
         chunk = self._inference_chunk()
         starts = range(0, voxels.observables.shape[0], chunk)
-        with torch.no_grad():
-            for start in tqdm(starts, desc=f"{self.name} inference", disable=not self.progress, leave=False):
-                stop = start + chunk
-                parts.append(self._estimate(VoxelBatch(*(t[start:stop] for t in voxels)), generator))
-        return _concatenate(parts)
+        return [VoxelBatch(*(t[start : start + chunk] for t in voxels)) for start in starts]
 
 
 @contextmanager

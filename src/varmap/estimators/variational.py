@@ -170,8 +170,10 @@ class VariationalEstimator(NetworkEstimator):
             voxel = torch.arange(z.shape[1], device=z.device)
             best_sample = (log_lik + self._log_prior(z)).argmax(0)
             starts = torch.cat([self._proposal_centres(encoded), z[best_sample, voxel][None]])
-            modes, curvatures, axes = find_modes(lambda codes: -self._log_joint(batch, codes), starts, self.n_mode_steps)
-            best = self._log_joint(batch, modes).argmax(0)
+            modes, values, curvatures, axes = find_modes(
+                lambda codes: -self._log_joint(batch, codes), starts, self.n_mode_steps
+            )
+            best = values.argmin(0)
             z_mode, log_q_mode = _laplace_samples(
                 modes[best, voxel], curvatures[best, voxel], axes[best, voxel], self.n_posterior_samples,
                 self.proposal_scale, generator,
