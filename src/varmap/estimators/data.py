@@ -10,7 +10,17 @@ from scipy import stats
 
 from ..signal_models import Parameter, SignalModel
 
-__all__ = ["PreparedData", "prepare_signals", "estimate_sigma_from_b0", "S0_SCALE", "decode_unconstrained", "initial_unconstrained", "S0_LEVEL"]
+__all__ = [
+    "PreparedData",
+    "ValidVoxels",
+    "valid_voxels",
+    "prepare_signals",
+    "estimate_sigma_from_b0",
+    "S0_SCALE",
+    "decode_unconstrained",
+    "initial_unconstrained",
+    "S0_LEVEL",
+]
 
 #: Nuisance factor on the mean-b0 normalisation, fitted with the tissue parameters by voxelwise fits.
 S0_SCALE = Parameter("S0_scale", "1", 0.5, 2.0, "S0 relative to the mean of the b=0 measurements", typical=1.0)
@@ -56,6 +66,61 @@ class PreparedData:
         return int((~self.valid).sum())
 
 
+@dataclass(frozen=True)
+class ValidVoxels:
+    """Which voxels can be fitted, and why the others cannot.
+
+    Attributes
+    ----------
+    valid : ndarray of bool, shape (n_voxels,)
+        Finite signals and a positive mean b=0 signal.
+    S0_mean : ndarray, shape (n_voxels,)
+        Mean b=0 signal (raw units, float64); 0 where not valid.
+    n_nonfinite : int
+        Voxels with a NaN or Inf value.
+    n_nonpositive_b0 : int
+        Voxels with finite values whose mean b=0 signal is not positive.
+    """
+
+    valid: np.ndarray
+    S0_mean: np.ndarray
+    n_nonfinite: int
+    n_nonpositive_b0: int
+
+    @property
+    def n_excluded(self) -> int:
+        """Voxels that are not fitted."""
+        return self.n_nonfinite + self.n_nonpositive_b0
+
+
+def valid_voxels(signals: np.ndarray, b0_mask: np.ndarray) -> ValidVoxels:
+    """The rule of which voxels are fitted: finite signals and a positive mean b=0 signal.
+
+    Parameters
+    ----------
+    signals : ndarray, shape (n_voxels, n_measurements)
+        Raw magnitude signals.
+    b0_mask : ndarray of bool, shape (n_measurements,)
+        The b=0 measurements.
+
+    Returns
+    -------
+    ValidVoxels
+    """
+    signals = np.asarray(signals)
+    finite = np.empty(len(signals), dtype=bool)
+    for start in range(0, len(signals), _PREPARE_CHUNK):
+        finite[start : start + _PREPARE_CHUNK] = np.isfinite(signals[start : start + _PREPARE_CHUNK]).all(axis=1)
+    S0_mean = np.where(finite, signals[:, b0_mask].mean(axis=1, dtype=np.float64), 0.0)
+    valid = finite & (S0_mean > 0)
+    return ValidVoxels(
+        valid=valid,
+        S0_mean=np.where(valid, S0_mean, 0.0),
+        n_nonfinite=int((~finite).sum()),
+        n_nonpositive_b0=int((finite & ~valid).sum()),
+    )
+
+
 def estimate_sigma_from_b0(signals: np.ndarray, b0_mask: np.ndarray) -> float | None:
     """Noise standard deviation from repeated b=0 measurements, pooled over voxels.
 
@@ -97,12 +162,8 @@ def prepare_signals(signals: np.ndarray, model: SignalModel) -> tuple[np.ndarray
             f"signals must have shape (n_voxels, {protocol.n_measurements}) to match the protocol; got "
             f"{signals.shape}. Reshape images to (n_voxels, n_volumes) or check bvals/bvecs."
         )
-    finite = np.empty(len(signals), dtype=bool)
-    for start in range(0, len(signals), _PREPARE_CHUNK):
-        finite[start : start + _PREPARE_CHUNK] = np.isfinite(signals[start : start + _PREPARE_CHUNK]).all(axis=1)
-    S0_mean = np.where(finite, signals[:, protocol.b0_mask].mean(axis=1, dtype=np.float64), 0.0)
-    valid = finite & (S0_mean > 0)
-    S0_mean = np.where(valid, S0_mean, 0.0)
+    voxels = valid_voxels(signals, protocol.b0_mask)
+    valid, S0_mean = voxels.valid, voxels.S0_mean
     # float32 and in chunks: a whole-brain matrix is ~1 GB per copy, and its observables (shell
     # averages for MS-DKI) may be far smaller.
     valid_index = np.flatnonzero(valid)
