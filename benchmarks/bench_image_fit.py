@@ -2,7 +2,8 @@
 
 Simulates an MS-DKI volume with known maps on an HCP-like protocol (18 b=0 plus 90 directions at
 b = 1000, 2000, 3000 s/mm², 288 volumes), stored as scaled int16 NIfTI like HCP data, in an ellipsoidal
-"brain" of at least 200,000 voxels.  Each method then maps the whole image -- read, fit, goodness of
+"brain" of at least 200,000 voxels; the signals come from :func:`varmap.signal_models.msdki_signal`
+and the noise from :func:`varmap.simulation.add_noise`.  Each method then maps the whole image -- read, fit, goodness of
 fit, write maps, checkpoint and figure -- in its own subprocess, so that every peak resident memory
 (``VmHWM``) is that method's alone.  dipy's ``MeanDiffusionKurtosisModel`` fits the same data the
 way its examples do (``img.get_fdata()``, then ``fit(data, mask=mask)``, then the two maps saved).
@@ -17,16 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from varmap.simulation import fibonacci_sphere
+
+from varmap.evaluation.runner import Stages, machine_summary, markdown_table, measure, process_peak_rss_mb
+from varmap.simulation import add_noise, fibonacci_sphere
 
 METHODS = ("nlls", "selfsup", "vae", "gmvae")
 HCP_SHELLS = (1000.0, 2000.0, 3000.0)
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def make_phantom(
+def simulate_image(
     folder: Path, shape: tuple[int, int, int], *, snr: float, seed: int, compress: bool, radius: float = 0.99
 ) -> dict:
     """Write dwi, bvals, bvecs, mask and the true maps; returns their paths and the voxel count.
@@ -72,8 +72,10 @@ def make_phantom(
     memory (``--compress`` builds it in memory and writes ``.nii.gz``).
     """
     import nibabel as nib
+    import torch
 
     from varmap import Protocol
+    from varmap.signal_models import msdki_signal
 
     rng = np.random.default_rng(seed)
     axes = [np.linspace(-1, 1, n, dtype=np.float32) / radius for n in shape]
@@ -91,7 +93,8 @@ def make_phantom(
     protocol = Protocol.from_bvals_bvecs(bvals, bvecs)
     sigma = 1000.0 / snr
     inside = np.flatnonzero(brain)
-    D_in, K_in = D.ravel()[inside].astype(np.float64), K.ravel()[inside].astype(np.float64)
+    D_in = torch.as_tensor(D.ravel()[inside], dtype=torch.float64)
+    K_in = torch.as_tensor(K.ravel()[inside], dtype=torch.float64)
     S0_in = np.where(csf.ravel()[inside], 2000.0, 1000.0)
     slope = 0.25  # int16 range 8191 in signal units, above S0 + noise
     affine = np.diag([1.25, 1.25, 1.25, 1.0])
@@ -113,10 +116,10 @@ def make_phantom(
             handle.write(b"\0" * (352 - handle.tell()))
         data = np.memmap(paths["dwi"], dtype=np.int16, mode="r+", offset=352, shape=(*shape, bvals.size), order="F")
     for volume in range(bvals.size):
-        b = protocol.bvals[volume]
+        b = torch.as_tensor(protocol.bvals[volume : volume + 1], dtype=torch.float64)
         signal = np.zeros(brain.size, dtype=np.float64)
-        signal[inside] = S0_in * np.exp(-b * D_in + (b * D_in) ** 2 * K_in / 6.0)
-        noisy = np.hypot(signal + rng.normal(0, sigma, signal.size), rng.normal(0, sigma, signal.size))
+        signal[inside] = S0_in * msdki_signal(b, D_in, K_in)[:, 0].numpy()
+        noisy = add_noise(signal, sigma=sigma, kind="rician", rng=rng)
         data[..., volume] = np.clip(np.round(noisy / slope), 0, 32767).astype(np.int16).reshape(shape)
     if compress:
         nib.save(nib.Nifti1Image(data, affine, header), paths["dwi"])
@@ -131,23 +134,6 @@ def make_phantom(
 
 
 # ---------------------------------------------------------------------------------------------- children
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB.
-
-    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this program's own address space.
-    (``ru_maxrss`` also counts the parent's pages copied by ``fork`` before ``exec``.)  Elsewhere:
-    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux, bytes on macOS).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
 def errors(D: np.ndarray, K: np.ndarray, truth_path: str) -> dict:
     truth = np.load(truth_path)
     mask = truth["mask"] & ~(truth["D"] > 2.5)  # tissue only: CSF's K is not identifiable at this SNR
@@ -160,15 +146,14 @@ def child_varmap(method: str, args: argparse.Namespace, data: dict) -> dict:
 
     paths = data["paths"]
     options = {} if method == "nlls" else {"n_epochs": args.n_epochs}
-    start = time.perf_counter()
-    result = varmap.fit_image(
-        paths["dwi"], paths["bvals"], paths["bvecs"], mask=paths["mask"], model="msdki", method=method,
-        output_dir=Path(args.workdir) / f"out_{method}", force=True, seed=args.seed, device=args.device,
-        progress=False, **options,
-    )
-    wall = time.perf_counter() - start
+    with measure() as wall:
+        result = varmap.fit_image(
+            paths["dwi"], paths["bvals"], paths["bvecs"], mask=paths["mask"], model="msdki", method=method,
+            output_dir=Path(args.workdir) / f"out_{method}", force=True, seed=args.seed, device=args.device,
+            progress=False, **options,
+        )
     timings = result.metadata["timings"]
-    return {"method": f"varmap {method}", "wall_s": wall, "fit_s": timings["fit_s"],
+    return {"method": f"varmap {method}", "wall_s": wall.seconds, "fit_s": timings["fit_s"],
             "read_s": timings["read_s"], "write_s": timings.get("write_s", 0.0) + timings.get("figure_s", 0.0),
             "n_voxels": result.n_voxels, "device": result.metadata["config"]["device"],
             **errors(result.maps["D"], result.maps["K"], paths["truth"])}
@@ -180,23 +165,26 @@ def child_dipy(args: argparse.Namespace, data: dict) -> dict:
     from dipy.reconst.msdki import MeanDiffusionKurtosisModel
 
     paths = data["paths"]
-    start = time.perf_counter()
-    image = nib.load(paths["dwi"])
-    dwi = image.get_fdata()  # as dipy's examples do: the whole image as float64
-    mask = np.asanyarray(nib.load(paths["mask"]).dataobj) > 0
-    bvals, bvecs = np.loadtxt(paths["bvals"]), np.loadtxt(paths["bvecs"]).T
-    gtab = gradient_table(bvals, bvecs=bvecs)
-    read = time.perf_counter()
-    fit = MeanDiffusionKurtosisModel(gtab).fit(dwi, mask=mask)
-    D, K = np.asarray(fit.msd, dtype=np.float32) * 1000.0, np.asarray(fit.msk, dtype=np.float32)  # mm²/s -> µm²/ms
-    fitted = time.perf_counter()
-    out = Path(args.workdir) / "out_dipy"
-    out.mkdir(exist_ok=True)
-    for name, array in (("D", D), ("K", K)):
-        nib.save(nib.Nifti1Image(array, image.affine), out / f"{name}.nii.gz")
-    end = time.perf_counter()
-    return {"method": "dipy MS-DKI (WLS)", "wall_s": end - start, "fit_s": fitted - read, "read_s": read - start,
-            "write_s": end - fitted, "n_voxels": int(mask.sum()), "device": "cpu",
+    stages = Stages()
+    with measure() as wall:
+        with stages("read"):
+            image = nib.load(paths["dwi"])
+            dwi = image.get_fdata()  # as dipy's examples do: the whole image as float64
+            mask = np.asanyarray(nib.load(paths["mask"]).dataobj) > 0
+            bvals, bvecs = np.loadtxt(paths["bvals"]), np.loadtxt(paths["bvecs"]).T
+            gtab = gradient_table(bvals, bvecs=bvecs)
+        with stages("fit"):
+            fit = MeanDiffusionKurtosisModel(gtab).fit(dwi, mask=mask)
+            D = np.asarray(fit.msd, dtype=np.float32) * 1000.0  # mm²/s -> µm²/ms
+            K = np.asarray(fit.msk, dtype=np.float32)
+        with stages("write"):
+            out = Path(args.workdir) / "out_dipy"
+            out.mkdir(exist_ok=True)
+            for name, array in (("D", D), ("K", K)):
+                nib.save(nib.Nifti1Image(array, image.affine), out / f"{name}.nii.gz")
+    seconds = stages.seconds
+    return {"method": "dipy MS-DKI (WLS)", "wall_s": wall.seconds, "fit_s": seconds["fit"], "read_s": seconds["read"],
+            "write_s": seconds["write"], "n_voxels": int(mask.sum()), "device": "cpu",
             **errors(np.nan_to_num(D), np.nan_to_num(K), paths["truth"])}
 
 
@@ -207,13 +195,12 @@ def child_baseline() -> dict:
     import nibabel  # noqa: F401
     import torch  # noqa: F401
 
-    import varmap  # noqa: F401
+    import varmap
+    from varmap.provenance import environment
 
-    environment = (f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-                   f"({torch.get_num_threads()} threads), Python {platform.python_version()}, varmap "
-                   f"{varmap.__version__}")
     return {"method": "imports only", "wall_s": 0.0, "fit_s": 0.0, "read_s": 0.0, "write_s": 0.0, "n_voxels": 0,
-            "device": "-", "D_error": float("nan"), "K_error": float("nan"), "environment": environment}
+            "device": "-", "D_error": float("nan"), "K_error": float("nan"), "environment": environment(),
+            "varmap": varmap.__version__}
 
 
 def run_child(name: str, args: argparse.Namespace, data_file: Path) -> dict:
@@ -228,28 +215,31 @@ def run_child(name: str, args: argparse.Namespace, data_file: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------- report
 def markdown(rows: list[dict], data: dict, args: argparse.Namespace, simulate_s: float) -> str:
+    header = ["method", "device", "voxels", "total (s)", "read (s)", "fit (s)", "write+figure (s)", "peak RSS (MB)",
+              "median abs error D (µm²/ms)", "median abs error K"]
+    table = [
+        [row["method"], row["device"], f"{row['n_voxels']:,}", f"{row['wall_s']:.1f}", f"{row['read_s']:.1f}",
+         f"{row['fit_s']:.1f}", f"{row['write_s']:.1f}", f"{row['peak_rss_mb']:.0f}", f"{row['D_error']:.3f}",
+         f"{row['K_error']:.3f}"]
+        for row in rows
+    ]
+    baseline = next((r for r in rows if "environment" in r), None)
+    machine = machine_summary(baseline["environment"] if baseline else None)
+    varmap_version = f"; varmap {baseline['varmap']}" if baseline else ""
     lines = [
         f"Whole-image MS-DKI mapping of a simulated {'x'.join(map(str, data['shape']))}x288 volume "
         f"({data['n_voxels']:,} brain voxels, int16 {'.nii.gz' if args.compress else '.nii'}, SNR {args.snr:g}); "
         f"network methods {args.n_epochs} epochs; each row in its own process.",
         "",
-        "| method | device | voxels | total (s) | read (s) | fit (s) | write+figure (s) | peak RSS (MB) | "
-        "median abs error D (µm²/ms) | median abs error K |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *markdown_table(header, table),
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['method']} | {row['device']} | {row['n_voxels']:,} | {row['wall_s']:.1f} | {row['read_s']:.1f} | "
-            f"{row['fit_s']:.1f} | {row['write_s']:.1f} | {row['peak_rss_mb']:.0f} | {row['D_error']:.3f} | "
-            f"{row['K_error']:.3f} |"
-        )
     full_float64 = int(np.prod(data["shape"])) * 288 * 8 / 2**20
     masked_float32 = data["n_voxels"] * 288 * 4 / 2**20
     lines += [
         "",
         f"For scale: the whole image as float64 is {full_float64:,.0f} MB; the masked voxels as float32 "
         f"{masked_float32:,.0f} MB. Simulation took {simulate_s:.0f} s.",
-        f"Machine: {next((r['environment'] for r in rows if 'environment' in r), platform.platform())}.",
+        f"Machine: {machine}{varmap_version}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -258,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child is not None:
         if args.child == "simulate":
-            data = make_phantom(args.workdir, tuple(args.shape), snr=args.snr, seed=args.seed,
+            data = simulate_image(args.workdir, tuple(args.shape), snr=args.snr, seed=args.seed,
                                 compress=args.compress, radius=args.radius)
             Path(os.environ["VARMAP_BENCH_DATA"]).write_text(json.dumps(data))
-            print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+            print(json.dumps({"peak_rss_mb": process_peak_rss_mb()}))
             return 0
         data = json.loads(Path(os.environ["VARMAP_BENCH_DATA"]).read_text())
         if args.child == "dipy":
@@ -270,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             row = child_baseline()
         else:
             row = child_varmap(args.child, args, data)
-        row["peak_rss_mb"] = peak_rss_mb()
+        row["peak_rss_mb"] = process_peak_rss_mb()
         print(json.dumps(row))
         return 0
 
@@ -280,11 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir = Path(temporary.name)
     args.workdir.mkdir(parents=True, exist_ok=True)
     try:
-        start = time.perf_counter()
         data_file = args.workdir / "data.json"
-        run_child("simulate", args, data_file)  # in a child, so that this process stays small
+        with measure() as simulation:
+            run_child("simulate", args, data_file)  # in a child, so that this process stays small
         data = json.loads(data_file.read_text())
-        simulate_s = time.perf_counter() - start
+        simulate_s = simulation.seconds
         print(f"simulated {data['n_voxels']:,} voxels in {simulate_s:.0f} s", file=sys.stderr)
         rows = []
         for name in ["baseline", *args.methods, *(["dipy"] if args.dipy else [])]:

@@ -1,9 +1,10 @@
 """Speed and accuracy of varmap's batched NLLS against dipy's MS-DKI fit on simulated HCP-like data.
 
 Simulates MS-DKI signals with the paper's three tissue clusters on an HCP-like protocol (18 b=0 plus
-90 directions at b = 1000, 2000, 3000 s/mm²) with Rician noise, fits them with
-``varmap``'s ``nlls`` estimator and with ``dipy.reconst.msdki.MeanDiffusionKurtosisModel`` (weighted
-least squares on log signals) in the same process, and prints a Markdown table of run time and error.
+90 directions at b = 1000, 2000, 3000 s/mm²) with Rician noise (:func:`varmap.simulation.simulate`),
+fits them with ``varmap``'s ``nlls`` estimator and with dipy's ``MeanDiffusionKurtosisModel``
+(:func:`varmap.evaluation.baselines.fit_dipy_msdki`: weighted least squares on log signals) in the
+same process, and prints a Markdown table of run time and error.
 
 Example::
 
@@ -14,26 +15,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import dipy
 import numpy as np
 import torch
-from dipy.core.gradients import gradient_table
-from dipy.reconst.msdki import MeanDiffusionKurtosisModel
 
 import varmap
-from varmap.estimators.nlls import NLLSEstimator
+from varmap.devices import resolve_device
+from varmap.estimators import get_estimator
+from varmap.evaluation import error_table
+from varmap.evaluation.baselines import fit_dipy_msdki
+from varmap.evaluation.runner import machine_summary, markdown_table, measure
 from varmap.signal_models import get_signal_model
+from varmap.simulation import SimulatedData, hcp_protocol, msdki_paper_prior, simulate
 
-# The paper's MS-DKI clusters: weights, means (D [µm²/ms], K) and variances (fallback only).
-_CLUSTER_WEIGHTS = np.array([0.5, 0.4, 0.1])
-_CLUSTER_MEANS = np.array([[1.0, 1.25], [1.5, 1.0], [3.0, 0.0]])
-_CLUSTER_VARIANCES = np.array([0.015, 0.015, 0.2 * 0.015])
+Fit = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,123 +52,81 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# ------------------------------------------------------------------------------------------ data
-def simulate_msdki(
-    n_voxels: int, snr: float, seed: int
-) -> tuple[varmap.Protocol, np.ndarray, dict[str, np.ndarray], np.ndarray, str]:
-    """Protocol, noisy signals (S0 = 1), true parameters, cluster labels and where the data came from.
-
-    Uses :mod:`varmap.simulation` when it exists; otherwise builds the same set-up here (Fibonacci
-    directions, Gaussian clusters, Rician noise).
-    """
-    try:
-        from varmap.simulation import hcp_protocol, msdki_paper_prior, simulate
-    except ImportError:
-        return _simulate_fallback(n_voxels, snr, seed)
-    protocol = hcp_protocol(seed=seed)
-    data = simulate(
-        get_signal_model("msdki", protocol), msdki_paper_prior(), n_voxels=n_voxels, snr=snr, seed=seed
-    )
-    return protocol, data.signals, data.params, data.labels, "varmap.simulation (hcp_protocol, msdki_paper_prior)"
+def simulate_msdki(n_voxels: int, snr: float, seed: int) -> SimulatedData:
+    """MS-DKI voxels of the paper's prior on the HCP-like protocol, S0 = 1, Rician noise."""
+    model = get_signal_model("msdki", hcp_protocol(seed=seed))
+    return simulate(model, msdki_paper_prior(), n_voxels=n_voxels, snr=snr, seed=seed)
 
 
-def _simulate_fallback(n_voxels: int, snr: float, seed: int) -> tuple:
-    rng = np.random.default_rng(seed)
-    i = np.arange(90) + 0.5
-    polar, azimuth = np.arccos(1.0 - 2.0 * i / 90), np.pi * (1.0 + 5.0**0.5) * i
-    sphere = np.stack([np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)], -1)
-    bvals = np.concatenate([np.zeros(18), np.repeat([1000.0, 2000.0, 3000.0], 90)])
-    bvecs = np.concatenate([np.zeros((18, 3)), sphere, sphere, sphere])
-    protocol = varmap.Protocol.from_bvals_bvecs(bvals, bvecs, units="s/mm2")
-    labels = rng.choice(3, size=n_voxels, p=_CLUSTER_WEIGHTS)
-    spread = np.sqrt(_CLUSTER_VARIANCES[labels])[:, None]
-    values = _CLUSTER_MEANS[labels] + spread * rng.standard_normal((n_voxels, 2))
-    params = {"D": values[:, 0], "K": values[:, 1]}
-    clean = get_signal_model("msdki", protocol).predict(params, S0=1.0)
-    sigma = 1.0 / snr
-    signals = np.hypot(clean + sigma * rng.standard_normal(clean.shape), sigma * rng.standard_normal(clean.shape))
-    return protocol, signals, params, labels, "benchmark fallback (Fibonacci sphere, Gaussian clusters)"
+def fits(data: SimulatedData, device: str | None) -> dict[str, Fit]:
+    """The compared fits by table name: varmap's nlls and dipy's MS-DKI, each signals -> {"D", "K"}."""
+    model = get_signal_model("msdki", data.protocol)
+    return {
+        f"varmap nlls ({resolve_device(device)})": lambda s: get_estimator("nlls", model, device=device).fit(s).params,
+        "dipy MSDKI (WLS)": lambda s: fit_dipy_msdki(s, data.protocol),
+    }
 
 
-# ------------------------------------------------------------------------------------------ methods
-def fit_varmap(
-    protocol: varmap.Protocol, signals: np.ndarray, device: str | None
-) -> tuple[np.ndarray, np.ndarray]:
-    estimator = NLLSEstimator(get_signal_model("msdki", protocol), device=device)
-    result = estimator.fit(signals)
-    return result.params["D"], result.params["K"]
-
-
-def fit_dipy(protocol: varmap.Protocol, signals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    gtab = gradient_table(protocol.bvals * 1000.0, bvecs=protocol.bvecs)
-    fit = MeanDiffusionKurtosisModel(gtab).fit(signals)
-    return fit.msd * 1000.0, fit.msk  # mm²/s -> µm²/ms
-
-
-def time_method(fit: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], signals: np.ndarray, repeats: int):
+def time_method(fit: Fit, signals: np.ndarray, repeats: int) -> tuple[float, dict[str, np.ndarray]]:
     """Median wall time of ``repeats`` runs after one small warm-up run, and the last estimates."""
     fit(signals[: min(100, len(signals))])
     seconds = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        estimates = fit(signals)
-        seconds.append(time.perf_counter() - start)
+        with measure() as cost:
+            estimates = fit(signals)
+        seconds.append(cost.seconds)
     return statistics.median(seconds), estimates
 
 
-def rmse(estimate: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.sqrt(np.nanmean((estimate - truth) ** 2)))
+def report(data: SimulatedData, runs: dict[str, tuple[float, dict]], args: argparse.Namespace) -> str:
+    """Markdown: time and error of each method, RMSE per cluster, and how the numbers were taken."""
+    names = data.prior.cluster_names
+    errors = {name: _errors(estimates, data) for name, (_, estimates) in runs.items()}
+    reference = runs["dipy MSDKI (WLS)"][0]
+    speed = [
+        [name, f"{seconds:.3f}", f"{data.n_voxels / seconds:,.0f}", f"{seconds / reference:.2f}×",
+         f"{errors[name]['D', 'all']:.4f}", f"{errors[name]['K', 'all']:.4f}", f"{int(np.isnan(estimates['D']).sum())}"]
+        for name, (seconds, estimates) in runs.items()
+    ]
+    nan = float("nan")
+    clusters = [
+        [name, *(f"{errors[name].get(('D', c), nan):.3f} / {errors[name].get(('K', c), nan):.3f}" for c in names)]
+        for name in runs
+    ]
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    lines = [
+        f"MS-DKI fits of {data.n_voxels} simulated voxels, SNR {args.snr:g}, Rician noise, seed {args.seed}",
+        "",
+        *markdown_table(["method", "seconds", "voxels/s", "time vs dipy", "RMSE D (µm²/ms)", "RMSE K", "NaN voxels"],
+                        speed),
+        "",
+        "RMSE per cluster (D / K):",
+        "",
+        *markdown_table(["method", *names], clusters),
+        "",
+        f"- machine: {machine_summary()}; load average {load}; varmap {varmap.__version__}",
+        f"- data: varmap.simulation (hcp_protocol, msdki_paper_prior); protocol {data.protocol!r}; "
+        f"{data.n_voxels} voxels, S0 = 1, sigma = 1/{args.snr:g}",
+        f"- timing: median of {args.repeats} runs after a 100-voxel warm-up, same process, same data; "
+        "varmap time includes S0 normalisation, noise estimation and initialisation",
+    ]
+    return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------ main
+def _errors(estimates: dict[str, np.ndarray], data: SimulatedData) -> dict[tuple[str, str], float]:
+    """RMSE of D and K over all voxels and per cluster present, keyed by (parameter, cluster)."""
+    truth = {name: data.params[name] for name in ("D", "K")}
+    rows = error_table(estimates, truth, data.labels, data.prior.cluster_names)
+    return {(row["parameter"], row["cluster"]): row["rmse"] for row in rows}
+
+
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    protocol, signals, truth, labels, source = simulate_msdki(args.n_voxels, args.snr, args.seed)
-    device = str(varmap.estimators.base.resolve_device(args.device))
-    methods = {
-        f"varmap nlls ({device})": lambda s: fit_varmap(protocol, s, args.device),
-        "dipy MSDKI (WLS)": lambda s: fit_dipy(protocol, s),
-    }
-    rows = {}
-    for name, fit in methods.items():
-        seconds, (D, K) = time_method(fit, signals, args.repeats)
-        rows[name] = (seconds, D, K)
-    dipy_seconds = rows["dipy MSDKI (WLS)"][0]
-
-    lines = [
-        f"MS-DKI fits of {args.n_voxels} simulated voxels, SNR {args.snr:g}, Rician noise, seed {args.seed}",
-        "",
-        "| method | seconds | voxels/s | time vs dipy | RMSE D (µm²/ms) | RMSE K | NaN voxels |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, (seconds, D, K) in rows.items():
-        lines.append(
-            f"| {name} | {seconds:.3f} | {args.n_voxels / seconds:,.0f} | {seconds / dipy_seconds:.2f}× | "
-            f"{rmse(D, truth['D']):.4f} | {rmse(K, truth['K']):.4f} | {int(np.isnan(D).sum())} |"
-        )
-    cluster_names = ("cluster 1 (1.0, 1.25)", "cluster 2 (1.5, 1.0)", "cluster 3 free water (3.0, 0.0)")
-    lines += ["", "RMSE per cluster (D / K):", "", "| method | " + " | ".join(cluster_names) + " |"]
-    lines.append("|---|" + "---:|" * len(cluster_names))
-    for name, (_, D, K) in rows.items():
-        cells = []
-        for k in range(len(cluster_names)):
-            in_k = labels == k
-            cells.append(f"{rmse(D[in_k], truth['D'][in_k]):.3f} / {rmse(K[in_k], truth['K'][in_k]):.3f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    lines += [
-        "",
-        f"- machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average {load}",
-        f"- versions: python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
-        f"dipy {dipy.__version__}, varmap {varmap.__version__}",
-        f"- data: {source}; protocol {protocol!r}; {args.n_voxels} voxels, S0 = 1, sigma = 1/{args.snr:g}",
-        f"- timing: median of {args.repeats} runs after a 100-voxel warm-up, same process, same data; "
-        "varmap time includes S0 normalisation, noise estimation and initialisation",
-    ]
-    table = "\n".join(lines)
+    data = simulate_msdki(args.n_voxels, args.snr, args.seed)
+    runs = {name: time_method(fit, data.signals, args.repeats) for name, fit in fits(data, args.device).items()}
+    table = report(data, runs, args)
     print(table)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -338,13 +338,11 @@ def test_unknown_choice_is_a_usage_error(scan, tmp_path, capsys):
 def test_cuda_without_gpu(scan, tmp_path, capsys):
     out = tmp_path / "out"
     status, _, err = run(fit_args(scan, out, "--device", "cuda"), capsys)
-    assert_user_error(status, err, "no CUDA GPU", "--device cpu")
+    assert_user_error(status, err, "no CUDA GPU", "use device cpu")
     assert_nothing_written(tmp_path, out)
 
 
 def test_interrupted_run_leaves_no_output(scan, tmp_path, capsys, monkeypatch):
-    import varmap.image_fit as image_fit
-
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -353,7 +351,7 @@ def test_interrupted_run_leaves_no_output(scan, tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return Path(args[1])
 
-    monkeypatch.setattr(image_fit, "save_map", interrupted)
+    monkeypatch.setattr(varmap.io, "save_map", interrupted)
     out = tmp_path / "out"
     status, _, err = run(fit_args(scan, out, mask=scan["mask"]), capsys)
     assert status == 130 and "interrupted" in err
@@ -376,6 +374,50 @@ def test_apply_to_other_protocol(scan, tmp_path, capsys):
                           scan["bvecs"], "-o", applied, "--quiet"], capsys)
     assert_user_error(status, err, "cannot be read", "model.pt written by varmap fit")
     assert not applied.exists()
+
+
+def test_method_flags_come_from_the_option_tables(capsys):
+    from varmap.estimators.options import OPTIONS
+
+    assert cli.main(["fit", "--help"]) == 0
+    text = capsys.readouterr().out
+    declared = {option.flag for options in OPTIONS.values() for option in options if option.cli}
+    hidden = {option.flag for options in OPTIONS.values() for option in options if not option.cli}
+    assert declared == {option.flag for option, _ in cli.method_flags().values()}
+    for flag in declared:
+        assert flag in text, flag
+    for flag in hidden - declared:
+        assert flag not in text, flag
+
+
+def test_only_given_method_flags_are_passed(monkeypatch, tmp_path):
+    import varmap.pipeline
+
+    seen = {}
+    monkeypatch.setattr(varmap.pipeline, "fit_image", lambda *args, **kwargs: seen.update(kwargs))
+    assert cli.main(["fit", "dwi.nii.gz", "--bvals", "b", "--bvecs", "v", "--model", "msdki", "--method", "gmvae",
+                     "-o", str(tmp_path / "out"), "--n-epochs", "7", "--y-sampler", "gumbel", "--beta", "0.5"]) == 0
+    options = {k: v for k, v in seen.items() if k in cli.method_flags()}
+    assert options == {"n_epochs": 7, "y_sampler": "gumbel", "beta": 0.5}
+    assert seen["command"].startswith("varmap fit dwi.nii.gz ")
+
+
+def test_method_flag_of_each_kind():
+    import argparse
+
+    from varmap.estimators.options import Option
+
+    parser = argparse.ArgumentParser()
+    group = parser.add_argument_group("options")
+    cli._add_method_option(group, Option("temperature", float, (1.0, 0.3), "pair", n_values=2), ["gmvae"])
+    cli._add_method_option(group, Option("centred", bool, False, "a switch"), ["vae"])
+    cli._add_method_option(group, Option("likelihood", str, "rician", "noise", choices=("rician", "gaussian")),
+                           list(cli.OPTIONS))
+    assert vars(parser.parse_args([])) == {}
+    args = parser.parse_args(["--temperature", "2", "0.5", "--no-centred", "--likelihood", "gaussian"])
+    assert vars(args) == {"temperature": [2.0, 0.5], "centred": False, "likelihood": "gaussian"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--likelihood", "poisson"])
 
 
 # ---------------------------------------------------------------------------------------------- other commands

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tracemalloc
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from varmap import io
 from varmap.io import InputError
@@ -222,6 +224,29 @@ def test_save_map_keeps_spatial_header(tmp_path, dwi_data):
     np.testing.assert_array_equal(np.asanyarray(image.dataobj), array.astype(np.float32))
     vectors = io.save_map(np.zeros((5, 6, 4, 3)), tmp_path / "n.nii.gz", AFFINE, header)
     assert nib.load(vectors).shape == (5, 6, 4, 3)
+
+
+def test_save_json_writes_plain_utf8_json(tmp_path):
+    path = io.save_json({"D": np.float32(1.5), "units": "µm²/ms", "bad": np.nan}, tmp_path / "fit.json")
+    text = path.read_text(encoding="utf-8")
+    assert "µm²/ms" in text and text.endswith("\n")
+    assert json.loads(text) == {"D": 1.5, "units": "µm²/ms", "bad": None}
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    checkpoint = {"model": "msdki", "protocol": {"bvals_s_per_mm2": [0.0]}, "state": {"w": torch.ones(2)}}
+    path = io.save_checkpoint(checkpoint, tmp_path / "model.pt")
+    loaded = io.load_checkpoint(path, device="cpu")
+    assert loaded["model"] == "msdki" and torch.equal(loaded["state"]["w"], torch.ones(2))
+    with pytest.raises(FileNotFoundError, match="checkpoint .*nope.pt does not exist"):
+        io.load_checkpoint(tmp_path / "nope.pt")
+    text = tmp_path / "text.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(InputError, match="text.pt cannot be read .*model.pt written by varmap fit"):
+        io.load_checkpoint(text)
+    other = io.save_checkpoint({"weights": [1, 2]}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="other.pt is not a varmap checkpoint"):
+        io.load_checkpoint(other)
 
 
 def test_sha256sum(tmp_path):

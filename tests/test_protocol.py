@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from varmap.io import InputError
 from varmap.protocol import BVALUE_UNITS, Protocol, ProtocolError
 from varmap.simulation import fibonacci_sphere
 
@@ -20,12 +21,6 @@ def shell_table(shells_s_mm2=(1000.0, 2000.0), n_dirs=8, n_b0=2) -> tuple[np.nda
     bvals = np.concatenate([np.zeros(n_b0)] + [np.full(n_dirs, b) for b in shells_s_mm2])
     bvecs = np.concatenate([np.zeros((n_b0, 3))] + [fibonacci_sphere(n_dirs)] * len(shells_s_mm2))
     return bvals, bvecs
-
-
-@pytest.fixture
-def protocol() -> Protocol:
-    bvals, bvecs = shell_table()
-    return Protocol.from_bvals_bvecs(bvals, bvecs)
 
 
 # ---------------------------------------------------------------------------------------------- units
@@ -255,30 +250,30 @@ def test_powder_average_equals_per_shell_means():
     np.testing.assert_allclose(p.powder_average(signals[0, 0]), expected[0, 0], rtol=1e-12)
 
 
-def test_powder_average_keeps_float32_and_accepts_integer_signals(protocol):
-    signals = np.arange(2 * protocol.n_measurements).reshape(2, -1)
+def test_powder_average_keeps_float32_and_accepts_integer_signals(clinical_protocol):
+    signals = np.arange(2 * clinical_protocol.n_measurements).reshape(2, -1)
     manual = np.stack(
-        [signals[:, protocol.shell_index == s].mean(-1) for s in range(protocol.shell_bvals.size)], -1
+        [signals[:, clinical_protocol.shell_index == s].mean(-1) for s in range(clinical_protocol.shell_bvals.size)], -1
     )
-    np.testing.assert_allclose(protocol.powder_average(signals), manual, rtol=1e-12)
-    out32 = protocol.powder_average(signals.astype(np.float32))
+    np.testing.assert_allclose(clinical_protocol.powder_average(signals), manual, rtol=1e-12)
+    out32 = clinical_protocol.powder_average(signals.astype(np.float32))
     assert out32.dtype == np.float32
     np.testing.assert_allclose(out32, manual, rtol=1e-6)
 
 
 @pytest.mark.parametrize("length", [17, 19, 1])
-def test_powder_average_refuses_wrong_last_axis(protocol, length):
+def test_powder_average_refuses_wrong_last_axis(clinical_protocol, length):
     with pytest.raises(ProtocolError, match="18"):
-        protocol.powder_average(np.ones((2, length)))
+        clinical_protocol.powder_average(np.ones((2, length)))
     with pytest.raises(ProtocolError):
-        protocol.powder_average(np.ones((protocol.n_measurements, 2)))  # measurements on the wrong axis
+        clinical_protocol.powder_average(np.ones((clinical_protocol.n_measurements, 2)))  # measurements on the wrong axis
 
 
 # ------------------------------------------------------------------------------------- immutability
-def test_attributes_cannot_be_reassigned(protocol):
+def test_attributes_cannot_be_reassigned(clinical_protocol):
     for name in ("bvals", "bvecs", "b0_threshold", "shell_index", "shell_bvals", "echo_times"):
         with pytest.raises(dataclasses.FrozenInstanceError):
-            setattr(protocol, name, None)
+            setattr(clinical_protocol, name, None)
 
 
 def test_arrays_are_read_only():
@@ -337,22 +332,30 @@ def test_from_fsl_missing_file_names_the_path(tmp_path):
         Protocol.from_fsl(tmp_path, bvecs_path)
 
 
-def test_from_fsl_garbage_file_is_a_protocol_error_naming_it(tmp_path):
+def test_from_fsl_garbage_file_is_an_input_error_naming_it(tmp_path):
     bvals, bvecs = shell_table()
     bvals_path, bvecs_path = write_fsl(tmp_path, bvals, bvecs.T)
     bvals_path.write_text("0 1000 two thousand\n")
-    with pytest.raises(ProtocolError, match=re.escape(str(bvals_path))):
+    with pytest.raises(InputError, match=re.escape(f"bvals file {bvals_path} is not a table of numbers")):
         Protocol.from_fsl(bvals_path, bvecs_path)
 
 
 def test_from_fsl_inconsistent_files_name_both(tmp_path):
     bvals, bvecs = shell_table()
     bvals_path, bvecs_path = write_fsl(tmp_path, bvals, bvecs.T[:, :-1])
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(InputError) as info:
         Protocol.from_fsl(bvals_path, bvecs_path)
     message = str(info.value)
     assert str(bvals_path) in message and str(bvecs_path) in message
-    assert "(18, 3)" in message
+    assert "3x17 table" in message and "3 rows of 18 values" in message
+
+
+def test_from_fsl_protocol_errors_name_both_files(tmp_path):
+    bvals, bvecs = shell_table()
+    bvecs[-1] *= 2.0  # not a unit vector
+    bvals_path, bvecs_path = write_fsl(tmp_path, bvals, bvecs.T)
+    with pytest.raises(ProtocolError, match=re.escape(f"{bvals_path} / {bvecs_path}: ") + ".*not unit vectors"):
+        Protocol.from_fsl(bvals_path, bvecs_path)
 
 
 # ---------------------------------------------------------------------------------- dict & equality
@@ -373,8 +376,8 @@ def test_to_dict_from_dict_round_trip_through_json():
     np.testing.assert_array_equal(q.shell_index, p.shell_index)
 
 
-def test_to_dict_without_echo_times(protocol):
-    data = protocol.to_dict()
+def test_to_dict_without_echo_times(clinical_protocol):
+    data = clinical_protocol.to_dict()
     assert data["echo_times_ms"] is None
     assert Protocol.from_dict(data).echo_times is None
 
@@ -395,7 +398,7 @@ def test_equality_and_hash():
     assert p != "not a protocol"
 
 
-def test_repr_lists_shells_in_s_per_mm2(protocol):
-    text = repr(protocol)
+def test_repr_lists_shells_in_s_per_mm2(clinical_protocol):
+    text = repr(clinical_protocol)
     assert "18 measurements" in text and "2 b=0" in text
     assert "1000, 2000" in text

@@ -1,4 +1,4 @@
-"""The ``varmap`` command: a thin layer over :mod:`varmap.image_fit` and :mod:`varmap.evaluation`.
+"""The ``varmap`` command: a thin layer over :mod:`varmap.pipeline` and :mod:`varmap.evaluation`.
 
 Subcommands
 -----------
@@ -17,7 +17,9 @@ Subcommands
 
 User errors (missing or inconsistent files, an existing output folder...) print one line
 ``varmap: error: <what is wrong and how to fix it>`` and exit with status 2; ``--debug`` shows the
-traceback.  Heavy libraries (torch, nibabel, dipy) are imported inside the commands.
+traceback.  The method flags of ``varmap fit`` are read from the estimators' option tables
+(:data:`varmap.estimators.options.OPTIONS`).  Heavy libraries (torch, nibabel, dipy) are imported
+inside the commands.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
+from .devices import DEVICES
+from .estimators.options import OPTIONS, Option
+from .provenance import command_line
 
-__all__ = ["main", "build_parser", "USER_ERRORS"]
+__all__ = ["main", "build_parser", "method_flags", "USER_ERRORS"]
 
 logger = logging.getLogger("varmap")
 
@@ -41,17 +46,51 @@ logger = logging.getLogger("varmap")
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                                                 IsADirectoryError, PermissionError)
 
-#: Estimator options of ``fit`` with their types; only those the user sets are passed on.
-METHOD_OPTIONS = {
-    "n_epochs": ("--n-epochs", int, "maximum training epochs (network methods)"),
-    "batch_size": ("--batch-size", int, "voxels per mini-batch (network methods)"),
-    "learning_rate": ("--learning-rate", float, "Adam step size (network methods)"),
-    "n_components": ("--n-components", int, "mixture components K (gmvae)"),
-    "likelihood": ("--likelihood", str, "noise model of the reconstruction term: rician or gaussian"),
-    "sigma": ("--sigma", float, "noise standard deviation of one measurement, in signal units "
-                               "(default: estimated from the b=0 volumes)"),
-    "n_posterior_samples": ("--n-posterior-samples", int, "importance samples per voxel at inference (vae, gmvae)"),
-}
+
+
+def method_flags() -> dict[str, tuple[Option, tuple[str, ...]]]:
+    """The options offered as flags of ``varmap fit`` (``cli=True``, union over the methods).
+
+    Returns
+    -------
+    dict
+        Option name -> (its declaration, the methods that have it).  The declaration is the first
+        method's; where the methods disagree on its type, choices or number of values, a
+        ``ValueError`` says so (one flag cannot serve both).
+    """
+    flags: dict[str, tuple[Option, tuple[str, ...]]] = {}
+    for method, options in OPTIONS.items():
+        for option in options:
+            if not option.cli:
+                continue
+            if option.name not in flags:
+                flags[option.name] = (option, (method,))
+                continue
+            first, methods = flags[option.name]
+            if (first.type, first.choices, first.n_values) != (option.type, option.choices, option.n_values):
+                raise ValueError(f"option {option.name} is declared differently by {methods[0]} and {method}; "
+                                 f"one command-line flag cannot serve both.")
+            flags[option.name] = (first, (*methods, method))
+    return flags
+
+
+def _add_method_option(group: argparse._ArgumentGroup, option: Option, methods: Sequence[str]) -> None:
+    """``option``'s flag; absent from the parsed arguments unless given, so estimator defaults rule."""
+    text = option.help.replace("%", "%%")
+    if len(methods) < len(OPTIONS):
+        text += f" [{', '.join(methods)}]"
+    kwargs: dict[str, Any] = {"dest": option.name, "default": argparse.SUPPRESS, "help": text}
+    if option.type is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = option.type
+        if option.choices is not None:
+            kwargs["choices"] = list(option.choices)
+        else:
+            kwargs["metavar"] = {int: "N", float: "X"}.get(option.type, "VALUE")
+        if option.n_values > 1:
+            kwargs["nargs"] = option.n_values
+    group.add_argument(option.flag, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,12 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("dwi", metavar="DWI", help="4-D NIfTI image (.nii or .nii.gz)")
     _add_scan_arguments(fit)
     fit.add_argument("--model", required=True, choices=["msdki", "ball_stick"], help="signal model")
-    fit.add_argument("--method", required=True, choices=["nlls", "selfsup", "vae", "gmvae"], help="estimator")
+    fit.add_argument("--method", required=True, choices=list(OPTIONS), help="estimator")
     fit.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    options = fit.add_argument_group("method options (estimator defaults apply to those not given)")
-    for dest, (flag, kind, text) in METHOD_OPTIONS.items():
-        extra = {"choices": ["rician", "gaussian"]} if dest == "likelihood" else {"metavar": "N" if kind is int else "X"}
-        options.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=text, **extra)
+    options = fit.add_argument_group("method options (estimator defaults apply to those not given; "
+                                     "[methods] that have them, where not all do)")
+    for option, methods in method_flags().values():
+        _add_method_option(options, option, methods)
     fit.set_defaults(handler=_cmd_fit)
 
     # ---- apply
@@ -161,36 +200,32 @@ def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="brain mask in the DWI's grid (default: computed with median_otsu and saved)")
     parser.add_argument("-o", "--output", dest="output_dir", required=True, type=Path, metavar="OUTDIR",
                         help="output folder (written atomically; refused if it exists, unless --force)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    parser.add_argument("--device", default="auto", choices=list(DEVICES),
                         help="auto: the GPU when one is present (default auto)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.add_argument("--no-figure", dest="figure", action="store_false", help="do not draw overview.png")
 
 
 # ---------------------------------------------------------------------------------------------- commands
-def _command_line(argv: Sequence[str]) -> str:
-    return shlex.join(["varmap", *argv])
-
-
 def _cmd_fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .image_fit import fit_image
+    from .pipeline import fit_image
 
-    options = {dest: getattr(args, dest) for dest in METHOD_OPTIONS if hasattr(args, dest)}
+    options = {name: getattr(args, name) for name in method_flags() if hasattr(args, name)}
     fit_image(
         args.dwi, args.bvals, args.bvecs, mask=args.mask, model=args.model, method=args.method,
         output_dir=args.output_dir, seed=args.seed, device=args.device, force=args.force,
-        progress=not args.quiet, figure=args.figure, command=_command_line(argv), **options,
+        progress=not args.quiet, figure=args.figure, command=command_line(argv), **options,
     )
     return 0
 
 
 def _cmd_apply(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .image_fit import apply_checkpoint
+    from .pipeline import apply_checkpoint
 
     apply_checkpoint(
         args.checkpoint, args.dwi, args.bvals, args.bvecs, mask=args.mask, output_dir=args.output_dir,
         device=args.device, force=args.force, progress=not args.quiet, figure=args.figure,
-        command=_command_line(argv),
+        command=command_line(argv),
     )
     return 0
 

@@ -1,15 +1,17 @@
-"""NIfTI and FSL bvals/bvecs in and out: the only place where axes and dtypes change.
+"""Every file varmap reads or writes: NIfTI, FSL bvals/bvecs, checkpoints and JSON sidecars.
 
-Images are read lazily through nibabel and only the voxels of a mask are ever held in memory, as a
-``(n_voxels, n_volumes)`` float32 matrix; the whole 4-D image is never copied, and never as float64.
-Maps go back into image space as float32 NIfTI files that keep the input's affine and spatial header.
-Outputs are written into a temporary folder beside the destination and moved into place at the end
-(:func:`atomic_output_dir`), so an interrupted run never leaves a folder that looks complete.
+This is the only place where axes and dtypes change.  Images are read lazily through nibabel and only
+the voxels of a mask are ever held in memory, as a ``(n_voxels, n_volumes)`` float32 matrix; the
+whole 4-D image is never copied, and never as float64.  Maps go back into image space as float32
+NIfTI files that keep the input's affine and spatial header.  Outputs are written into a temporary
+folder beside the destination and moved into place at the end (:func:`atomic_output_dir`), so an
+interrupted run never leaves a folder that looks complete.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -36,6 +38,10 @@ __all__ = [
     "extract_voxels",
     "to_image_space",
     "save_map",
+    "save_json",
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_output_dir",
     "atomic_output_dir",
     "sha256sum",
     "check_input_file",
@@ -226,12 +232,20 @@ def load_protocol(
     n_volumes : int, optional
         Number of volumes of the image they belong to.
     **kwargs
-        Passed to :meth:`Protocol.from_fsl` (``units``, ``b0_threshold``...).
+        Passed to :meth:`Protocol.from_bvals_bvecs` (``units``, ``b0_threshold``...).
+
+    Returns
+    -------
+    Protocol
 
     Raises
     ------
     FileNotFoundError, InputError, ProtocolError
         The message names the files, what is wrong and how to fix it.
+
+    Notes
+    -----
+    The one reader of FSL tables; :meth:`Protocol.from_fsl` calls it.
     """
     bvals = check_input_file(bvals, "bvals file")
     bvecs = check_input_file(bvecs, "bvecs file")
@@ -251,12 +265,13 @@ def load_protocol(
     if vectors.shape not in ((3, n_bvals), (n_bvals, 3)):
         raise InputError(
             f"bvecs file {bvecs} holds a {vectors.shape[0]}x{vectors.shape[1]} table; it needs 3 rows of "
-            f"{n_bvals} values (FSL format), one direction per volume."
+            f"{n_bvals} values (FSL format), one direction per b-value of {bvals}."
         )
     try:
-        return Protocol.from_fsl(bvals, bvecs, **kwargs)
+        return Protocol.from_bvals_bvecs(values, vectors, **kwargs)
     except ProtocolError as err:
-        raise ProtocolError(str(err).replace("\n", " ")) from None
+        message = str(err).replace("\n", " ")
+        raise ProtocolError(f"{bvals} / {bvecs}: {message}") from None
 
 
 # ---------------------------------------------------------------------------------------------- masks
@@ -387,6 +402,59 @@ def save_map(array: np.ndarray, path: str | PathLike, affine: np.ndarray, header
     return path
 
 
+def save_json(data: dict, path: str | PathLike) -> Path:
+    """Write ``data`` as indented UTF-8 JSON (numpy values as Python, non-finite floats as null)."""
+    from .provenance import jsonable
+
+    path = Path(path)
+    path.write_text(json.dumps(jsonable(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+#: Keys every varmap checkpoint holds.
+_CHECKPOINT_KEYS = frozenset({"model", "protocol", "state"})
+
+
+def save_checkpoint(checkpoint: dict, path: str | PathLike) -> Path:
+    """Write a checkpoint (``model``, ``protocol``, estimator ``state``...) with ``torch.save``."""
+    import torch
+
+    path = Path(path)
+    torch.save(checkpoint, path)
+    return path
+
+
+def load_checkpoint(path: str | PathLike, *, device: Any = None) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, its tensors onto ``device``.
+
+    Parameters
+    ----------
+    path : path
+    device : torch.device or str, optional
+        ``map_location`` of the tensors; default where they were saved.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    InputError
+        If it cannot be read, or is not a varmap checkpoint.
+    """
+    import torch
+
+    path = check_input_file(path, "checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # pickle, zip and torch errors alike
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"checkpoint {path} cannot be read ({message}); give a model.pt written by varmap fit.") from None
+    if not isinstance(checkpoint, dict) or not _CHECKPOINT_KEYS <= set(checkpoint):
+        raise InputError(f"checkpoint {path} is not a varmap checkpoint (no model/protocol/state); give the "
+                         f"model.pt written by varmap fit.")
+    return checkpoint
+
+
 # ---------------------------------------------------------------------------------------------- output
 def check_output_dir(output_dir: str | PathLike, *, force: bool) -> Path:
     """Refuse an existing output folder unless ``force``; returns the path.
@@ -439,3 +507,96 @@ def atomic_output_dir(output_dir: str | PathLike, *, force: bool = False) -> Ite
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------------------------------------- phantom
+# Writing a simulated phantom (varmap.phantom.write_phantom hands its content over).
+__all__ += ["save_mni_image", "write_phantom_dataset"]
+
+
+def save_mni_image(array: np.ndarray, path: str | PathLike, affine: np.ndarray) -> Path:
+    """Write an image on an MNI152 grid as NIfTI, in the array's own data type.
+
+    Parameters
+    ----------
+    array : ndarray, shape (X, Y, Z) or (X, Y, Z, N)
+        Image in the data type it is stored in (float32, uint8, ...).
+    path : path
+        ``.nii`` or ``.nii.gz`` file to write.
+    affine : ndarray, shape (4, 4)
+        Voxel-to-MNI (mm) transform; written as both sform and qform with code ``"mni"``, units mm.
+
+    Returns
+    -------
+    Path
+    """
+    import nibabel as nib
+
+    array = np.asarray(array)
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_sform(affine, code="mni")
+    image.set_qform(affine, code="mni")
+    image.set_data_dtype(array.dtype)
+    path = Path(path)
+    nib.save(image, path)
+    return path
+
+
+def write_phantom_dataset(
+    output_dir: str | PathLike,
+    *,
+    dwi: np.ndarray,
+    protocol: Protocol,
+    affine: np.ndarray,
+    images: dict[str, np.ndarray],
+    texts: dict[str, str],
+    force: bool = False,
+) -> list[Path]:
+    """Write a simulated acquisition and its companion files atomically (:func:`atomic_output_dir`).
+
+    Parameters
+    ----------
+    output_dir : path
+        Folder to create.
+    dwi : ndarray, shape (X, Y, Z, N)
+        Diffusion-weighted series, written as float32 ``dwi.nii.gz``.
+    protocol : Protocol
+        Written as FSL ``dwi.bval`` (s/mm², one row; integers when they all are) and ``dwi.bvec``
+        (three rows).
+    affine : ndarray, shape (4, 4)
+        Voxel-to-MNI (mm) transform of every image (:func:`save_mni_image`).
+    images : dict of ndarray
+        Further images by path relative to ``output_dir`` (``"truth/D.nii.gz"``), each in the data
+        type it is stored in; written in this order, folders created as needed.
+    texts : dict of str
+        Text files by relative path, written last.
+    force : bool
+        Replace an existing ``output_dir``.
+
+    Returns
+    -------
+    list of Path
+        The files written, under ``output_dir``: ``dwi.nii.gz``, ``dwi.bval``, ``dwi.bvec``, then
+        ``images`` and ``texts`` in their order.
+
+    Raises
+    ------
+    FileExistsError
+        If ``output_dir`` exists and ``force`` is false.
+    """
+    output_dir = Path(output_dir)
+    names = ["dwi.nii.gz", "dwi.bval", "dwi.bvec", *images, *texts]
+    with atomic_output_dir(output_dir, force=force) as staging:
+        save_mni_image(np.asarray(dwi, dtype=np.float32), staging / "dwi.nii.gz", affine)
+        bvals = protocol.bvals * 1000.0
+        integer = np.allclose(bvals, np.round(bvals), atol=1e-6)
+        np.savetxt(staging / "dwi.bval", bvals[None], fmt="%d" if integer else "%.6g")
+        np.savetxt(staging / "dwi.bvec", protocol.bvecs.T, fmt="%.8f")
+        for name, array in images.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            save_mni_image(array, staging / name, affine)
+        for name, text in texts.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_text(text)
+    return [output_dir / name for name in names]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from os import PathLike
-from pathlib import Path
 
 import numpy as np
 
@@ -160,26 +159,28 @@ class Protocol:
         )
 
     @classmethod
-    def from_fsl(
-        cls, bvals_path: str | PathLike, bvecs_path: str | PathLike, **kwargs
-    ) -> "Protocol":
+    def from_fsl(cls, bvals_path: str | PathLike, bvecs_path: str | PathLike, **kwargs) -> "Protocol":
         """Read FSL-style ``bvals`` (one row) and ``bvecs`` (three rows) text files.
 
-        Keyword arguments are passed to :meth:`from_bvals_bvecs`.
+        The files are read by :func:`varmap.io.load_protocol`, whose errors name the file, what is
+        wrong and the fix.
+
+        Parameters
+        ----------
+        bvals_path, bvecs_path : path
+            b-values in s/mm² (unless ``units`` says otherwise); directions as 3 rows (or N rows of 3).
+        **kwargs
+            Passed to :meth:`from_bvals_bvecs` (``units``, ``b0_threshold``...).
+
+        Raises
+        ------
+        FileNotFoundError, ProtocolError
+            ``varmap.io.InputError`` (a ``ValueError``) for a file that is not a table of the right
+            shape.
         """
-        arrays = []
-        for path in (bvals_path, bvecs_path):
-            path = Path(path)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no such file (expected an FSL bvals/bvecs text file).")
-            try:
-                arrays.append(np.loadtxt(path, dtype=np.float64, ndmin=1))
-            except ValueError as err:
-                raise ProtocolError(f"{path}: not a table of numbers ({err}).") from None
-        try:
-            return cls.from_bvals_bvecs(arrays[0], arrays[1], **kwargs)
-        except ProtocolError as err:
-            raise ProtocolError(f"{bvals_path} / {bvecs_path}: {err}") from None
+        from .io import load_protocol  # io reads files and depends on this module, not the reverse
+
+        return load_protocol(bvals_path, bvecs_path, **kwargs)
 
     # ------------------------------------------------------------------ derived facts
     @property

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .signal_models import SignalModel
+if TYPE_CHECKING:  # the signal models load torch; a result only calls the model it holds
+    from .signal_models import SignalModel
 
 __all__ = ["FitResult"]
 

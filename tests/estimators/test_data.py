@@ -1,4 +1,4 @@
-"""Tests of signal preparation: validation, normalisation and the noise estimate."""
+"""Tests of signal preparation: the valid-voxel rule, units, chunking and the noise level."""
 
 import numpy as np
 import pytest
@@ -13,20 +13,43 @@ def model():
     return get_signal_model("msdki", hcp_protocol(n_b0=3, n_directions=10, seed=0))
 
 
-def test_chunked_preparation_matches_one_pass(model, monkeypatch):
+@pytest.fixture(scope="module")
+def signals(model):
     rng = np.random.default_rng(0)
     signals = rng.uniform(50.0, 150.0, size=(50, model.protocol.n_measurements)).astype(np.float32)
     signals[3, 5] = np.nan
     signals[10, model.protocol.b0_mask] = 0.0
-    whole = data.prepare_signals(signals, model)
-    monkeypatch.setattr(data, "_PREPARE_CHUNK", 7)
-    chunked = data.prepare_signals(signals, model)
-    for a, b in zip(whole, chunked):
-        np.testing.assert_array_equal(a, b)
-    valid, S0_mean, observables = chunked
-    assert not valid[3] and not valid[10] and valid.sum() == 48
-    assert observables.shape == (48, model.n_observables) and observables.dtype == np.float32
-    np.testing.assert_allclose(S0_mean[valid], signals[valid][:, model.protocol.b0_mask].mean(1), rtol=1e-6)
+    signals[11, model.protocol.b0_mask] = -1.0
+    return signals
+
+
+def test_valid_voxels_rule_and_counts(model, signals):
+    voxels = data.valid_voxels(signals, model.protocol.b0_mask)
+    assert np.flatnonzero(~voxels.valid).tolist() == [3, 10, 11]
+    assert (voxels.n_nonfinite, voxels.n_nonpositive_b0, voxels.n_excluded) == (1, 2, 3)
+    assert (voxels.S0_mean[~voxels.valid] == 0).all()
+
+
+def test_chunked_preparation_matches_one_pass(model, signals, monkeypatch):
+    whole = data.prepare_signals(signals, model, sigma=2.0)
+    monkeypatch.setattr(data, "_CHUNK", 7)
+    chunked = data.prepare_signals(signals, model, sigma=2.0)
+    np.testing.assert_array_equal(whole.valid, chunked.valid)
+    np.testing.assert_array_equal(whole.observables, chunked.observables)
+    np.testing.assert_array_equal(whole.b0_mean, chunked.b0_mean)
+    assert chunked.n_valid == 47 and chunked.observables.dtype == np.float32
+
+
+def test_units(model, signals):
+    """Observables are S/S0 of each voxel; b0_mean times signal_scale is the raw mean b=0 signal."""
+    prepared = data.prepare_signals(signals, model, sigma=2.0)
+    valid = signals[prepared.valid].astype(np.float64)
+    S0_mean = valid[:, model.protocol.b0_mask].mean(1)
+    np.testing.assert_allclose(prepared.b0_mean * prepared.signal_scale, S0_mean, rtol=1e-12)
+    assert prepared.signal_scale == pytest.approx(np.median(S0_mean))
+    np.testing.assert_allclose(prepared.observables, model.observables(valid / S0_mean[:, None]), rtol=1e-5)
+    np.testing.assert_allclose(prepared.sigma_normalised, 2.0 / S0_mean, rtol=1e-6)
+    assert prepared.sigma_source == "given"
 
 
 def test_wrong_shape_is_refused(model):
@@ -34,9 +57,30 @@ def test_wrong_shape_is_refused(model):
         data.prepare_signals(np.ones((4, model.protocol.n_measurements + 1)), model)
 
 
-def test_sigma_from_b0_repeats():
+def test_no_valid_voxel_is_refused(model):
+    with pytest.raises(ValueError, match="no voxel"):
+        data.prepare_signals(np.full((4, model.protocol.n_measurements), np.nan), model)
+
+
+@pytest.mark.parametrize("sigma", [0.0, -1.0, np.nan])
+def test_bad_sigma_is_refused(model, signals, sigma):
+    with pytest.raises(ValueError, match="sigma must be"):
+        data.prepare_signals(signals, model, sigma=sigma)
+
+
+def test_sigma_from_b0_repeats(model):
     rng = np.random.default_rng(1)
     b0 = 100.0 + 5.0 * rng.standard_normal((20000, 6))
-    sigma = data.estimate_sigma_from_b0(b0, np.ones(6, dtype=bool))
-    assert sigma == pytest.approx(5.0, rel=0.02)
-    assert data.estimate_sigma_from_b0(b0[:, :1], np.ones(1, dtype=bool)) is None
+    assert data.estimate_sigma_from_b0(b0) == pytest.approx(5.0, rel=0.02)
+    assert data.estimate_sigma_from_b0(b0[:, :1]) is None
+    signals = 100.0 + 5.0 * rng.standard_normal((20000, model.protocol.n_measurements))
+    prepared = data.prepare_signals(signals, model)
+    assert prepared.sigma == pytest.approx(5.0, rel=0.1)
+    assert "b=0" in prepared.sigma_source
+
+
+def test_one_b0_without_sigma_is_refused():
+    model = get_signal_model("msdki", hcp_protocol(n_b0=1, n_directions=10, seed=0))
+    signals = np.full((5, model.protocol.n_measurements), 100.0)
+    with pytest.raises(ValueError, match="fewer than two b=0"):
+        data.prepare_signals(signals, model)

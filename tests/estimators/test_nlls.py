@@ -9,7 +9,7 @@ import torch
 import varmap
 from varmap.estimators.nlls import INITIALISERS, NLLSEstimator
 from varmap.signal_models import Parameter, SignalModel, get_signal_model
-from varmap.simulation import fibonacci_sphere
+from varmap.simulation import add_noise, fibonacci_sphere, hcp_protocol
 
 S0_TRUE = 100.0
 
@@ -43,10 +43,6 @@ def ball_stick_truth(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 
 
 TRUTHS = {"msdki": msdki_truth, "ball_stick": ball_stick_truth}
-
-
-def rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    return np.hypot(signal + rng.normal(0.0, sigma, signal.shape), rng.normal(0.0, sigma, signal.shape))
 
 
 def angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -97,7 +93,7 @@ def test_msdki_snr30_small_errors_and_no_local_minima(protocol, seed):
     rng = np.random.default_rng(seed)
     model = get_signal_model("msdki", protocol)
     truth = msdki_truth(rng, 500)
-    signals = rician(model.predict(truth, S0=S0_TRUE), S0_TRUE / 30, rng)
+    signals = add_noise(model.predict(truth, S0=S0_TRUE), sigma=S0_TRUE / 30, rng=rng)
     estimator = NLLSEstimator(model)
     result = estimator.fit(signals)
     error_D = result.params["D"] - truth["D"]
@@ -117,7 +113,7 @@ def test_ball_stick_snr30_small_errors_and_no_local_minima(protocol, seed):
     rng = np.random.default_rng(seed)
     model = get_signal_model("ball_stick", protocol)
     truth = ball_stick_truth(rng, 250)
-    signals = rician(model.predict(truth, S0=S0_TRUE), S0_TRUE / 30, rng)
+    signals = add_noise(model.predict(truth, S0=S0_TRUE), sigma=S0_TRUE / 30, rng=rng)
     estimator = NLLSEstimator(model)
     result = estimator.fit(signals)
     rmse = {name: np.sqrt(np.mean((result.params[name] - truth[name]) ** 2)) for name in ("f", "d_par", "d_iso")}
@@ -136,7 +132,7 @@ def test_ball_stick_snr30_small_errors_and_no_local_minima(protocol, seed):
 def test_deterministic_and_independent_of_chunking(protocol):
     rng = np.random.default_rng(2)
     model = get_signal_model("ball_stick", protocol)
-    signals = rician(model.predict(ball_stick_truth(rng, 60), S0=S0_TRUE), S0_TRUE / 20, rng)
+    signals = add_noise(model.predict(ball_stick_truth(rng, 60), S0=S0_TRUE), sigma=S0_TRUE / 20, rng=rng)
     first = NLLSEstimator(model).fit(signals)
     second = NLLSEstimator(model).fit(signals)
     chunked = NLLSEstimator(model, chunk_size=25, progress=True).fit(signals)
@@ -149,7 +145,7 @@ def test_deterministic_and_independent_of_chunking(protocol):
 def test_excluded_voxels_get_nan(protocol):
     rng = np.random.default_rng(3)
     model = get_signal_model("msdki", protocol)
-    signals = rician(model.predict(msdki_truth(rng, 20), S0=S0_TRUE), S0_TRUE / 50, rng)
+    signals = add_noise(model.predict(msdki_truth(rng, 20), S0=S0_TRUE), sigma=S0_TRUE / 50, rng=rng)
     signals[3, 10] = np.nan
     signals[7, model.protocol.b0_mask] = 0.0
     estimator = NLLSEstimator(model)
@@ -167,7 +163,7 @@ def test_excluded_voxels_get_nan(protocol):
 def test_excluded_voxels_direction_nan(protocol):
     rng = np.random.default_rng(4)
     model = get_signal_model("ball_stick", protocol)
-    signals = rician(model.predict(ball_stick_truth(rng, 10), S0=S0_TRUE), S0_TRUE / 50, rng)
+    signals = add_noise(model.predict(ball_stick_truth(rng, 10), S0=S0_TRUE), sigma=S0_TRUE / 50, rng=rng)
     signals[0] = np.nan
     result = NLLSEstimator(model).fit(signals)
     assert not result.valid[0] and result.valid[1:].all()
@@ -192,7 +188,7 @@ def test_varmap_fit_entry_point(protocol):
 def test_transform_matches_fit(protocol):
     rng = np.random.default_rng(6)
     model = get_signal_model("msdki", protocol)
-    signals = rician(model.predict(msdki_truth(rng, 30), S0=S0_TRUE), S0_TRUE / 30, rng)
+    signals = add_noise(model.predict(msdki_truth(rng, 30), S0=S0_TRUE), sigma=S0_TRUE / 30, rng=rng)
     estimator = NLLSEstimator(model)
     fitted = estimator.fit(signals)
     transformed = estimator.transform(signals)
@@ -203,7 +199,7 @@ def test_estimates_stay_inside_bounds(protocol):
     rng = np.random.default_rng(7)
     model = get_signal_model("msdki", protocol)
     # Pure noise around a tiny signal drives unconstrained estimates towards the bounds.
-    signals = rician(model.predict(msdki_truth(rng, 50), S0=S0_TRUE), S0_TRUE / 3, rng)
+    signals = add_noise(model.predict(msdki_truth(rng, 50), S0=S0_TRUE), sigma=S0_TRUE / 3, rng=rng)
     result = NLLSEstimator(model).fit(signals)
     for parameter in model.parameters:
         values = result.params[parameter.name]
@@ -241,3 +237,15 @@ def test_model_without_initialiser_is_refused(protocol):
 def test_invalid_options_are_refused(protocol, option, value):
     with pytest.raises(ValueError, match=option if option != "likelihood" else "likelihood"):
         NLLSEstimator(get_signal_model("msdki", protocol), **{option: value})
+
+
+def test_chunk_size_follows_the_jacobian_memory():
+    """Without chunk_size, nlls sizes its chunks so that the forward-mode Jacobians stay near 1.5 GB."""
+    small = NLLSEstimator(get_signal_model("msdki", hcp_protocol(n_directions=10)))
+    assert small.voxels_per_chunk == 50_000  # a few observables: the upper limit
+    hcp_ball_stick = NLLSEstimator(get_signal_model("ball_stick", hcp_protocol()))
+    n_unknowns = hcp_ball_stick.model.n_packed + 1
+    chunk = hcp_ball_stick.voxels_per_chunk
+    assert 1_000 <= chunk < 50_000
+    assert 70 * chunk * 288 * n_unknowns == pytest.approx(1.5e9, rel=0.01)
+    assert NLLSEstimator(small.model, chunk_size=123).voxels_per_chunk == 123

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from varmap.evaluation.phantom_study import DIPY_METHOD, fit_dipy_msdki, format_phantom_markdown, run_phantom_study
+from varmap.evaluation.baselines import DIPY_METHOD
+from varmap.evaluation.phantom_study import format_phantom_markdown, run_phantom_study
 from varmap.phantom import make_phantom
 
 
@@ -32,7 +33,8 @@ def test_study_end_to_end(tmp_path, tiny_msdki) -> None:
     for row in result.speed:
         assert row["n_voxels"] == tiny_msdki.n_voxels
         assert row["total_s"] > 0 and row["voxels_per_s"] > 0
-        assert np.isfinite(row["peak_rss_mb"]) and row["peak_rss_mb"] >= 0
+        assert np.isfinite(row["peak_rss_mb"])  # the monitor ran (NaN when memory is not measured)
+        assert row["time_ratio"] == pytest.approx(row["total_s"] / result.speed[0]["total_s"])
     gmvae = next(row for row in result.speed if row["method"] == "gmvae")
     assert gmvae["train_s"] > 0 and gmvae["infer_s"] > 0
     groups = {(r["method"], r["parameter"], r["group"]) for r in result.rows}
@@ -75,15 +77,16 @@ def test_study_ball_stick_direction_rows() -> None:
     assert {r["group"] for r in angles} == {"WM", "WM-dominant"}
     dominant = next(r for r in angles if r["group"] == "WM-dominant")
     assert dominant["n"] == phantom.n_voxels > 0
-    assert 0.0 <= dominant["angular_error_deg"] <= 90.0
+    assert dominant["angular_error_deg"] < 30.0  # random fibre directions would be 57° off on average
     assert "angle (deg)" in format_phantom_markdown(result)
 
 
-def test_dipy_units(tiny_msdki) -> None:
-    estimates = fit_dipy_msdki(tiny_msdki.signals, tiny_msdki.protocol)
+def test_dipy_units_on_the_phantom(tiny_msdki) -> None:
+    result = run_phantom_study(methods=(), phantom=tiny_msdki, progress=False)
     truth = tiny_msdki.truth_in_mask()
     pure_wm = tiny_msdki.groups()[tiny_msdki.mask] == 0
-    assert np.median(estimates["D"][pure_wm] / truth["D"][pure_wm]) == pytest.approx(1.0, abs=0.1)
+    D = result.estimates[DIPY_METHOD]["D"]
+    assert np.median(D[pure_wm] / truth["D"][pure_wm]) == pytest.approx(1.0, abs=0.1)
 
 
 def test_study_argument_errors(tiny_msdki) -> None:

@@ -5,54 +5,74 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..results import FitResult
 from ..signal_models import SignalModel
-from .data import PreparedData, estimate_sigma_from_b0, prepare_signals
-from .likelihood import check_likelihood
+from .data import PreparedData, prepare_signals
+from .options import check_options, method_options
 
-__all__ = ["Estimator", "Estimates", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` gives CUDA when available, else CPU; anything else is passed to torch."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+__all__ = ["Estimator", "Estimates"]
 
 
 @dataclass
 class Estimates:
-    """What an estimator's inference returns for the valid voxels."""
+    """What an estimator's inference returns for the valid voxels.
+
+    Attributes
+    ----------
+    packed : ndarray, shape (n_valid, n_packed)
+        Packed parameters (:meth:`SignalModel.pack` layout).
+    S0 : ndarray, shape (n_valid,)
+        S0 in reference units (:mod:`varmap.estimators.data`).
+    std : dict of ndarray, optional
+        Posterior standard deviation of each parameter (``"n"``: angular spread in degrees).
+    cluster_probs : ndarray, shape (n_valid, K), optional
+        Posterior probability of each mixture component.
+    """
 
     packed: np.ndarray
-    S0_scale: np.ndarray
+    S0: np.ndarray
     std: dict[str, np.ndarray] | None = None
     cluster_probs: np.ndarray | None = None
 
+    @classmethod
+    def concatenate(cls, parts: list["Estimates"]) -> "Estimates":
+        """The estimates of consecutive chunks of voxels, joined."""
+        first = parts[0]
+        return cls(
+            packed=np.concatenate([p.packed for p in parts]),
+            S0=np.concatenate([p.S0 for p in parts]),
+            std=None if first.std is None else {k: np.concatenate([p.std[k] for p in parts]) for k in first.std},
+            cluster_probs=None if first.cluster_probs is None else np.concatenate([p.cluster_probs for p in parts]),
+        )
+
 
 class Estimator(ABC):
-    """Base class of the voxelwise and latent-variable estimators.
+    """Base class of every estimator.
 
     Parameters
     ----------
     model : SignalModel
         Physics model bound to the acquisition protocol.
-    sigma : float, optional
-        Noise standard deviation of one measurement in raw signal units.  Estimated from repeated b=0
-        measurements when not given; with fewer than two it must be given.
-    likelihood : {"rician", "gaussian"}
-        Noise model of the reconstruction term (network methods).
     seed : int
         Seed of every random draw; fitting twice with one seed gives the same result.
     device : str or torch.device, optional
-        ``None``/``"auto"``: CUDA if available, else CPU.
+        ``None``/``"auto"``: CUDA if available, else CPU (:func:`varmap.devices.resolve_device`).
     progress : bool
         Show tqdm progress bars.
+    **options
+        The method's options, declared in :data:`varmap.estimators.options.OPTIONS` (name, type,
+        default, range); each becomes an attribute of the same name.  ``sigma`` is the noise standard
+        deviation of one measurement in raw signal units (estimated from repeated b=0 measurements when
+        not given); ``likelihood`` the noise model of the reconstruction term.
+
+    Raises
+    ------
+    ValueError
+        For an option the method does not have, or a value out of its range.
     """
 
     name: ClassVar[str]
@@ -61,18 +81,17 @@ class Estimator(ABC):
         self,
         model: SignalModel,
         *,
-        sigma: float | None = None,
-        likelihood: str = "rician",
         seed: int = 0,
-        device: str | torch.device | None = None,
+        device: Any = None,
         progress: bool = False,
+        **options: Any,
     ) -> None:
         self.model = model
-        self.sigma = sigma
-        self.likelihood = check_likelihood(likelihood)
-        self.seed = seed
+        self.seed = int(seed)
         self.device = device
         self.progress = progress
+        for key, value in check_options(self.name, options).items():
+            setattr(self, key, value)
 
     # ------------------------------------------------------------------ public
     def fit(self, signals: np.ndarray) -> FitResult:
@@ -88,8 +107,11 @@ class Estimator(ABC):
         -------
         FitResult
         """
+        from ..devices import resolve_device
+
         start = time.perf_counter()
-        data = self._prepare(signals)
+        data = prepare_signals(signals, self.model, sigma=self.sigma)
+        self.sigma_, self.sigma_source_ = data.sigma, data.sigma_source
         self.device_ = resolve_device(self.device)
         prepared = time.perf_counter()
         self.history_ = self._train(data)
@@ -100,12 +122,13 @@ class Estimator(ABC):
         return self._result(data, estimates, timings)
 
     def transform(self, signals: np.ndarray) -> FitResult:
-        """Apply an already fitted estimator to new signals of the same protocol, without training."""
-        if not hasattr(self, "sigma_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit() first.")
-        self.device_ = getattr(self, "device_", resolve_device(self.device))
+        """Apply an already fitted estimator to new signals of the same protocol, without training.
+
+        The noise level of the fit is used.
+        """
+        self._check_fitted()
         start = time.perf_counter()
-        data = self._prepare(signals, sigma=self.sigma_)
+        data = prepare_signals(signals, self.model, sigma=self.sigma_)
         estimates = self._infer(data)
         return self._result(data, estimates, {"infer_s": time.perf_counter() - start})
 
@@ -115,15 +138,14 @@ class Estimator(ABC):
         Returns
         -------
         dict
-            ``method``, ``config`` (constructor settings), ``sigma`` (raw units) and the learned tensors
+            ``method``, ``config`` (:meth:`get_config`), ``sigma`` (raw units) and the learned tensors
             (CPU); save it with ``torch.save`` and restore it with :meth:`from_state`.
         """
-        if not hasattr(self, "sigma_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit() first.")
+        self._check_fitted()
         return {"method": self.name, "config": self.get_config(), "sigma": self.sigma_, **self._state()}
 
     @classmethod
-    def from_state(cls, model: SignalModel, state: dict, *, device: str | torch.device | None = None) -> "Estimator":
+    def from_state(cls, model: SignalModel, state: dict, *, device: Any = None) -> "Estimator":
         """Rebuild a fitted estimator from :meth:`get_state` for ``model`` (same protocol as the fit).
 
         Parameters
@@ -134,14 +156,34 @@ class Estimator(ABC):
         device : str or torch.device, optional
             Where to run inference; overrides the device of the fit.
         """
-        config = {k: v for k, v in state["config"].items() if k not in ("method", "model")}
-        config["device"] = device
-        if isinstance(config.get("temperature"), list):
-            config["temperature"] = tuple(config["temperature"])
-        estimator = cls(model, **config)
+        from ..devices import resolve_device
+
+        config = state["config"]
+        options = {name: config[name] for name in method_options(cls.name) if name in config}
+        estimator = cls(model, seed=config.get("seed", 0), device=device, **options)
         estimator.sigma_ = float(state["sigma"])
+        estimator.sigma_source_ = "checkpoint"
+        estimator.device_ = resolve_device(device)
         estimator._load_state(state)
         return estimator
+
+    def get_config(self) -> dict:
+        """Settings of this estimator as a JSON-serialisable dict: method, model, seed, device, options."""
+        config: dict[str, Any] = {"method": self.name, "model": self.model.name, "seed": self.seed,
+                                  "device": None if self.device is None else str(self.device)}
+        for name in method_options(self.name):
+            value = getattr(self, name)
+            config[name] = list(value) if isinstance(value, tuple) else value
+        return config
+
+    # ------------------------------------------------------------------ what each estimator implements
+    @abstractmethod
+    def _train(self, data: PreparedData) -> dict[str, list[float]]:
+        """Learn from the data and return the training history (empty for voxelwise methods)."""
+
+    @abstractmethod
+    def _infer(self, data: PreparedData) -> Estimates:
+        """Estimate the parameters of ``data``'s valid voxels."""
 
     def _state(self) -> dict:
         """Learned tensors; voxelwise methods have none."""
@@ -149,79 +191,29 @@ class Estimator(ABC):
 
     def _load_state(self, state: dict) -> None:
         """Restore what :meth:`_state` saved."""
-        self.device_ = resolve_device(self.device)
-
-    def get_config(self) -> dict:
-        """Settings of this estimator as a JSON-serialisable dict."""
-        config = {key: value for key, value in vars(self).items() if not key.endswith("_") and key != "model"}
-        config["device"] = None if self.device is None else str(self.device)
-        config["method"] = self.name
-        config["model"] = self.model.name
-        return config
-
-    # ------------------------------------------------------------------ hooks
-    def _train(self, data: PreparedData) -> dict[str, list[float]]:
-        """Learn from the data; voxelwise methods learn nothing and return an empty history."""
-        return {}
-
-    @abstractmethod
-    def _infer(self, data: PreparedData) -> Estimates:
-        """Estimate the parameters of ``data``'s voxels."""
 
     # ------------------------------------------------------------------ helpers
-    def _prepare(self, signals: np.ndarray, sigma: float | None = None) -> PreparedData:
-        valid, S0_mean, observables = prepare_signals(signals, self.model)
-        if not valid.any():
-            raise ValueError(
-                "no voxel has finite signals and a positive mean b=0 signal; check the data and mask."
-            )
-        sigma = self.sigma if sigma is None else sigma
-        if sigma is None:
-            b0_signals = np.asarray(signals)[:, self.model.protocol.b0_mask][valid]
-            sigma = estimate_sigma_from_b0(b0_signals, np.ones(b0_signals.shape[1], dtype=bool))
-        if sigma is None:
-            raise ValueError(
-                "cannot estimate the noise level: the protocol has fewer than two b=0 measurements. "
-                "Pass sigma= (noise standard deviation in signal units); varmap.fit_image estimates it "
-                "from the b=0 image."
-            )
-        if not np.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"sigma must be a positive noise standard deviation; got {sigma!r}.")
-        self.sigma_ = float(sigma)
-        return PreparedData(
-            valid=valid,
-            S0_mean=S0_mean,
-            observables=observables,
-            sigma_normalised=(self.sigma_ / S0_mean[valid]).astype(np.float32),
-            S0_reference=float(np.median(S0_mean[valid])),
-        )
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "sigma_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit() first.")
 
     def _result(self, data: PreparedData, estimates: Estimates, timings: dict[str, float]) -> FitResult:
         n_voxels = data.valid.size
-        packed = np.full((n_voxels, self.model.n_packed), np.nan)
-        packed[data.valid] = estimates.packed
-        S0 = np.full(n_voxels, np.nan)
-        S0[data.valid] = data.S0_mean[data.valid] * estimates.S0_scale
-        std = None
-        if estimates.std is not None:
-            std = {}
-            for name, values in estimates.std.items():
-                full = np.full(n_voxels, np.nan)
-                full[data.valid] = values
-                std[name] = full
-        probs = None
-        if estimates.cluster_probs is not None:
-            probs = np.full((n_voxels, estimates.cluster_probs.shape[1]), np.nan)
-            probs[data.valid] = estimates.cluster_probs
+
+        def full(values: np.ndarray) -> np.ndarray:
+            out = np.full((n_voxels, *values.shape[1:]), np.nan)
+            out[data.valid] = values
+            return out
+
         return FitResult(
             model=self.model,
             method=self.name,
-            params=self.model.unpack(packed),
-            S0=S0,
+            params=self.model.unpack(full(estimates.packed)),
+            S0=full(estimates.S0 * data.signal_scale),
             valid=data.valid,
             sigma=self.sigma_,
-            std=std,
-            cluster_probs=probs,
+            std=None if estimates.std is None else {name: full(v) for name, v in estimates.std.items()},
+            cluster_probs=None if estimates.cluster_probs is None else full(estimates.cluster_probs),
             seed=self.seed,
             config=self.get_config(),
             history=getattr(self, "history_", {}),

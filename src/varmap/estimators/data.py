@@ -1,69 +1,31 @@
-"""From raw voxel signals to what estimators train on: S0, normalised observables, noise level."""
+"""From raw voxel signals to what estimators work on: the valid voxels, the noise level, the observables.
+
+Every decision about the input is made here once: which voxels are fitted (:func:`valid_voxels`), which
+noise level is used (:func:`prepare_signals`), and in which units the estimators see the signals.
+
+Units.  Two scales, each used for one thing:
+
+- a voxel's *observables* are its signals divided by its own mean b=0 signal (the usual S/S0 of
+  diffusion MRI), so the physics model predicts them from the tissue parameters alone;
+- intensities that differ between voxels -- the mean b=0 signal itself (``b0_mean``) and the S0 that
+  estimators return -- are in *reference units*: raw intensities divided by one number per dataset, the
+  ``signal_scale`` (the median over valid voxels of the mean b=0 signal).  Multiplying by
+  ``signal_scale`` gives raw intensities back.
+
+A voxel's noise level in the units of its observables is therefore ``sigma / (signal_scale · b0_mean)``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy import stats
 
-from ..signal_models import Parameter, SignalModel
+__all__ = ["ValidVoxels", "valid_voxels", "estimate_sigma_from_b0", "PreparedData", "prepare_signals"]
 
-__all__ = [
-    "PreparedData",
-    "ValidVoxels",
-    "valid_voxels",
-    "prepare_signals",
-    "estimate_sigma_from_b0",
-    "S0_SCALE",
-    "decode_unconstrained",
-    "initial_unconstrained",
-    "S0_LEVEL",
-]
-
-#: Nuisance factor on the mean-b0 normalisation, fitted with the tissue parameters by voxelwise fits.
-S0_SCALE = Parameter("S0_scale", "1", 0.5, 2.0, "S0 relative to the mean of the b=0 measurements", typical=1.0)
-
-#: S0 relative to the dataset's median b=0 signal, decoded by the network estimators.  Modelling the
-#: level across voxels (rather than each voxel's own normalisation) lets a learned prior use what all
-#: voxels share about S0.
-S0_LEVEL = Parameter("S0_level", "1", 0.0, 8.0, "S0 relative to the median b=0 signal of the data", typical=1.0)
-
-
-@dataclass
-class PreparedData:
-    """Signals of the usable voxels, ready for an estimator.
-
-    Attributes
-    ----------
-    valid : ndarray of bool, shape (n_voxels,)
-        Voxels with finite signals and a positive mean b=0 signal.
-    S0_mean : ndarray, shape (n_voxels,)
-        Mean b=0 signal (raw units); 0 where not valid.
-    observables : ndarray, shape (n_valid, n_observables)
-        Model observables of the normalised signals (float32).
-    sigma_normalised : ndarray, shape (n_valid,)
-        Noise standard deviation of one measurement divided by the voxel's mean b=0 signal.
-    S0_reference : float
-        Median mean-b=0 signal of the valid voxels (raw units), the reference of :data:`S0_LEVEL`.
-    """
-
-    valid: np.ndarray
-    S0_mean: np.ndarray
-    observables: np.ndarray
-    sigma_normalised: np.ndarray
-    S0_reference: float
-
-    @property
-    def S0_relative(self) -> np.ndarray:
-        """Mean b=0 signal of the valid voxels relative to :attr:`S0_reference`, shape (n_valid,)."""
-        return (self.S0_mean[self.valid] / self.S0_reference).astype(np.float32)
-
-    @property
-    def n_excluded(self) -> int:
-        """Number of voxels left out because of NaN/Inf values or a non-positive b=0 signal."""
-        return int((~self.valid).sum())
+#: Voxels handled at a time while checking and converting (a whole brain is ~1 GB per float32 copy).
+_CHUNK = 65536
 
 
 @dataclass(frozen=True)
@@ -109,8 +71,8 @@ def valid_voxels(signals: np.ndarray, b0_mask: np.ndarray) -> ValidVoxels:
     """
     signals = np.asarray(signals)
     finite = np.empty(len(signals), dtype=bool)
-    for start in range(0, len(signals), _PREPARE_CHUNK):
-        finite[start : start + _PREPARE_CHUNK] = np.isfinite(signals[start : start + _PREPARE_CHUNK]).all(axis=1)
+    for start in range(0, len(signals), _CHUNK):
+        finite[start : start + _CHUNK] = np.isfinite(signals[start : start + _CHUNK]).all(axis=1)
     S0_mean = np.where(finite, signals[:, b0_mask].mean(axis=1, dtype=np.float64), 0.0)
     valid = finite & (S0_mean > 0)
     return ValidVoxels(
@@ -121,39 +83,93 @@ def valid_voxels(signals: np.ndarray, b0_mask: np.ndarray) -> ValidVoxels:
     )
 
 
-def estimate_sigma_from_b0(signals: np.ndarray, b0_mask: np.ndarray) -> float | None:
+def estimate_sigma_from_b0(b0_signals: np.ndarray) -> float | None:
     """Noise standard deviation from repeated b=0 measurements, pooled over voxels.
 
     The median of the per-voxel unbiased variances, divided by the median of a χ²_k/k variable
-    (k = n_b0 - 1), is robust to voxels with motion or artefacts.  Returns ``None`` with fewer than
-    two b=0 measurements.  At the b=0 SNR of brain tissue the Rician noise is close to Gaussian.
+    (k = n_b0 - 1), is robust to voxels with motion or artefacts.  At the b=0 SNR of brain tissue the
+    Rician noise is close to Gaussian.
+
+    Parameters
+    ----------
+    b0_signals : ndarray, shape (n_voxels, n_b0)
+        The b=0 measurements of valid voxels (raw units).
+
+    Returns
+    -------
+    float or None
+        σ in the units of the signals; ``None`` with fewer than two b=0 measurements or no voxel.
     """
-    n_b0 = int(b0_mask.sum())
-    if n_b0 < 2 or signals.shape[0] == 0:
+    n_voxels, n_b0 = b0_signals.shape
+    if n_b0 < 2 or n_voxels == 0:
         return None
-    variances = np.var(signals[:, b0_mask], axis=1, ddof=1, dtype=np.float64)
+    variances = np.var(b0_signals, axis=1, ddof=1, dtype=np.float64)
     dof = n_b0 - 1
     return float(np.sqrt(np.median(variances) / (stats.chi2.median(dof) / dof)))
 
 
-#: Voxels normalised at a time by :func:`prepare_signals`.
-_PREPARE_CHUNK = 65536
+@dataclass
+class PreparedData:
+    """The valid voxels of a scan, in reference units (see the module's notes).
+
+    Attributes
+    ----------
+    valid : ndarray of bool, shape (n_voxels,)
+        Voxels with finite signals and a positive mean b=0 signal (:func:`valid_voxels`).
+    signal_scale : float
+        Raw intensity of one reference unit: the median mean-b=0 signal of the valid voxels.
+    b0_mean : ndarray, shape (n_valid,)
+        Mean b=0 signal of each valid voxel, reference units (float64).
+    observables : ndarray, shape (n_valid, n_observables), float32
+        The model's observables of each valid voxel's signals divided by its mean b=0 signal.
+    sigma : float
+        Noise standard deviation of one measurement, raw units.
+    sigma_source : str
+        Where ``sigma`` came from.
+    """
+
+    valid: np.ndarray
+    signal_scale: float
+    b0_mean: np.ndarray
+    observables: np.ndarray
+    sigma: float
+    sigma_source: str
+
+    @property
+    def sigma_normalised(self) -> np.ndarray:
+        """Noise standard deviation of one measurement in the units of each voxel's observables, shape
+        (n_valid,), float32."""
+        return (self.sigma / (self.signal_scale * self.b0_mean)).astype(np.float32)
+
+    @property
+    def n_valid(self) -> int:
+        """Voxels to fit."""
+        return int(self.observables.shape[0])
 
 
-def prepare_signals(signals: np.ndarray, model: SignalModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate raw signals and normalise them by each voxel's mean b=0 signal.
+def prepare_signals(signals: np.ndarray, model, *, sigma: float | None = None) -> PreparedData:
+    """Check raw signals, choose the noise level and convert the valid voxels to reference units.
 
     Parameters
     ----------
     signals : ndarray, shape (n_voxels, n_measurements)
         Raw magnitude signals.
     model : SignalModel
+        Its protocol fixes the measurements; its ``observables`` turns normalised signals into what is
+        fitted (shell averages for MS-DKI, the measurements themselves for ball-and-stick).
+    sigma : float, optional
+        Noise standard deviation of one measurement in raw units.  Default: estimated from the
+        repeated b=0 measurements of the valid voxels (:func:`estimate_sigma_from_b0`).
 
     Returns
     -------
-    valid : ndarray of bool, shape (n_voxels,)
-    S0_mean : ndarray, shape (n_voxels,)
-    observables : ndarray, shape (n_valid, n_observables), float32
+    PreparedData
+
+    Raises
+    ------
+    ValueError
+        For signals of the wrong shape, no valid voxel, a non-positive ``sigma``, or no ``sigma`` with
+        fewer than two b=0 measurements.
     """
     signals = np.asarray(signals)
     protocol = model.protocol
@@ -163,35 +179,33 @@ def prepare_signals(signals: np.ndarray, model: SignalModel) -> tuple[np.ndarray
             f"{signals.shape}. Reshape images to (n_voxels, n_volumes) or check bvals/bvecs."
         )
     voxels = valid_voxels(signals, protocol.b0_mask)
-    valid, S0_mean = voxels.valid, voxels.S0_mean
-    # float32 and in chunks: a whole-brain matrix is ~1 GB per copy, and its observables (shell
-    # averages for MS-DKI) may be far smaller.
-    valid_index = np.flatnonzero(valid)
+    if not voxels.valid.any():
+        raise ValueError("no voxel has finite signals and a positive mean b=0 signal; check the data and mask.")
+    valid_index = np.flatnonzero(voxels.valid)
+    source = "given"
+    if sigma is None:
+        sigma = estimate_sigma_from_b0(signals[valid_index][:, protocol.b0_mask])
+        source = f"pooled variance of the {protocol.n_b0} b=0 measurements"
+    if sigma is None:
+        raise ValueError(
+            "cannot estimate the noise level: the protocol has fewer than two b=0 measurements. "
+            "Pass sigma= (noise standard deviation in signal units); varmap.fit_image estimates it "
+            "from the b=0 image."
+        )
+    if not np.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"sigma must be a positive noise standard deviation; got {sigma!r}.")
+    S0_mean = voxels.S0_mean[valid_index]
+    signal_scale = float(np.median(S0_mean))
     parts = []
-    for start in range(0, valid_index.size, _PREPARE_CHUNK):
-        index = valid_index[start : start + _PREPARE_CHUNK]
-        normalised = signals[index].astype(np.float32, copy=False) / S0_mean[index, None].astype(np.float32)
+    for start in range(0, valid_index.size, _CHUNK):
+        index = valid_index[start : start + _CHUNK]
+        normalised = signals[index].astype(np.float32, copy=False) / voxels.S0_mean[index, None].astype(np.float32)
         parts.append(model.observables(normalised).astype(np.float32, copy=False))
-    observables = np.concatenate(parts) if parts else np.zeros((0, model.n_observables), dtype=np.float32)
-    return valid, S0_mean, observables
-
-
-def initial_unconstrained(model: SignalModel, s0_parameter: Parameter = S0_SCALE) -> torch.Tensor:
-    """Unconstrained vector (n_packed + 1,) of the model's typical values and the typical S0 factor."""
-    s0 = s0_parameter.to_unconstrained(torch.tensor(s0_parameter.start, dtype=torch.float64))
-    return torch.cat([model.initial_unconstrained(), s0[None]])
-
-
-def decode_unconstrained(
-    model: SignalModel, unconstrained: torch.Tensor, s0_parameter: Parameter = S0_SCALE
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split unconstrained vectors (..., n_packed + 1) into packed parameters and the S0 factor.
-
-    Returns
-    -------
-    packed : Tensor, shape (..., n_packed)
-    S0_factor : Tensor, shape (..., 1)
-        ``s0_parameter`` in its bounds (:data:`S0_SCALE` or :data:`S0_LEVEL`).
-    """
-    packed = model.constrain(unconstrained[..., :-1])
-    return packed, s0_parameter.to_bounded(unconstrained[..., -1:])
+    return PreparedData(
+        valid=voxels.valid,
+        signal_scale=signal_scale,
+        b0_mean=S0_mean / signal_scale,
+        observables=np.concatenate(parts),
+        sigma=float(sigma),
+        sigma_source=source,
+    )

@@ -19,7 +19,8 @@ from torch.func import jacfwd, vmap
 
 from ..signal_models import Parameter, SignalModel
 from .base import Estimates, Estimator
-from .data import S0_SCALE, PreparedData, decode_unconstrained
+from .data import PreparedData
+from .parametrisation import S0_PER_B0, decode_unconstrained
 
 __all__ = ["NLLSEstimator", "INITIALISERS"]
 
@@ -34,6 +35,12 @@ _STEP_TOL = 1e-12
 #: Diffusivity grid (µm²/ms) of the ball-and-stick starting points.
 _BALL_STICK_D_PAR_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5)
 _BALL_STICK_D_ISO_GRID = (0.2, 0.5, 1.0, 1.5, 2.0, 3.0)
+#: Memory the forward-mode Jacobians of one chunk may take when ``chunk_size`` is not given (bytes), the
+#: bytes they take per voxel, observable and unknown (float64, with vmap's intermediates), and the range
+#: of chunk sizes chosen from it.
+_CHUNK_MEMORY = 1.5e9
+_JACOBIAN_BYTES_PER_ELEMENT = 70
+_MIN_CHUNK, _MAX_CHUNK = 1_000, 50_000
 
 
 # ---------------------------------------------------------------------------------------------- init
@@ -86,7 +93,7 @@ def _init_msdki(model: SignalModel, observables: torch.Tensor, counts: torch.Ten
     a = _log_linear_fit(design, observables, counts)
     D = _clip(D_param, -a[:, 1])
     K = _clip(K_param, 6.0 * a[:, 2] / (D * D))
-    S0 = _clip(S0_SCALE, torch.exp(a[:, 0]))
+    S0 = _clip(S0_PER_B0, torch.exp(a[:, 0]))
     candidates = [torch.stack([D, K, S0], dim=-1)]
     ones = torch.ones_like(D)
     for D_grid in (0.5, 1.0, 1.5, 2.0, 3.0):
@@ -123,7 +130,7 @@ def _init_ball_stick(model: SignalModel, observables: torch.Tensor, counts: torc
             stick_weight = (ee * sy - se * ey) / determinant
             ball_weight = (ss * ey - se * sy) / determinant
             f = _clip(f_param, stick_weight / (stick_weight + ball_weight))
-            S0 = _clip(S0_SCALE, stick_weight + ball_weight)
+            S0 = _clip(S0_PER_B0, stick_weight + ball_weight)
             predicted = S0[:, None] * (f[:, None] * stick + (1.0 - f[:, None]) * ball)
             objective = (counts * (observables - predicted) ** 2).sum(-1)
             better = objective < best_objective
@@ -233,67 +240,59 @@ class NLLSEstimator(Estimator):
 
     name = "nlls"
 
-    def __init__(
-        self,
-        model: SignalModel,
-        *,
-        max_iter: int = 100,
-        tol: float = 1e-10,
-        chunk_size: int = 50_000,
-        **kwargs,
-    ) -> None:
+    def __init__(self, model: SignalModel, **settings) -> None:
         if model.name not in INITIALISERS:
             raise ValueError(
                 f"nlls has no starting-point rule for signal model {model.name!r}; models with one: "
                 f"{sorted(INITIALISERS)}. Add an initialiser to varmap.estimators.nlls.INITIALISERS."
             )
-        if int(max_iter) < 1:
-            raise ValueError(f"max_iter must be a positive number of iterations; got {max_iter!r}.")
-        if not tol >= 0:
-            raise ValueError(f"tol must be a non-negative relative change; got {tol!r}.")
-        if int(chunk_size) < 1:
-            raise ValueError(f"chunk_size must be a positive number of voxels; got {chunk_size!r}.")
-        super().__init__(model, **kwargs)
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
-        self.chunk_size = int(chunk_size)
+        super().__init__(model, **settings)
+
+    @property
+    def voxels_per_chunk(self) -> int:
+        """Voxels fitted together: ``chunk_size``, or as many as keep the Jacobians near 1.5 GB."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        per_voxel = _JACOBIAN_BYTES_PER_ELEMENT * self.model.n_observables * (self.model.n_packed + 1)
+        return int(max(_MIN_CHUNK, min(_MAX_CHUNK, _CHUNK_MEMORY // per_voxel)))
+
+    def _train(self, data: PreparedData) -> dict[str, list[float]]:
+        return {}
 
     # ------------------------------------------------------------------ inference
     def _infer(self, data: PreparedData) -> Estimates:
-        device = getattr(self, "device_", None) or torch.device("cpu")
+        device = self.device_
         counts = torch.as_tensor(self.model.observation_counts, dtype=torch.float64, device=device)
-        observables = data.observables
-        starts = range(0, observables.shape[0], self.chunk_size)
+        chunk_size = self.voxels_per_chunk
+        starts = range(0, data.n_valid, chunk_size)
         if self.progress:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="nlls", unit="chunk")
         solutions = []
         for start in starts:
-            chunk = torch.as_tensor(
-                observables[start : start + self.chunk_size], dtype=torch.float64, device=device
-            )
+            chunk = torch.as_tensor(data.observables[start : start + chunk_size], dtype=torch.float64, device=device)
             solutions.append(self._fit_chunk(chunk, counts))
         unconstrained = torch.cat([s.unconstrained for s in solutions])
         with torch.no_grad():
-            packed, S0_scale = decode_unconstrained(self.model, unconstrained)
+            packed, S0_per_b0 = decode_unconstrained(self.model, unconstrained, S0_PER_B0)
         self.converged_ = torch.cat([s.converged for s in solutions]).cpu().numpy()
         self.n_iterations_ = torch.cat([s.n_iterations for s in solutions]).cpu().numpy()
         self.objective_ = torch.cat([s.objective for s in solutions]).cpu().numpy()
-        return Estimates(packed=packed.cpu().numpy(), S0_scale=S0_scale[:, 0].cpu().numpy())
+        return Estimates(packed=packed.cpu().numpy(), S0=S0_per_b0[:, 0].cpu().numpy() * data.b0_mean)
 
     def _residual(
         self, unconstrained: torch.Tensor, observables: torch.Tensor, sqrt_counts: torch.Tensor
     ) -> torch.Tensor:
-        """Weighted residuals ``√count · (observable - S0_scale φ)``; broadcasts over leading axes."""
-        packed, S0_scale = decode_unconstrained(self.model, unconstrained)
-        return sqrt_counts * (observables - S0_scale * self.model.forward(packed))
+        """Weighted residuals ``√count · (observable - S0 φ)`` (S0 per b=0 mean); broadcasts over leading axes."""
+        packed, S0 = decode_unconstrained(self.model, unconstrained, S0_PER_B0)
+        return sqrt_counts * (observables - S0 * self.model.forward(packed))
 
     def _start(self, observables: torch.Tensor, sqrt_counts: torch.Tensor) -> torch.Tensor:
         """Unconstrained starting point of every voxel: the initialiser's candidate of lowest objective."""
         candidates = INITIALISERS[self.model.name](self.model, observables, sqrt_counts * sqrt_counts)
         unconstrained = torch.cat(
-            [self.model.unconstrain(candidates[..., :-1]), S0_SCALE.to_unconstrained(candidates[..., -1:])], dim=-1
+            [self.model.unconstrain(candidates[..., :-1]), S0_PER_B0.to_unconstrained(candidates[..., -1:])], dim=-1
         )
         objectives = torch.stack(
             [

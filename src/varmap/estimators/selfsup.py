@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..signal_models import SignalModel
-from .base import Estimates
-from .networks import VoxelBatch, encoder_inputs
-from .neural import NetworkEstimator
+from ..random_streams import torch_stream
+from .base import Estimates, Estimator
+from .data import PreparedData
+from .networks import SignalDecoder, VoxelBatch, encoder_inputs, start_at_typical_values, voxel_batch
+from .neural import (
+    build_encoder,
+    inference_chunks,
+    input_statistics,
+    network_state,
+    train_estimator,
+    untrained_input_statistics,
+)
 
 __all__ = ["SelfSupervisedEstimator"]
 
 
-class SelfSupervisedEstimator(NetworkEstimator):
+class SelfSupervisedEstimator(Estimator):
     """Self-supervised voxelwise network: no latent distribution, no prior.
 
-    The encoder maps each voxel's observables to unconstrained parameters, the physics model predicts
-    the signal, and training minimises the reconstruction loss (Gaussian = MSE by default, as in
-    IVIM-NET and DIMOND).  Takes every option of :class:`~varmap.estimators.neural.NetworkEstimator`.
+    The encoder maps each voxel's observables to unconstrained parameters and S0, the physics model
+    predicts the signal, and training minimises the reconstruction loss (Gaussian, i.e. MSE, by default,
+    as in IVIM-NET and DIMOND).  Options: ``varmap.estimators.options.OPTIONS["selfsup"]``.
 
     References
     ----------
@@ -28,21 +37,34 @@ class SelfSupervisedEstimator(NetworkEstimator):
 
     name = "selfsup"
 
-    def __init__(self, model: SignalModel, *, likelihood: str = "gaussian", **kwargs) -> None:
-        super().__init__(model, likelihood=likelihood, **kwargs)
-
-    def _encoder_outputs(self) -> int:
-        return self.model.n_packed + 1
-
-    def _extra_modules(self, generator: torch.Generator) -> dict[str, nn.Module]:
-        return {}
+    def _build(self, input_mean: np.ndarray, input_std: np.ndarray) -> None:
+        self.encoder_ = build_encoder(self, self.model.n_packed + 1, input_mean, input_std,
+                                      torch_stream(self.seed, "init"))
+        start_at_typical_values(self.encoder_.head, self.model)
+        self.decoder_ = SignalDecoder(self.model, self.likelihood)
+        self.network_ = nn.ModuleDict({"encoder": self.encoder_, "decoder": self.decoder_}).to(self.device_)
 
     def _loss(self, batch: VoxelBatch, epoch: int, generator: torch.Generator) -> torch.Tensor:
-        unconstrained = self.encoder_(encoder_inputs(batch.observables, batch.S0_relative))
-        return self.decoder_.nll(batch.observables, unconstrained, batch.sigma)
+        return self.decoder_.nll(batch, self.encoder_(encoder_inputs(batch)))
 
-    def _estimate(self, batch: VoxelBatch, generator: torch.Generator) -> Estimates:
-        unconstrained = self.encoder_(encoder_inputs(batch.observables, batch.S0_relative))
-        packed, S0_level = self.decoder_.parameters_of(unconstrained)
-        S0_scale = S0_level / batch.S0_relative
-        return Estimates(packed=packed.double().cpu().numpy(), S0_scale=S0_scale[:, 0].double().cpu().numpy())
+    def _train(self, data: PreparedData) -> dict[str, list[float]]:
+        voxels = voxel_batch(data, self.device_)
+        self._build(*input_statistics(voxels))
+        return train_estimator(self, voxels, self._loss)
+
+    def _infer(self, data: PreparedData) -> Estimates:
+        self.network_.eval()
+        parts = []
+        with torch.no_grad():
+            for batch in inference_chunks(voxel_batch(data, self.device_), self.chunk_size,
+                                          progress=self.progress, description="selfsup inference"):
+                packed, S0 = self.decoder_.parameters_of(self.encoder_(encoder_inputs(batch)))
+                parts.append(Estimates(packed=packed.double().cpu().numpy(), S0=S0[:, 0].double().cpu().numpy()))
+        return Estimates.concatenate(parts)
+
+    def _state(self) -> dict:
+        return network_state(self.network_)
+
+    def _load_state(self, state: dict) -> None:
+        self._build(*untrained_input_statistics(self.model))
+        self.network_.load_state_dict(state["network"])

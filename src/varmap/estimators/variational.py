@@ -1,285 +1,272 @@
-"""Shared machinery of the latent-variable estimators: KL warm-up and importance-sampled posteriors."""
+"""The variational estimators: one class, given a prior (standard normal or Gaussian mixture).
+
+Training maximises the evidence lower bound
+
+.. math:: \\sum_v E_q[\\log p(s_v|z)] - \\beta\\, KL(q(y, z|s_v) \\| p(y, z))
+
+with the physics model inside :math:`p(s|z)`.  The encoder's posterior family matches the prior's
+components: q(y|s) q(z|s,y) with K = ``prior.n_components`` diagonal Gaussians (K = 1 for the standard
+normal, where q(y|s) = 1), and the KL term is computed exactly as
+
+.. math:: KL(q(y|s)\\|p(y)) + \\sum_k q(y=k|s)\\, KL(q(z|s,k)\\|p(z|y=k)).
+
+Maps are posterior means under the trained generative model, by importance sampling
+(:mod:`varmap.estimators.posterior`).
+"""
 
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..signal_models import SignalModel
-from .base import Estimates
-from .networks import VoxelBatch, encoder_inputs
-from .mode_search import find_modes
-from .neural import NetworkEstimator
+from ..random_streams import numpy_stream, torch_stream
+from .base import Estimates, Estimator
+from .data import PreparedData
+from .networks import SignalDecoder, VoxelBatch, encoder_inputs, seeded_linear, start_at_typical_values, voxel_batch
+from .neural import (
+    build_encoder,
+    inference_chunks,
+    input_statistics,
+    network_state,
+    train_estimator,
+    untrained_input_statistics,
+)
+from .posterior import PosteriorSamples, sample_posterior, weighted_mean_axis
 
-__all__ = ["VariationalEstimator", "gaussian_log_density"]
+__all__ = ["VariationalEstimator"]
 
-_LOG_2PI = math.log(2.0 * math.pi)
+#: Training voxels on which component usage is measured after each epoch.
+_USAGE_VOXELS = 4096
+
+#: Elements (samples × voxels × observables) one inference chunk may hold.
+_INFERENCE_BUDGET = 2**24
+
+#: Prior means of a split component move this many standard deviations apart from the donor's centre.
+_SPLIT_OFFSET = 0.8
 
 
-def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """Log density of a diagonal Gaussian, summed over the last axis."""
-    return -0.5 * (((z - mean) ** 2) * torch.exp(-log_var) + log_var + _LOG_2PI).sum(-1)
+class VariationalEstimator(Estimator):
+    """A VAE whose prior is ``prior_class`` (see :mod:`varmap.estimators.priors`).
 
+    The KL weight is 0 for ``warmup_off_epochs`` and rises linearly to ``beta`` over
+    ``warmup_ramp_epochs``.  Maps are the posterior mean of each parameter, computed by self-normalised
+    importance sampling: samples from the encoder's widened posterior and from a Laplace approximation
+    at each voxel's posterior mode, then adaptive rounds; their weighted spread gives the posterior
+    standard deviation, and with a mixture prior their component responsibilities give
+    ``cluster_probs``.
 
-class VariationalEstimator(NetworkEstimator):
-    """Base of the VAE estimators.
+    With a mixture prior (K > 1), training also keeps every component in use and refines the prior
+    after training (see :class:`~varmap.estimators.gmvae.GMVAEEstimator`).
 
-    Training maximises the evidence lower bound
-
-    .. math:: \\sum_v E_q[\\log p(s_v|z)] - \\beta\\, KL(q(z|s_v) \\| p(z))
-
-    with the physics model inside :math:`p(s|z)`; the KL weight is 0 for ``warmup_off_epochs`` and rises
-    linearly to ``beta`` over ``warmup_ramp_epochs``.  Maps are the posterior mean of each parameter
-    under the trained generative model, computed by self-normalised importance sampling: samples from
-    the encoder's (widened) posterior and from a Laplace approximation at the posterior mode (found
-    by Newton steps), then adaptive rounds; the weighted spread of the samples gives the posterior
-    standard deviation.
-
-    Parameters
-    ----------
-    model : SignalModel
-    n_latent : int, optional
-        Latent dimension; default: number of decoder outputs (physical parameters + S0 scale).
-    beta : float
-        Final KL weight.  1 is the proper ELBO with a calibrated likelihood.
-    warmup_off_epochs, warmup_ramp_epochs : int
-        KL warm-up schedule.
-    n_posterior_samples : int
-        Importance samples per voxel at inference.
-    proposal_scale : float
-        Factor on the encoder's posterior standard deviation in the proposal (heavier than the
-        mean-field posterior, which is too narrow), and on the fitted spread in adaptive rounds.
-    n_mode_steps : int
-        Newton steps (:func:`~varmap.estimators.mode_search.find_modes`) from the best of the encoder's
-        samples to each voxel's posterior mode; as many samples again are then drawn from the Laplace
-        approximation there and pooled with the encoder's (each weighted against its own proposal).
-        This finds posteriors far narrower than, or away from, the encoder's guess: at high SNR, or
-        where a signal rises past the kurtosis turning point and tiny changes of K move it a lot.
-        0 skips the search.
-    n_adaptive_rounds : int
-        Rounds of adaptive importance sampling after the encoder's proposal: each fits a Gaussian to
-        the weighted samples and draws the next set from it, which corrects an encoder whose posterior
-        is off by more than its width (high SNR).
-    **kwargs
-        Options of :class:`~varmap.estimators.neural.NetworkEstimator`.
+    Options: ``varmap.estimators.options.OPTIONS[name]``.
     """
 
-    def __init__(
-        self,
-        model: SignalModel,
-        *,
-        n_latent: int | None = None,
-        beta: float = 1.0,
-        warmup_off_epochs: int = 5,
-        warmup_ramp_epochs: int = 20,
-        n_posterior_samples: int = 128,
-        proposal_scale: float = 1.2,
-        n_mode_steps: int = 10,
-        n_adaptive_rounds: int = 2,
-        **kwargs,
-    ) -> None:
-        super().__init__(model, **kwargs)
-        self.n_latent = n_latent
-        self.beta = beta
-        self.warmup_off_epochs = warmup_off_epochs
-        self.warmup_ramp_epochs = warmup_ramp_epochs
-        self.n_posterior_samples = n_posterior_samples
-        self.proposal_scale = proposal_scale
-        self.n_mode_steps = n_mode_steps
-        self.n_adaptive_rounds = n_adaptive_rounds
+    #: The prior: a class of :mod:`varmap.estimators.priors` taking (n_components, n_latent, generator).
+    prior_class: ClassVar[type[nn.Module]]
+    #: K, components of the prior and of the encoder's posterior (an option where the prior is a mixture).
+    n_components: int
 
-    # ------------------------------------------------------------------ to implement
-    @abstractmethod
-    def _prior_modules(self, generator: torch.Generator) -> dict[str, nn.Module]:
-        """Learnable prior (if any)."""
-
-    @abstractmethod
-    def _sample_proposal(
-        self, encoded: torch.Tensor, n_samples: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``n_samples`` latent codes per voxel; returns z (S, B, L) and log q(z) (S, B)."""
-
-    @abstractmethod
-    def _proposal_centres(self, encoded: torch.Tensor) -> torch.Tensor:
-        """The encoder's posterior mean(s) of each voxel, shape (M, B, L): starts of the mode search."""
-
-    @abstractmethod
-    def _log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        """Log prior density of latent codes (..., L) -> (...)."""
-
-    def _cluster_probs(self, z: torch.Tensor, weights: torch.Tensor) -> np.ndarray | None:
-        """Posterior component probabilities from weighted samples; ``None`` without components."""
-        return None
-
-    # ------------------------------------------------------------------ shared
+    # ------------------------------------------------------------------ network
     @property
     def latent_size(self) -> int:
         """Dimension of the latent space."""
         return self.n_latent or self.model.n_packed + 1
 
-    def _extra_modules(self, generator: torch.Generator) -> dict[str, nn.Module]:
-        self.latent_decoder_ = nn.Linear(self.latent_size, self.model.n_packed + 1)
-        return {"latent_decoder": self.latent_decoder_, **self._prior_modules(generator)}
+    def _build(self, input_mean: np.ndarray, input_std: np.ndarray) -> None:
+        K, L = self.n_components, self.latent_size
+        generator = torch_stream(self.seed, "init")
+        self.encoder_ = build_encoder(self, K * (1 + 2 * L), input_mean, input_std, generator)
+        self.latent_decoder_ = seeded_linear(L, self.model.n_packed + 1, generator)
+        start_at_typical_values(self.latent_decoder_, self.model)
+        self.prior_ = self.prior_class(K, L, generator)
+        self.decoder_ = SignalDecoder(self.model, self.likelihood)
+        self.network_ = nn.ModuleDict({"encoder": self.encoder_, "decoder": self.decoder_,
+                                       "latent_decoder": self.latent_decoder_, "prior": self.prior_}).to(self.device_)
 
-    def _output_layer(self) -> nn.Linear:
-        return self.latent_decoder_
+    def _encode(self, batch: VoxelBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoder's posterior: class logits (B, K), component means and log-variances (B, K, L)."""
+        encoded = self.encoder_(encoder_inputs(batch))
+        K, L = self.n_components, self.latent_size
+        mean, log_var = encoded[..., K:].reshape(*encoded.shape[:-1], K, 2 * L).chunk(2, dim=-1)
+        return encoded[..., :K], mean, log_var
 
+    def _head_rows(self, k: int) -> list[int]:
+        """Rows of the encoder's output layer that belong to component k, in :meth:`_encode`'s layout:
+        its class logit, then its latent means and log-variances."""
+        K, L = self.n_components, self.latent_size
+        return [k, *range(K + 2 * L * k, K + 2 * L * (k + 1))]
+
+    def _log_likelihood(self, batch: VoxelBatch, z: torch.Tensor) -> torch.Tensor:
+        """log p(s|z) of latent codes (..., B, L) up to a constant per voxel, shape (..., B)."""
+        return -self.decoder_.nll(batch, self.latent_decoder_(z))
+
+    # ------------------------------------------------------------------ training
     def _kl_weight(self, epoch: int) -> float:
         if epoch < self.warmup_off_epochs:
             return 0.0
         ramp = (epoch - self.warmup_off_epochs + 1) / max(self.warmup_ramp_epochs, 1)
         return self.beta * min(1.0, ramp)
 
+    @property
     def _first_stop_epoch(self) -> int:
         return self.warmup_off_epochs + self.warmup_ramp_epochs
 
-    def _reconstruction_nll(self, observables: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return self.decoder_.nll(observables, self.latent_decoder_(z), sigma)
+    def _temperature(self, epoch: int) -> float:
+        """Gumbel-softmax temperature: geometric decay from ``temperature[0]`` after the warm-up to ``[1]``."""
+        start, end = self.temperature
+        first = self._first_stop_epoch
+        progress = min(1.0, max(0.0, (epoch - first) / max(self.n_epochs - first, 1)))
+        return start * (end / start) ** progress
 
-    def _log_likelihood(self, batch: VoxelBatch, z: torch.Tensor) -> torch.Tensor:
-        """log p(s|z) of latent samples (S, B, L) up to a constant per voxel, shape (S, B)."""
-        return -self.decoder_.nll(batch.observables, self.latent_decoder_(z), batch.sigma)
+    def _loss(self, batch: VoxelBatch, epoch: int, generator: torch.Generator) -> torch.Tensor:
+        """Negative ELBO of every voxel (KL weighted by the warm-up), shape (B,)."""
+        logits, mean, log_var = self._encode(batch)
+        log_q_y = torch.log_softmax(logits, dim=-1)
+        q_y = log_q_y.exp()
+        kl = (q_y * (log_q_y - self.prior_.log_weights())).sum(-1) + (q_y * self.prior_.kl_divergence(mean, log_var)).sum(-1)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * log_var) * noise  # (B, K, L): one draw per component
+        if self.n_components == 1 or self.y_sampler == "enumerate":
+            per_component = (t[:, None, :] for t in (batch.observables, batch.b0_mean, batch.sigma))
+            observables, b0_mean, sigma = per_component
+            nll = self.decoder_.nll_of(observables, self.latent_decoder_(z), b0_mean, sigma)
+            reconstruction = (q_y * nll).sum(-1)
+        else:
+            y = _gumbel_softmax(logits, self._temperature(epoch), generator)
+            reconstruction = self.decoder_.nll(batch, self.latent_decoder_((y[..., None] * z).sum(-2)))
+        return reconstruction + self._kl_weight(epoch) * kl
 
-    def _log_joint(self, batch: VoxelBatch, z: torch.Tensor) -> torch.Tensor:
-        """log p(s, z) of latent samples (S, B, L) up to a constant per voxel, shape (S, B)."""
-        return self._log_likelihood(batch, z) + self._log_prior(z)
+    def _train(self, data: PreparedData) -> dict[str, list[float]]:
+        voxels = voxel_batch(data, self.device_)
+        self._build(*input_statistics(voxels))
+        self.reseeded_epochs_: list[int] = []
+        mixture = self.n_components > 1
+        history = train_estimator(self, voxels, self._loss, first_stop_epoch=self._first_stop_epoch,
+                                  after_epoch=self._reseed_unused_component if mixture else None)
+        if mixture:
+            history["reseeded_epochs"] = list(self.reseeded_epochs_)
+        if self.prior_.learnable:
+            history["refinement_log_evidence"] = self._refine_prior(data)
+        return history
 
-    def _inference_chunk(self) -> int:
-        budget = 2**24 // (self.n_posterior_samples * max(self.model.n_observables, 8))
-        return max(1, min(self.chunk_size, budget))
+    def _reseed_unused_component(self, epoch: int, train_voxels: VoxelBatch) -> bool:
+        """Split the most used component into an unused one (see :class:`GMVAEEstimator`); true if done."""
+        last = self.reseeded_epochs_[-1] if self.reseeded_epochs_ else -float("inf")
+        if (
+            epoch + 1 < self._first_stop_epoch
+            or len(self.reseeded_epochs_) >= self.max_reseeds
+            or epoch - last < max(1, self.patience // 2)
+        ):
+            return False
+        with torch.no_grad():
+            logits, mean, _ = self._encode(train_voxels.select(slice(0, _USAGE_VOXELS)))
+            q_y = torch.softmax(logits, dim=-1)
+            usage = q_y.mean(0)
+            dead = int(torch.argmin(usage))
+            if usage[dead] >= self.min_component_usage:
+                return False
+            donor = int(torch.argmax(usage))
+            axis, spread = _principal_axis(mean[:, donor], q_y[:, donor])
+            self.prior_.split_component(dead, donor, _SPLIT_OFFSET * spread * axis)
+            head = self.encoder_.head
+            head.weight[self._head_rows(dead)] = head.weight[self._head_rows(donor)]
+            head.bias[self._head_rows(dead)] = head.bias[self._head_rows(donor)]
+        self.reseeded_epochs_.append(epoch)
+        return True
 
-    def _posterior_samples(
-        self, batch: VoxelBatch, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Importance samples of each voxel's posterior: the encoder's and the Laplace proposals, refined by
-        the adaptive rounds.
+    def _refine_prior(self, data: PreparedData) -> list[float]:
+        """Empirical-Bayes refinement of the trained prior from importance-sampled posteriors of a random
+        subset of voxels; returns the log-evidence trace."""
+        if not (self.refinement_rounds and self.refinement_steps):
+            return []
+        rows = np.sort(numpy_stream(self.seed, "refinement_voxels").permutation(data.n_valid)[: self.refinement_voxels])
+        voxels = voxel_batch(data, self.device_, rows)
+        generator = torch_stream(self.seed, "refinement", self.device_)
+        evidence: list[float] = []
+        self.network_.eval()
+        with torch.no_grad():
+            for _ in range(self.refinement_rounds):
+                parts = [self._posterior(batch, generator) for batch in self._chunks(voxels, "prior refinement")]
+                evidence += self.prior_.refit(
+                    torch.cat([p.z for p in parts], dim=1),
+                    torch.cat([p.log_likelihood for p in parts], dim=1),
+                    torch.cat([p.log_proposal for p in parts], dim=1),
+                    self.refinement_steps,
+                )
+        return evidence
 
-        Returns
-        -------
-        z : Tensor, shape (S, B, L)
-        log_likelihood, log_proposal : Tensor, shape (S, B)
-        """
-        encoded = self.encoder_(encoder_inputs(batch.observables, batch.S0_relative))
-        z, log_q = self._sample_proposal(encoded, self.n_posterior_samples, generator)
-        log_lik = self._log_likelihood(batch, z)
-        if self.n_mode_steps:
-            voxel = torch.arange(z.shape[1], device=z.device)
-            best_sample = (log_lik + self._log_prior(z)).argmax(0)
-            starts = torch.cat([self._proposal_centres(encoded), z[best_sample, voxel][None]])
-            modes, values, curvatures, axes = find_modes(
-                lambda codes: -self._log_joint(batch, codes), starts, self.n_mode_steps
-            )
-            best = values.argmin(0)
-            z_mode, log_q_mode = _laplace_samples(
-                modes[best, voxel], curvatures[best, voxel], axes[best, voxel], self.n_posterior_samples,
-                self.proposal_scale, generator,
-            )
-            z, log_q = torch.cat([z, z_mode]), torch.cat([log_q, log_q_mode])
-            log_lik = torch.cat([log_lik, self._log_likelihood(batch, z_mode)])
-        for _ in range(self.n_adaptive_rounds):
-            weights = torch.softmax(log_lik + self._log_prior(z) - log_q, dim=0)
-            z, log_q = _refit_proposal(z, weights, self.n_posterior_samples, self.proposal_scale, generator)
-            log_lik = self._log_likelihood(batch, z)
-        return z, log_lik, log_q
+    # ------------------------------------------------------------------ inference
+    def _chunks(self, voxels: VoxelBatch, description: str):
+        budget = _INFERENCE_BUDGET // (self.n_posterior_samples * max(self.model.n_observables, 8))
+        return inference_chunks(voxels, max(1, min(self.chunk_size, budget)), progress=self.progress,
+                                description=description)
 
-    def _estimate(self, batch: VoxelBatch, generator: torch.Generator) -> Estimates:
-        z, log_lik, log_q = self._posterior_samples(batch, generator)
-        weights = torch.softmax(log_lik + self._log_prior(z) - log_q, dim=0)
-        packed, S0_level = self.decoder_.parameters_of(self.latent_decoder_(z))
-        packed, weights = packed.double(), weights.double()
-        S0_scale = S0_level.double()[..., 0] / batch.S0_relative.double()[:, 0]
+    def _posterior(self, batch: VoxelBatch, generator: torch.Generator) -> PosteriorSamples:
+        logits, mean, log_var = self._encode(batch)
+        return sample_posterior(
+            lambda z: self._log_likelihood(batch, z), self.prior_, logits, mean, log_var,
+            n_samples=self.n_posterior_samples, scale=self.proposal_scale, n_mode_steps=self.n_mode_steps,
+            n_adaptive_rounds=self.n_adaptive_rounds, generator=generator,
+        )
+
+    def _infer(self, data: PreparedData) -> Estimates:
+        generator = torch_stream(self.seed, "inference", self.device_)
+        self.network_.eval()
+        with torch.no_grad():
+            parts = [self._summarise(self._posterior(batch, generator))
+                     for batch in self._chunks(voxel_batch(data, self.device_), f"{self.name} inference")]
+        return Estimates.concatenate(parts)
+
+    def _summarise(self, samples: PosteriorSamples) -> Estimates:
+        """Posterior means, standard deviations and component probabilities of weighted samples."""
+        weights = samples.weights(self.prior_).double()
+        packed, S0 = self.decoder_.parameters_of(self.latent_decoder_(samples.z))
+        packed = packed.double()
         w = weights[..., None]
         n_scalars = self.model.n_scalars
         scalars = packed[..., :n_scalars]
         mean = (w * scalars).sum(0)
-        std = ((w * (scalars - mean) ** 2).sum(0)).clamp_min(0.0).sqrt()
+        std = (w * (scalars - mean) ** 2).sum(0).clamp_min(0.0).sqrt()
         std_maps = {name: std[:, i].cpu().numpy() for i, name in enumerate(self.model.parameter_names)}
         if self.model.has_direction:
-            direction, spread = _mean_axis(packed[..., n_scalars : n_scalars + 3], weights)
+            direction, spread = weighted_mean_axis(packed[..., n_scalars : n_scalars + 3], weights)
             mean = torch.cat([mean, direction], dim=-1)
             std_maps["n"] = spread.cpu().numpy()
+        cluster_probs = None
+        if self.prior_.n_components > 1:
+            responsibilities = self.prior_.responsibilities(samples.z).double()
+            cluster_probs = (w * responsibilities).sum(0).cpu().numpy()
         return Estimates(
             packed=mean.cpu().numpy(),
-            S0_scale=(weights * S0_scale).sum(0).cpu().numpy(),
+            S0=(weights * S0.double()[..., 0]).sum(0).cpu().numpy(),
             std=std_maps,
-            cluster_probs=self._cluster_probs(z, weights),
+            cluster_probs=cluster_probs,
         )
 
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        return network_state(self.network_)
 
-def _laplace_samples(
-    mode: torch.Tensor,
-    curvatures: torch.Tensor,
-    axes: torch.Tensor,
-    n_samples: int,
-    scale: float,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draws from the Laplace approximation N(mode, scale² · H⁻¹), H = axes · diag(curvatures) · axesᵀ.
-
-    Returns z (n_samples, B, L) and their log densities (n_samples, B).
-    """
-    noise = torch.randn((n_samples, *mode.shape), generator=generator, device=mode.device, dtype=mode.dtype)
-    z = mode + torch.einsum("bij,sbj->sbi", axes, scale * noise / curvatures.sqrt())
-    log_det = torch.log(curvatures).sum(-1) - 2 * mode.shape[-1] * math.log(scale)
-    return z, -0.5 * ((noise**2).sum(-1) - log_det + mode.shape[-1] * _LOG_2PI)
+    def _load_state(self, state: dict) -> None:
+        self._build(*untrained_input_statistics(self.model))
+        self.network_.load_state_dict(state["network"])
 
 
-def _refit_proposal(
-    z: torch.Tensor, weights: torch.Tensor, n_samples: int, scale: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive importance sampling: a Gaussian fitted to weighted samples becomes the next proposal.
-
-    The covariance is the weighted one, widened by ``scale`` and floored by a tenth of the previous
-    proposal's spread so that a round with few effective samples still explores.
-
-    Returns
-    -------
-    z : Tensor, shape (n_samples, B, L)
-    log_q : Tensor, shape (n_samples, B)
-    """
-    mean = (weights[..., None] * z).sum(0)
-    centred = z - mean
-    weighted_cov = torch.einsum("sb,sbi,sbj->bij", weights, centred, centred)
-    plain = z - z.mean(0)
-    previous_cov = torch.einsum("sbi,sbj->bij", plain, plain) / max(z.shape[0] - 1, 1)
-    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
-    cov = scale**2 * weighted_cov + 0.1 * previous_cov + 1e-8 * eye
-    proposal = torch.distributions.MultivariateNormal(mean, scale_tril=_cholesky_with_jitter(cov))
-    noise = torch.randn((n_samples, *mean.shape), generator=generator, device=z.device, dtype=z.dtype)
-    new_z = mean + torch.einsum("bij,sbj->sbi", proposal.scale_tril, noise)
-    return new_z, proposal.log_prob(new_z)
+def _principal_axis(points: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit principal axis (L,) of weighted points (N, L) and the standard deviation along it."""
+    weights = weights / weights.sum().clamp_min(1e-12)
+    centred = points - (weights[:, None] * points).sum(0)
+    covariance = torch.einsum("n,ni,nj->ij", weights, centred, centred)
+    values, vectors = torch.linalg.eigh(covariance)
+    return vectors[:, -1], values[-1].clamp_min(0.0).sqrt()
 
 
-def _cholesky_with_jitter(covariance: torch.Tensor) -> torch.Tensor:
-    """Cholesky factors of covariances (B, L, L); a matrix that is not numerically positive definite (far
-    apart sample scales in float32) gets a relative jitter in float64, and its diagonal if that fails too."""
-    tril, info = torch.linalg.cholesky_ex(covariance)
-    failed = info > 0
-    if failed.any():
-        retry = covariance[failed].double()
-        diagonal = retry.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
-        jitter = 1e-6 * diagonal.mean(-1) + 1e-12
-        eye = torch.eye(retry.shape[-1], dtype=retry.dtype, device=retry.device)
-        fixed, retry_info = torch.linalg.cholesky_ex(retry + jitter[:, None, None] * eye)
-        fallback = torch.diag_embed((diagonal + jitter[:, None]).sqrt())
-        fixed = torch.where((retry_info > 0)[:, None, None], fallback, fixed)
-        tril[failed] = fixed.to(tril.dtype)
-    return tril
-
-
-def _mean_axis(directions: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean axis of antipodally symmetric unit vectors and the angular spread in degrees.
-
-    The mean axis is the principal eigenvector of the weighted scatter matrix Σ w n nᵀ; the spread is
-    the weighted root-mean-square angle between the samples and that axis.
-    """
-    scatter = torch.einsum("sb,sbi,sbj->bij", weights, directions, directions)
-    _, vectors = torch.linalg.eigh(scatter)
-    axis = vectors[..., -1]
-    cosine = (directions * axis).sum(-1).abs().clamp(max=1.0)
-    spread = torch.sqrt((weights * torch.arccos(cosine) ** 2).sum(0))
-    return axis, torch.rad2deg(spread)
+def _gumbel_softmax(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """Relaxed one-hot sample of Cat(softmax(logits)) (Jang et al. 2017), with a local generator."""
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
+    return torch.softmax((logits + gumbel) / temperature, dim=-1)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import multiprocessing
 import os
-import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,10 +16,12 @@ import torch
 
 from .. import __version__
 from ..estimators import ESTIMATORS, get_estimator
-from ..signal_models import get_signal_model
-from ..simulation import SimulatedData, get_prior, hcp_protocol, simulate
-from .metrics import error_table
+from ..provenance import environment
+from ..signal_models import SignalModel, get_signal_model
+from ..simulation import ClusterPrior, SimulatedData, get_prior, hcp_protocol, simulate
+from .accuracy import add_oracle_ratios, simulation_rows
 from .oracle import ball_stick_oracle, msdki_oracle
+from .runner import format_csv, markdown_table, measure
 
 __all__ = ["StudyResult", "run_study", "run_demo", "format_markdown", "DEFAULT_PRIORS"]
 
@@ -35,6 +32,16 @@ DEFAULT_PRIORS = {"msdki": "paper", "ball_stick": "default"}
 
 _ORACLES = {"msdki": msdki_oracle, "ball_stick": ball_stick_oracle}
 ORACLE = "oracle"
+
+#: How the study's times were taken.
+_TIMING_NOTE = (
+    "time_s is the wall time of one fit (or of the oracle) from raw signals to parameters, measured in "
+    "the process that ran it; with n_jobs > 1 that many fits ran at once, one per process, each network "
+    "training on one thread and inference on cpu_count // n_jobs threads."
+)
+
+#: Columns of ``results.csv``.
+_COLUMNS = ("snr", "method", "parameter", "cluster", "n", "n_nan", "rmse", "bias", "angular_error_deg", "ratio_to_oracle", "time_s")
 
 
 @dataclass
@@ -90,7 +97,7 @@ def run_study(
         Seed of the protocol, the draws (``seed + index of the SNR``) and every estimator.
     output_dir : path, optional
         Folder for ``results.csv``, ``results.md``, ``study.json`` and one figure per SNR; written
-        atomically.  ``None`` writes nothing.
+        atomically (:func:`varmap.io.atomic_output_dir`).  ``None`` writes nothing.
     n_oracle : int
         Voxels (the first ones) on which the oracle runs; 0 skips it.
     prior : str, optional
@@ -108,72 +115,36 @@ def run_study(
     Returns
     -------
     StudyResult
+
+    Raises
+    ------
+    FileExistsError
+        If ``output_dir`` exists and ``force`` is false (before any work).
+    ValueError
+        On an unknown model, method or prior, a non-positive SNR or ``n_jobs`` < 1.
     """
-    if model not in _ORACLES:
-        raise ValueError(f"no study for model {model!r}; choose one of {sorted(_ORACLES)}.")
-    if n_jobs < 1:
-        raise ValueError(f"n_jobs must be at least 1; got {n_jobs}.")
-    if not snrs or any(snr <= 0 for snr in snrs):
-        raise ValueError(f"snrs must be positive numbers; got {list(snrs)}.")
-    output_dir = None if output_dir is None else Path(output_dir)
-    if output_dir is not None and output_dir.exists() and not force:
-        raise FileExistsError(f"{output_dir} exists; choose another folder or pass --force to replace it.")
+    _check_request(model, snrs, methods, n_jobs)
+    if output_dir is not None:
+        from ..io import check_output_dir
+
+        output_dir = check_output_dir(output_dir, force=force)
     method_options = method_options or {}
-    unknown = [method for method in methods if method not in ESTIMATORS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(ESTIMATORS)}.")
     prior_name = prior or DEFAULT_PRIORS[model]
     signal_model = get_signal_model(model, hcp_protocol(seed=seed))
     simulation_prior = get_prior(model, prior_name)
     n_sub = min(n_oracle, n_voxels)
-    result = StudyResult(rows=[])
     started = time.perf_counter()
-    for index, snr in enumerate(snrs):
-        result.data[snr] = simulate(signal_model, simulation_prior, n_voxels=n_voxels, snr=snr, seed=seed + index)
-    jobs = [
-        _FitJob(result.data[snr], method, dict(method_options.get(method, {})), seed, n_sub)
-        for snr in snrs
-        for method in ([ORACLE] if n_sub > 0 else []) + list(methods)
-    ]
+    data = _simulate_snrs(signal_model, simulation_prior, snrs, n_voxels=n_voxels, seed=seed)
+    jobs = _fit_jobs(data, methods, method_options, seed=seed, n_oracle=n_sub)
     fits = _run_jobs(jobs, n_jobs=n_jobs, progress=progress)
-    for snr, data in result.data.items():
-        result.estimates[snr] = {}
-        oracle_rows: list[dict] = []
-        if n_sub > 0:
-            params, seconds = fits[snr, ORACLE]
-            result.estimates[snr][ORACLE] = params
-            oracle_rows = _rows(data, params, n_sub, snr, ORACLE, seconds)
-        for method in methods:
-            params, seconds = fits[snr, method]
-            result.estimates[snr][method] = params
-            rows = _rows(data, params, data.n_voxels, snr, method, seconds)
-            if oracle_rows:
-                subset = {name: value[:n_sub] for name, value in params.items()}
-                _add_ratios(rows, _rows(data, subset, n_sub, snr, method, seconds), oracle_rows)
-            result.rows.extend(rows)
-        for row in oracle_rows:
-            row["ratio_to_oracle"] = 1.0
-        result.rows.extend(oracle_rows)
-    total = time.perf_counter() - started
+    result = _tabulate(data, fits, methods, n_oracle=n_sub)
     if output_dir is not None:
-        config = {
-            "varmap_version": __version__,
-            "model": model,
-            "prior": prior_name,
-            "snrs": list(snrs),
-            "n_voxels": n_voxels,
-            "n_oracle": min(n_oracle, n_voxels),
-            "methods": list(methods),
-            "method_options": method_options,
-            "n_jobs": n_jobs,
-            "timing_note": _TIMING_NOTE,
-            "seed": seed,
-            "noise": "rician",
-            "protocol": "HCP-like: 18 b=0 + 90 directions at 1000, 2000, 3000 s/mm²",
-            "machine": machine_description(),
-            "total_time_s": total,
-        }
-        result.files = _write_outputs(result, config, output_dir, simulation_prior.cluster_names)
+        config = _config(
+            model=model, prior=prior_name, snrs=snrs, n_voxels=n_voxels, n_oracle=n_sub, methods=methods,
+            method_options=method_options, n_jobs=n_jobs, seed=seed,
+        )
+        config["total_time_s"] = time.perf_counter() - started
+        result.files = _write_outputs(result, config, output_dir, force=force)
     return result
 
 
@@ -193,35 +164,28 @@ def run_demo(
     )
 
 
-def machine_description() -> dict:
-    """Where a benchmark ran: platform, CPU count, torch threads, library versions."""
-    import os
+# ---------------------------------------------------------------------------------------- steps
+def _check_request(model: str, snrs: Sequence[float], methods: Sequence[str], n_jobs: int) -> None:
+    """Refuse an unknown model or method, a non-positive SNR or n_jobs < 1, before any work."""
+    if model not in _ORACLES:
+        raise ValueError(f"no study for model {model!r}; choose one of {sorted(_ORACLES)}.")
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be at least 1; got {n_jobs}.")
+    if not snrs or any(snr <= 0 for snr in snrs):
+        raise ValueError(f"snrs must be positive numbers; got {list(snrs)}.")
+    unknown = [method for method in methods if method not in ESTIMATORS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(ESTIMATORS)}.")
 
-    import dipy
 
+def _simulate_snrs(
+    signal_model: SignalModel, prior: ClusterPrior, snrs: Sequence[float], *, n_voxels: int, seed: int
+) -> dict[float, SimulatedData]:
+    """One simulated data set per SNR, the i-th drawn with seed ``seed + i``."""
     return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "dipy": dipy.__version__,
+        snr: simulate(signal_model, prior, n_voxels=n_voxels, snr=snr, seed=seed + index)
+        for index, snr in enumerate(snrs)
     }
-
-
-#: How the study's times were taken.
-_TIMING_NOTE = (
-    "time_s is the wall time of one fit (or of the oracle) from raw signals to parameters, measured in "
-    "the process that ran it; with n_jobs > 1 that many fits ran at once, one per process, each network "
-    "training on one thread and inference on cpu_count // n_jobs threads."
-)
-
-
-#: Methods from the slowest to the fastest, for scheduling.
-_EXPECTED_ORDER = ("gmvae", "vae", "selfsup", ORACLE, "nlls")
 
 
 @dataclass(frozen=True)
@@ -235,18 +199,39 @@ class _FitJob:
     n_oracle: int
 
 
+def _fit_jobs(
+    data: dict[float, SimulatedData],
+    methods: Sequence[str],
+    method_options: dict[str, dict],
+    *,
+    seed: int,
+    n_oracle: int,
+) -> list[_FitJob]:
+    """Every fit of the study: at each SNR, the oracle (unless ``n_oracle`` is 0), then each method."""
+    return [
+        _FitJob(simulated, method, dict(method_options.get(method, {})), seed, n_oracle)
+        for simulated in data.values()
+        for method in ([ORACLE] if n_oracle > 0 else []) + list(methods)
+    ]
+
+
 def _run_job(job: _FitJob, progress: bool = False) -> tuple[dict, float]:
     """Parameters and seconds of one fit."""
     data = job.data
-    t0 = time.perf_counter()
-    if job.method == ORACLE:
-        n = job.n_oracle
-        params = _ORACLES[data.model](data.signals[:n], data.protocol, data.prior, sigma=data.sigma, S0=data.S0[:n]).params
-    else:
-        signal_model = get_signal_model(data.model, data.protocol)
-        estimator = get_estimator(job.method, signal_model, seed=job.seed, progress=progress, **job.options)
-        params = estimator.fit(data.signals).params
-    return params, time.perf_counter() - t0
+    with measure() as cost:
+        if job.method == ORACLE:
+            n = job.n_oracle
+            oracle = _ORACLES[data.model]
+            params = oracle(data.signals[:n], data.protocol, data.prior, sigma=data.sigma, S0=data.S0[:n]).params
+        else:
+            signal_model = get_signal_model(data.model, data.protocol)
+            estimator = get_estimator(job.method, signal_model, seed=job.seed, progress=progress, **job.options)
+            params = estimator.fit(data.signals).params
+    return params, cost.seconds
+
+
+#: Methods from the slowest to the fastest, for scheduling.
+_EXPECTED_ORDER = ("gmvae", "vae", "selfsup", ORACLE, "nlls")
 
 
 def _start_worker(n_threads: int) -> None:
@@ -276,28 +261,75 @@ def _collect(finished: Iterable[tuple[_FitJob, tuple[dict, float]]]) -> dict[tup
     return done
 
 
-def _rows(data: SimulatedData, params: dict, n: int, snr: float, method: str, seconds: float) -> list[dict]:
-    truth = {name: value[:n] for name, value in data.params.items()}
-    estimates = {name: value for name, value in params.items() if name in truth}
-    rows = error_table(estimates, truth, data.labels[:n], data.prior.cluster_names)
+def _tabulate(
+    data: dict[float, SimulatedData],
+    fits: dict[tuple[float, str], tuple[dict, float]],
+    methods: Sequence[str],
+    *,
+    n_oracle: int,
+) -> StudyResult:
+    """The study's result: estimates and accuracy rows of every SNR, methods first, the oracle last."""
+    result = StudyResult(rows=[], data=dict(data))
+    for snr, simulated in data.items():
+        result.estimates[snr] = {}
+        oracle_rows: list[dict] = []
+        if n_oracle > 0:
+            params, seconds = fits[snr, ORACLE]
+            result.estimates[snr][ORACLE] = params
+            oracle_rows = _labelled(simulation_rows(simulated, params, n_oracle), snr, ORACLE, seconds)
+        for method in methods:
+            params, seconds = fits[snr, method]
+            result.estimates[snr][method] = params
+            rows = _labelled(simulation_rows(simulated, params, simulated.n_voxels), snr, method, seconds)
+            if oracle_rows:
+                subset = {name: value[:n_oracle] for name, value in params.items()}
+                add_oracle_ratios(rows, simulation_rows(simulated, subset, n_oracle), oracle_rows)
+            result.rows.extend(rows)
+        for row in oracle_rows:
+            row["ratio_to_oracle"] = 1.0
+        result.rows.extend(oracle_rows)
+    return result
+
+
+def _labelled(rows: list[dict], snr: float, method: str, seconds: float) -> list[dict]:
+    """Rows with their SNR, method and fit time."""
     for row in rows:
-        row.update(snr=snr, method=method, time_s=seconds, ratio_to_oracle=float("nan"))
+        row.update(snr=snr, method=method, time_s=seconds)
     return rows
 
 
-def _add_ratios(rows: list[dict], subset_rows: list[dict], oracle_rows: list[dict]) -> None:
-    oracle = {(r["parameter"], r["cluster"]): r for r in oracle_rows}
-    subset = {(r["parameter"], r["cluster"]): r for r in subset_rows}
-    for row in rows:
-        key = (row["parameter"], row["cluster"])
-        if key in oracle and key in subset:
-            metric = "angular_error_deg" if row["parameter"] == "n" else "rmse"
-            row["ratio_to_oracle"] = subset[key][metric] / oracle[key][metric]
+def _config(
+    *,
+    model: str,
+    prior: str,
+    snrs: Sequence[float],
+    n_voxels: int,
+    n_oracle: int,
+    methods: Sequence[str],
+    method_options: dict[str, dict],
+    n_jobs: int,
+    seed: int,
+) -> dict:
+    """Settings and machine of the study (``study.json``), its total time left out."""
+    return {
+        "varmap_version": __version__,
+        "model": model,
+        "prior": prior,
+        "snrs": list(snrs),
+        "n_voxels": n_voxels,
+        "n_oracle": n_oracle,
+        "methods": list(methods),
+        "method_options": method_options,
+        "n_jobs": n_jobs,
+        "timing_note": _TIMING_NOTE,
+        "seed": seed,
+        "noise": "rician",
+        "protocol": "HCP-like: 18 b=0 + 90 directions at 1000, 2000, 3000 s/mm²",
+        "machine": environment(),
+    }
 
 
-_COLUMNS = ("snr", "method", "parameter", "cluster", "n", "n_nan", "rmse", "bias", "angular_error_deg", "ratio_to_oracle", "time_s")
-
-
+# ---------------------------------------------------------------------------------------- report
 def format_markdown(rows: list[dict]) -> str:
     """One Markdown table per SNR: a row per method, RMSE (or angular error) and bias per cluster."""
     lines = []
@@ -308,16 +340,13 @@ def format_markdown(rows: list[dict]) -> str:
         for parameter, cluster in groups:
             kind = "angle (deg)" if parameter == "n" else "RMSE / bias"
             header.append(f"{parameter} {cluster} {kind} [×oracle]")
-        lines += [f"### SNR {snr:g}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        table = []
         for method in dict.fromkeys(r["method"] for r in at_snr):
             cells = {(r["parameter"], r["cluster"]): r for r in at_snr if r["method"] == method}
             first = next(iter(cells.values()))
-            line = [method, f"{first['time_s']:.1f}"]
-            for key in groups:
-                r = cells.get(key)
-                line.append("" if r is None else _cell(r))
-            lines.append("| " + " | ".join(line) + " |")
-        lines.append("")
+            scores = ("" if key not in cells else _cell(cells[key]) for key in groups)
+            table.append([method, f"{first['time_s']:.1f}", *scores])
+        lines += [f"### SNR {snr:g}", "", *markdown_table(header, table), ""]
     return "\n".join(lines)
 
 
@@ -329,28 +358,22 @@ def _cell(row: dict) -> str:
     return f"{row['rmse']:.4f} / {row['bias']:+.4f}{suffix}"
 
 
-def _write_outputs(result: StudyResult, config: dict, output_dir: Path, cluster_names: tuple[str, ...]) -> list[Path]:
+def _write_outputs(result: StudyResult, config: dict, output_dir: Path, *, force: bool) -> list[Path]:
+    """Write the tables, one scatter figure per SNR and ``study.json`` atomically into ``output_dir``."""
+    from ..io import atomic_output_dir, save_json
     from ..plots import study_scatter_figure
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        with open(staging / "results.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(result.rows)
-        (staging / "results.md").write_text(format_markdown(result.rows))
-        names = ["results.csv", "results.md"]
+    names = ["results.csv", "results.md"]
+    with atomic_output_dir(output_dir, force=force) as staging:
+        (staging / "results.csv").write_text(format_csv(result.rows, _COLUMNS), encoding="utf-8", newline="")
+        (staging / "results.md").write_text(format_markdown(result.rows), encoding="utf-8")
         for snr, data in result.data.items():
             name = f"scatter_snr{snr:g}.png"
-            study_scatter_figure(result.estimates[snr], data.params, data.labels, cluster_names, staging / name, title=f"{config['model']}, SNR {snr:g}")
+            study_scatter_figure(
+                result.estimates[snr], data.params, data.labels, data.prior.cluster_names, staging / name,
+                title=f"{config['model']}, SNR {snr:g}",
+            )
             names.append(name)
-        (staging / "study.json").write_text(json.dumps(config, indent=2))
+        save_json(config, staging / "study.json")
         names.append("study.json")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return [output_dir / name for name in names]

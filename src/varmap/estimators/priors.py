@@ -1,4 +1,14 @@
-"""Gaussian-mixture prior over latent codes: densities, KL terms, component splits and EM refinement."""
+"""Priors over latent codes, behind one interface: a fixed standard normal, and a learnable Gaussian mixture.
+
+A variational estimator is given one of these; it needs nothing else from the prior than
+
+- ``n_components`` (K; 1 for the standard normal) and ``log_weights()`` (log p(y), shape (K,)),
+- ``component_log_density(z)`` (log p(y=k) + log p(z|y=k), shape (..., K)) and ``log_density(z)``,
+- ``responsibilities(z)`` (p(y=k|z), shape (..., K)),
+- ``kl_divergence(mean, log_var)``: KL(q(z|s,k) ‖ p(z|y=k)) for diagonal Gaussians q, shape (B, K),
+- ``refit(z, log_likelihood, log_proposal, n_steps)``: empirical-Bayes steps from importance-sampled
+  posteriors; it returns the log-evidence trace (empty for a fixed prior).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +17,62 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["GaussianMixturePrior"]
+__all__ = ["StandardNormalPrior", "GaussianMixturePrior", "PRIORS"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 #: Smallest variance an EM step leaves along any axis of a component, relative to the component's
 #: mean variance (keeps a direction that the data pin down, e.g. an S0 shared by all voxels, invertible).
 _RELATIVE_VARIANCE_FLOOR = 1e-6
+
+
+class StandardNormalPrior(nn.Module):
+    """p(z) = N(0, I): one fixed component (the VAE-UniG prior).
+
+    Parameters
+    ----------
+    n_components : int
+        Must be 1.
+    n_latent : int
+    generator : torch.Generator
+        Unused (the prior has no random initial state); accepted for one constructor signature.
+    """
+
+    learnable = False
+
+    def __init__(self, n_components: int, n_latent: int, generator: torch.Generator) -> None:
+        super().__init__()
+        if n_components != 1:
+            raise ValueError(f"the standard normal prior has one component; got n_components={n_components}.")
+        self.n_components = 1
+        self.n_latent = n_latent
+        self.register_buffer("_log_weights", torch.zeros(1), persistent=False)
+
+    def log_weights(self) -> torch.Tensor:
+        """log p(y) = [0], shape (1,)."""
+        return self._log_weights
+
+    def component_log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; 0, I), shape (..., 1)."""
+        return self.log_density(z)[..., None]
+
+    def log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; 0, I), shape (...)."""
+        return -0.5 * (z * z + _LOG_2PI).sum(-1)
+
+    def responsibilities(self, z: torch.Tensor) -> torch.Tensor:
+        """Ones, shape (..., 1)."""
+        return torch.ones_like(z[..., :1])
+
+    def kl_divergence(self, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+        """KL(N(mean, diag exp(log_var)) ‖ N(0, I)), shape (B, 1) for inputs (B, 1, L)."""
+        return 0.5 * (mean * mean + torch.exp(log_var) - log_var - 1.0).sum(-1)
+
+    def refit(
+        self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor, n_steps: int
+    ) -> list[float]:
+        """Nothing to refit: the prior is fixed.  Returns an empty trace."""
+        return []
 
 
 class GaussianMixturePrior(nn.Module):
@@ -29,8 +88,12 @@ class GaussianMixturePrior(nn.Module):
         Draws the initial component means (standard normal, so components start apart).
     """
 
+    learnable = True
+
     def __init__(self, n_components: int, n_latent: int, generator: torch.Generator) -> None:
         super().__init__()
+        self.n_components = n_components
+        self.n_latent = n_latent
         self.logits = nn.Parameter(torch.zeros(n_components))
         self.means = nn.Parameter(torch.randn(n_components, n_latent, generator=generator))
         self.log_vars = nn.Parameter(torch.zeros(n_components, n_latent))
@@ -60,6 +123,10 @@ class GaussianMixturePrior(nn.Module):
     def log_density(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) of the mixture, shape (...)."""
         return torch.logsumexp(self.component_log_density(z), dim=-1)
+
+    def responsibilities(self, z: torch.Tensor) -> torch.Tensor:
+        """p(y=k|z), shape (..., K)."""
+        return torch.softmax(self.component_log_density(z), dim=-1)
 
     def kl_divergence(self, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
         """KL(N(mean, diag exp(log_var)) ‖ N(μ_k, Σ_k)) for every component, closed form.
@@ -91,7 +158,7 @@ class GaussianMixturePrior(nn.Module):
         self.lower[dead] = self.lower[donor]
 
     @torch.no_grad()
-    def em_steps(
+    def refit(
         self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor, n_steps: int
     ) -> list[float]:
         """Expectation-maximisation steps towards the prior of maximum marginal likelihood (empirical Bayes).
@@ -139,3 +206,7 @@ class GaussianMixturePrior(nn.Module):
             self.log_vars[update] = (2.0 * torch.log(tril[update].diagonal(dim1=-2, dim2=-1))).to(self.log_vars.dtype)
             self.lower[update] = torch.tril(tril[update], diagonal=-1).to(self.lower.dtype)
         return evidence
+
+
+#: Priors by name; each takes (n_components, n_latent, generator).
+PRIORS: dict[str, type[nn.Module]] = {"standard_normal": StandardNormalPrior, "mixture": GaussianMixturePrior}

@@ -1,11 +1,11 @@
-"""Gaussian-mixture prior: densities and KL against torch.distributions, splits, EM refinement."""
+"""Priors: densities and KL against torch.distributions, the mixture's splits and EM refinement."""
 
 import numpy as np
 import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from varmap.estimators.mixture_prior import GaussianMixturePrior
+from varmap.estimators.priors import GaussianMixturePrior, StandardNormalPrior
 
 
 def _random_prior(seed: int = 0, n_components: int = 3, n_latent: int = 3) -> GaussianMixturePrior:
@@ -29,6 +29,20 @@ def test_component_density_and_kl_match_torch_distributions():
     mean, log_var = torch.randn(4, 3, 3, dtype=torch.float64), torch.randn(4, 3, 3, dtype=torch.float64)
     posterior = MultivariateNormal(mean, scale_tril=torch.diag_embed(torch.exp(0.5 * log_var)))
     torch.testing.assert_close(prior.kl_divergence(mean, log_var), kl_divergence(posterior, components))
+
+
+def test_standard_normal_prior_matches_torch_distributions():
+    prior = StandardNormalPrior(1, 3, torch.Generator()).double()
+    z = torch.randn(5, 7, 3, dtype=torch.float64)
+    standard = MultivariateNormal(torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64))
+    torch.testing.assert_close(prior.log_density(z), standard.log_prob(z))
+    torch.testing.assert_close(prior.component_log_density(z)[..., 0], standard.log_prob(z))
+    mean, log_var = torch.randn(4, 1, 3, dtype=torch.float64), torch.randn(4, 1, 3, dtype=torch.float64)
+    posterior = MultivariateNormal(mean, scale_tril=torch.diag_embed(torch.exp(0.5 * log_var)))
+    torch.testing.assert_close(prior.kl_divergence(mean, log_var), kl_divergence(posterior, standard))
+    assert prior.refit(z, z[..., 0], z[..., 0], 3) == [] and not prior.learnable
+    with pytest.raises(ValueError, match="one component"):
+        StandardNormalPrior(2, 3, torch.Generator())
 
 
 def test_split_component_halves_the_donor_and_copies_its_shape():
@@ -62,7 +76,7 @@ def test_em_recovers_a_mixture_from_exact_posterior_samples():
         z = observed + 2 * noise_sd * torch.randn((256, *observed.shape), generator=generator, dtype=torch.float64)
         log_proposal = (-0.5 * ((z - observed) / (2 * noise_sd)) ** 2).sum(-1) - 2 * np.log(2 * noise_sd)
         log_likelihood = (-0.5 * ((z - observed) / noise_sd) ** 2).sum(-1) - 2 * np.log(noise_sd)
-        evidence += prior.em_steps(z, log_likelihood, log_proposal, 10)
+        evidence += prior.refit(z, log_likelihood, log_proposal, 10)
     assert np.all(np.diff(evidence[:10]) > -1e-9)  # EM never lowers the evidence of its samples
     order = torch.argsort(prior.means[:, 0], descending=True)
     torch.testing.assert_close(prior.means[order], torch.as_tensor(true_means), atol=0.06, rtol=0)
@@ -84,7 +98,7 @@ def test_em_shrinks_a_direction_that_all_voxels_share():
         z = observed + noise_sd * torch.randn((256, *observed.shape), generator=generator, dtype=torch.float64)
         log_proposal = (-0.5 * ((z - observed) / noise_sd) ** 2).sum(-1)
         log_likelihood = log_proposal.clone()
-        prior.em_steps(z, log_likelihood, log_proposal, 5)
+        prior.refit(z, log_likelihood, log_proposal, 5)
     covariance = (prior.scale_tril() @ prior.scale_tril().transpose(-1, -2))[0]
     assert covariance[0, 0].sqrt().item() == pytest.approx(1.0, abs=0.05)
     assert covariance[1, 1].sqrt().item() < 0.5 * noise_sd

@@ -1,0 +1,242 @@
+"""Each voxel's posterior over latent codes by importance sampling, given its log-likelihood and a prior.
+
+Nothing here knows networks: the functions take the encoder's Gaussian-mixture guess of the posterior,
+a log-likelihood function of latent codes and a prior (:mod:`varmap.estimators.priors`), and return
+weighted samples.  :func:`sample_posterior` pools samples from the encoder's (widened) posterior and from
+a Laplace approximation at the posterior mode (found by :func:`~varmap.estimators.mode_search.find_modes`),
+then runs rounds of adaptive importance sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .mode_search import find_modes
+
+__all__ = [
+    "PosteriorSamples",
+    "sample_posterior",
+    "encoder_proposal",
+    "laplace_proposal",
+    "refit_proposal",
+    "cholesky_with_jitter",
+    "gaussian_log_density",
+    "weighted_mean_axis",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+#: Share of the encoder proposal spread evenly over the mixture components (defensive importance sampling:
+#: a component that the encoder dismisses is still explored).
+_DEFENSIVE_SHARE = 0.2
+
+
+@dataclass
+class PosteriorSamples:
+    """Importance samples of each voxel's posterior.
+
+    Attributes
+    ----------
+    z : Tensor, shape (S, B, L)
+        Latent codes.
+    log_likelihood : Tensor, shape (S, B)
+        log p(s|z), up to a constant per voxel.
+    log_proposal : Tensor, shape (S, B)
+        Log density of the proposal each sample was drawn from.
+    """
+
+    z: torch.Tensor
+    log_likelihood: torch.Tensor
+    log_proposal: torch.Tensor
+
+    def weights(self, prior: nn.Module) -> torch.Tensor:
+        """Self-normalised importance weights under ``prior``, shape (S, B), summing to 1 over S."""
+        return torch.softmax(self.log_likelihood + prior.log_density(self.z) - self.log_proposal, dim=0)
+
+
+def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Log density of a diagonal Gaussian, summed over the last axis."""
+    return -0.5 * (((z - mean) ** 2) * torch.exp(-log_var) + log_var + _LOG_2PI).sum(-1)
+
+
+def sample_posterior(
+    log_likelihood: Callable[[torch.Tensor], torch.Tensor],
+    prior: nn.Module,
+    logits: torch.Tensor,
+    mean: torch.Tensor,
+    log_var: torch.Tensor,
+    *,
+    n_samples: int,
+    scale: float,
+    n_mode_steps: int,
+    n_adaptive_rounds: int,
+    generator: torch.Generator,
+) -> PosteriorSamples:
+    """Importance samples of every voxel's posterior p(z|s) ∝ p(s|z) p(z).
+
+    Parameters
+    ----------
+    log_likelihood : callable
+        Maps latent codes (S, B, L) to log p(s_b|z) (S, B); voxel b's value depends only on ``[..., b, :]``.
+    prior : nn.Module
+        A prior of :mod:`varmap.estimators.priors`.
+    logits, mean, log_var : Tensor, shapes (B, K), (B, K, L), (B, K, L)
+        The encoder's posterior q(y|s) q(z|s,y): class logits and each component's Gaussian.
+    n_samples : int
+        Samples per voxel from each proposal.
+    scale : float
+        Widening of every proposal's standard deviation (the mean-field encoder is too narrow).
+    n_mode_steps : int
+        Newton steps to the posterior mode from the encoder's means and its best sample; 0 skips the
+        Laplace proposal.
+    n_adaptive_rounds : int
+        Rounds that refit a Gaussian to the weighted samples and draw the next set from it.
+    generator : torch.Generator
+
+    Returns
+    -------
+    PosteriorSamples
+        ``2 n_samples`` samples with mode search (``n_samples`` after adaptive rounds).
+    """
+    z, log_q = encoder_proposal(logits, mean, log_var, n_samples, scale, generator)
+    log_lik = log_likelihood(z)
+    if n_mode_steps:
+        voxel = torch.arange(z.shape[1], device=z.device)
+        best_sample = (log_lik + prior.log_density(z)).argmax(0)
+        starts = torch.cat([mean.transpose(0, 1), z[best_sample, voxel][None]])
+        modes, values, curvatures, axes = find_modes(
+            lambda codes: -(log_likelihood(codes) + prior.log_density(codes)), starts, n_mode_steps
+        )
+        best = values.argmin(0)
+        z_mode, log_q_mode = laplace_proposal(
+            modes[best, voxel], curvatures[best, voxel], axes[best, voxel], n_samples, scale, generator
+        )
+        z, log_q = torch.cat([z, z_mode]), torch.cat([log_q, log_q_mode])
+        log_lik = torch.cat([log_lik, log_likelihood(z_mode)])
+    for _ in range(n_adaptive_rounds):
+        weights = PosteriorSamples(z, log_lik, log_q).weights(prior)
+        z, log_q = refit_proposal(z, weights, n_samples, scale, generator)
+        log_lik = log_likelihood(z)
+    return PosteriorSamples(z, log_lik, log_q)
+
+
+def encoder_proposal(
+    logits: torch.Tensor,
+    mean: torch.Tensor,
+    log_var: torch.Tensor,
+    n_samples: int,
+    scale: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws from the encoder's mixture posterior with every standard deviation widened by ``scale``.
+
+    With K > 1 components, a fifth of the proposal is spread evenly over them (defensive mixture).
+
+    Returns z (n_samples, B, L) and their log proposal densities (n_samples, B).
+    """
+    log_var = log_var + 2.0 * math.log(scale)
+    n_components = logits.shape[-1]
+    if n_components == 1:
+        chosen_mean, chosen_log_var = mean[:, 0].expand(n_samples, -1, -1), log_var[:, 0].expand(n_samples, -1, -1)
+        log_mix = torch.zeros_like(logits)
+    else:
+        mix = (1.0 - _DEFENSIVE_SHARE) * torch.softmax(logits, dim=-1) + _DEFENSIVE_SHARE / n_components
+        component = torch.multinomial(mix, n_samples, replacement=True, generator=generator).T  # (S, B)
+        index = component[..., None, None].expand(-1, -1, 1, mean.shape[-1])
+        chosen_mean = torch.gather(mean.expand(n_samples, *mean.shape), 2, index)[:, :, 0]
+        chosen_log_var = torch.gather(log_var.expand(n_samples, *log_var.shape), 2, index)[:, :, 0]
+        log_mix = torch.log(mix)
+    noise = torch.randn(chosen_mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    z = chosen_mean + torch.exp(0.5 * chosen_log_var) * noise
+    log_q = torch.logsumexp(log_mix + gaussian_log_density(z[..., None, :], mean, log_var), dim=-1)
+    return z, log_q
+
+
+def laplace_proposal(
+    mode: torch.Tensor,
+    curvatures: torch.Tensor,
+    axes: torch.Tensor,
+    n_samples: int,
+    scale: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws from the Laplace approximation N(mode, scale² · H⁻¹), H = axes · diag(curvatures) · axesᵀ.
+
+    Returns z (n_samples, B, L) and their log densities (n_samples, B).
+    """
+    noise = torch.randn((n_samples, *mode.shape), generator=generator, device=mode.device, dtype=mode.dtype)
+    z = mode + torch.einsum("bij,sbj->sbi", axes, scale * noise / curvatures.sqrt())
+    log_det = torch.log(curvatures).sum(-1) - 2 * mode.shape[-1] * math.log(scale)
+    return z, -0.5 * ((noise**2).sum(-1) - log_det + mode.shape[-1] * _LOG_2PI)
+
+
+def refit_proposal(
+    z: torch.Tensor, weights: torch.Tensor, n_samples: int, scale: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive importance sampling: a Gaussian fitted to weighted samples becomes the next proposal.
+
+    The covariance is the weighted one, widened by ``scale`` and floored by a tenth of the previous
+    proposal's spread so that a round with few effective samples still explores.
+
+    Returns
+    -------
+    z : Tensor, shape (n_samples, B, L)
+    log_q : Tensor, shape (n_samples, B)
+    """
+    mean = (weights[..., None] * z).sum(0)
+    centred = z - mean
+    weighted_cov = torch.einsum("sb,sbi,sbj->bij", weights, centred, centred)
+    plain = z - z.mean(0)
+    previous_cov = torch.einsum("sbi,sbj->bij", plain, plain) / max(z.shape[0] - 1, 1)
+    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+    cov = scale**2 * weighted_cov + 0.1 * previous_cov + 1e-8 * eye
+    proposal = torch.distributions.MultivariateNormal(mean, scale_tril=cholesky_with_jitter(cov))
+    noise = torch.randn((n_samples, *mean.shape), generator=generator, device=z.device, dtype=z.dtype)
+    new_z = mean + torch.einsum("bij,sbj->sbi", proposal.scale_tril, noise)
+    return new_z, proposal.log_prob(new_z)
+
+
+def cholesky_with_jitter(covariance: torch.Tensor) -> torch.Tensor:
+    """Cholesky factors of covariances (B, L, L); a matrix that is not numerically positive definite (far
+    apart sample scales in float32) gets a relative jitter in float64, and its diagonal if that fails too."""
+    tril, info = torch.linalg.cholesky_ex(covariance)
+    failed = info > 0
+    if failed.any():
+        retry = covariance[failed].double()
+        diagonal = retry.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
+        jitter = 1e-6 * diagonal.mean(-1) + 1e-12
+        eye = torch.eye(retry.shape[-1], dtype=retry.dtype, device=retry.device)
+        fixed, retry_info = torch.linalg.cholesky_ex(retry + jitter[:, None, None] * eye)
+        fallback = torch.diag_embed((diagonal + jitter[:, None]).sqrt())
+        fixed = torch.where((retry_info > 0)[:, None, None], fallback, fixed)
+        tril[failed] = fixed.to(tril.dtype)
+    return tril
+
+
+def weighted_mean_axis(directions: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean axis of antipodally symmetric unit vectors and the angular spread in degrees.
+
+    The mean axis is the principal eigenvector of the weighted scatter matrix Σ w n nᵀ; the spread is
+    the weighted root-mean-square angle between the samples and that axis.
+
+    Parameters
+    ----------
+    directions : Tensor, shape (S, B, 3)
+    weights : Tensor, shape (S, B)
+
+    Returns
+    -------
+    axis : Tensor, shape (B, 3)
+    spread_deg : Tensor, shape (B,)
+    """
+    scatter = torch.einsum("sb,sbi,sbj->bij", weights, directions, directions)
+    _, vectors = torch.linalg.eigh(scatter)
+    axis = vectors[..., -1]
+    cosine = (directions * axis).sum(-1).abs().clamp(max=1.0)
+    spread = torch.sqrt((weights * torch.arccos(cosine) ** 2).sum(0))
+    return axis, torch.rad2deg(spread)

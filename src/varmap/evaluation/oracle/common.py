@@ -1,0 +1,131 @@
+"""What the oracles share: their result, checks of their inputs, and voxel chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ...protocol import Protocol
+from ...simulation import ClusterPrior
+
+__all__ = ["DTYPE", "OracleResult", "check_inputs", "check_prior", "chunks"]
+
+#: Floating-point type of every oracle computation.
+DTYPE = torch.float64
+
+
+@dataclass
+class OracleResult:
+    """Posterior summaries of every voxel.
+
+    Attributes
+    ----------
+    params : dict of ndarray
+        Posterior means, shape (n_voxels,) per scalar; for a direction, ``"n"`` (n_voxels, 3): the
+        principal eigenvector of the posterior mean of n nᵀ.
+    std : dict of ndarray
+        Posterior standard deviations; for ``"n"`` the angular spread in degrees,
+        arccos(sqrt(λ_max)) with λ_max the largest eigenvalue of the posterior mean of n nᵀ (the RMS
+        angle to the mean axis when the spread is small).
+    cluster_probs : ndarray, shape (n_voxels, n_clusters)
+        Posterior probability that the voxel was drawn from each prior cluster.
+    method : str
+        ``"grid"`` or ``"mcmc"``.
+    diagnostics : dict
+        Settings and convergence figures (grid sizes, acceptance rates, seconds).
+    """
+
+    params: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+    cluster_probs: np.ndarray
+    method: str
+    diagnostics: dict = field(default_factory=dict)
+
+
+def check_prior(prior: ClusterPrior, names: tuple[str, ...], has_direction: bool) -> None:
+    """Refuse a prior over other parameters than the oracle's model.
+
+    Parameters
+    ----------
+    prior : ClusterPrior
+    names : tuple of str
+        The model's scalar parameters, in order.
+    has_direction : bool
+        Whether the model has a fibre direction.
+
+    Raises
+    ------
+    ValueError
+        Naming both parameter sets.
+    """
+    if tuple(prior.names) != names or prior.has_direction != has_direction:
+        raise ValueError(
+            f"the oracle needs a prior over {names} (has_direction={has_direction}); got one over "
+            f"{prior.names} (has_direction={prior.has_direction})."
+        )
+
+
+def check_inputs(
+    signals: np.ndarray, protocol: Protocol, sigma: float, S0: float | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an oracle's data and return it as float64.
+
+    Parameters
+    ----------
+    signals : ndarray, shape (n_voxels, n_measurements)
+        Magnitudes, raw units.
+    protocol : Protocol
+    sigma : float
+        Noise standard deviation per channel, raw units.
+    S0 : float or ndarray, shape (n_voxels,)
+        True non-diffusion-weighted signal, raw units.
+
+    Returns
+    -------
+    signals : ndarray, float64, shape (n_voxels, n_measurements)
+    S0 : ndarray, float64, shape (n_voxels,)
+
+    Raises
+    ------
+    ValueError
+        On a wrong shape, negative or non-finite signals, or a non-positive ``sigma`` or ``S0``.
+    """
+    signals = np.asarray(signals, dtype=np.float64)
+    if signals.ndim != 2 or signals.shape[1] != protocol.n_measurements:
+        raise ValueError(
+            f"signals must have shape (n_voxels, {protocol.n_measurements}); got {signals.shape}."
+        )
+    if not np.all(np.isfinite(signals)) or np.any(signals < 0):
+        raise ValueError("signals must be finite magnitudes >= 0.")
+    if not (np.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma={sigma!r} must be the positive noise standard deviation (raw units).")
+    S0 = np.broadcast_to(np.asarray(S0, dtype=np.float64), (signals.shape[0],)).copy()
+    if not np.all(np.isfinite(S0) & (S0 > 0)):
+        raise ValueError("S0 must be positive and finite (a float, or one value per voxel).")
+    return signals, S0
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` items covering ``range(n)``.
+
+    Parameters
+    ----------
+    n : int
+        Number of items (voxels).
+    size : int
+        Largest chunk (an oracle's ``chunk_size``).
+
+    Returns
+    -------
+    list of slice
+
+    Raises
+    ------
+    ValueError
+        If ``size`` is below 1.
+    """
+    if size < 1:
+        raise ValueError(f"chunk_size={size} must be >= 1.")
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]

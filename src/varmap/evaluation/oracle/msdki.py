@@ -1,0 +1,139 @@
+"""The MS-DKI oracle: posterior means of D and K under the true prior, integrated on refined grids."""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+import numpy as np
+import torch
+
+from ...protocol import Protocol
+from ...signal_models import MSDKIModel, msdki_signal
+from ...simulation import ClusterPrior
+from .common import DTYPE, OracleResult, check_inputs, check_prior, chunks
+from .grid_posterior import combine_clusters, grid_posterior
+from .shell_likelihood import ShellLikelihood
+
+__all__ = ["msdki_oracle"]
+
+
+def msdki_oracle(
+    signals: np.ndarray,
+    protocol: Protocol,
+    prior: ClusterPrior,
+    *,
+    sigma: float,
+    S0: float | np.ndarray,
+    n_grid: int = 41,
+    max_refinements: int = 100,
+    chunk_size: int = 256,
+) -> OracleResult:
+    r"""Posterior mean and standard deviation of MS-DKI's D and K under the true prior.
+
+    Parameters
+    ----------
+    signals : ndarray, shape (n_voxels, n_measurements)
+        Rician magnitudes, raw units (every measurement, not shell averages).
+    protocol : Protocol
+        The acquisition; needs at least two non-zero shells.
+    prior : ClusterPrior
+        The prior the parameters were drawn from (names ``("D", "K")``).
+    sigma : float
+        Noise standard deviation per channel, raw units.
+    S0 : float or ndarray, shape (n_voxels,)
+        True non-diffusion-weighted signal, raw units.
+    n_grid : int
+        Grid points per axis at every level (odd, so the centre is a grid point).
+    max_refinements : int
+        Largest number of refinement levels after the first grid; each voxel stops refining once its
+        grids have converged (see Notes): 3-8 levels at SNR 5-50, up to 20 at SNR 300, and
+        occasionally 60 or more at SNR 1000 and above, where posteriors are narrower than 1e-4.
+    chunk_size : int
+        Voxels processed together (memory grows as chunk_size × n_clusters × n_grid² × n_shells).
+
+    Returns
+    -------
+    OracleResult
+        ``params`` and ``std`` hold ``"D"`` (µm²/ms) and ``"K"``; ``cluster_probs`` the posterior
+        probability of each prior cluster.
+
+    Raises
+    ------
+    RuntimeError
+        If some grids have not converged after ``max_refinements`` levels.
+
+    Notes
+    -----
+    Every measurement i of shell s has the Rician density of :func:`~varmap.estimators.likelihood.rician_log_pdf`
+    with noiseless value :math:`\\nu_s = S_0\\, \\phi(b_s; D, K)`, where φ is
+    :func:`~varmap.signal_models.msdki_signal` (:math:`\\exp(-b_s D + b_s^2 D^2 K / 6)`, the function
+    :func:`~varmap.simulation.simulate` uses), the same for every direction of the shell.  The
+    log-likelihood is therefore a sum over shells of one-dimensional functions :math:`L_s(\\nu_s)`.
+    For each voxel and shell, :math:`L_s` is tabulated exactly on a coarse grid over
+    :math:`[0, \\max_i m_i + 12\\sigma]`, then on 96 points over the interval where it lies within 60
+    nats of its maximum, and interpolated with Catmull-Rom cubics (exact for quadratics); outside that
+    interval it continues with the edge's value and slope and the curvature :math:`n_s/\\sigma^2` of
+    :math:`n_s` Gaussian measurements (such points are at least 60 nats down and carry no weight).
+    b=0 measurements carry no information on (D, K) when S0 is known.
+
+    The posterior is a mixture over prior clusters, :math:`p(\\theta|s) \\propto \\sum_k \\pi_k
+    p_k(\\theta) L(\\theta)`.  Each cluster's term is integrated separately on ``n_grid``² grids.  The
+    first spans all clusters' means ± 6 prior standard deviations, so it holds the likelihood's peak
+    and every cluster's prior.  Each refinement aligns the grid with the principal axes of the current
+    posterior covariance and spans the bounding box, along those axes, of the previous grid's points
+    within 25 nats of the maximum, plus one previous cell on each side (so a posterior narrower than a
+    cell is not lost); when that region was cut by the previous grid's edge, the window grows by 2, 4,
+    8, ... on successive cuts.  A (voxel, cluster) pair stops refining when its last grid covered that
+    region (no point of it on the grid's edge) and resolved it (the region spans at least a quarter of
+    the grid along both grid axes, so points are 0.7 standard deviations apart or closer for a
+    Gaussian, where trapezoidal sums are exact to e^-40).  Every pair converges, even clusters with a
+    negligible share of the posterior, because an unresolved grid can underestimate a cluster's
+    evidence by hundreds of nats.  The evidence of each cluster gives the cluster probabilities; the
+    posterior mean and variance follow from the laws of total expectation and variance.
+
+    The integration covers the prior's support, not the estimators' parameter bounds: the paper's
+    free-water cluster puts half its mass at K < 0, and the posterior mean under the true prior must
+    count it.  With the default grid, results agree with twice finer grids and with brute-force
+    integration to a few 1e-3 posterior standard deviations or better for smooth priors
+    (``msdki_paper_prior``).  Where a truncated prior's hard boundary (``msdki_physical_prior``)
+    cuts the posterior, the sums are only first-order accurate: about 0.02 posterior standard
+    deviations RMS, up to 0.3 in a few voxels, which changes the RMSE over many voxels by well under
+    1 %; raise ``n_grid`` for more.
+    """
+    model = MSDKIModel(protocol)
+    check_prior(prior, model.parameter_names, False)
+    signals, S0_v = check_inputs(signals, protocol, sigma, S0)
+    if n_grid < 3 or n_grid % 2 == 0:
+        raise ValueError(f"n_grid={n_grid} must be an odd integer >= 3.")
+    shells = [s for s, b in enumerate(protocol.shell_bvals) if b > protocol.b0_threshold]
+    shell_bvals = torch.tensor(protocol.shell_bvals[shells], dtype=DTYPE)
+    masks = [torch.as_tensor(protocol.shell_index == s) for s in shells]
+    start = perf_counter()
+    means, covs, log_evidence, n_refinements = [], [], [], 0
+    for chunk in chunks(signals.shape[0], chunk_size):
+        m = torch.as_tensor(signals[chunk], dtype=DTYPE)
+        s0 = torch.as_tensor(S0_v[chunk], dtype=DTYPE)
+        tables = [ShellLikelihood(m[:, mask], sigma) for mask in masks]
+
+        def log_likelihood(theta: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
+            nu = s0[voxels, None, None] * msdki_signal(shell_bvals, theta[..., 0], theta[..., 1])
+            return sum(table(nu[..., i], voxels) for i, table in enumerate(tables))
+
+        mu, cov, log_z, levels = grid_posterior(
+            log_likelihood, prior, n_voxels=len(s0), n_grid=n_grid, max_refinements=max_refinements
+        )
+        n_refinements = max(n_refinements, levels)
+        means.append(mu)
+        covs.append(cov)
+        log_evidence.append(log_z)
+    mean, variance, probs = combine_clusters(
+        torch.cat(means), torch.cat(covs), torch.cat(log_evidence), prior.weights
+    )
+    names = model.parameter_names
+    return OracleResult(
+        params={name: mean[:, i].numpy() for i, name in enumerate(names)},
+        std={name: variance[:, i].clamp_min(0.0).sqrt().numpy() for i, name in enumerate(names)},
+        cluster_probs=probs.numpy(),
+        method="grid",
+        diagnostics={"n_grid": n_grid, "n_refinements": n_refinements, "seconds": perf_counter() - start},
+    )

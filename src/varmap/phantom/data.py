@@ -1,0 +1,135 @@
+"""The phantom's container: images, geometry, ground truth and settings of one simulated brain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..protocol import Protocol
+from ..signal_models import SIGNAL_MODELS
+from .labels import tissue_groups
+
+__all__ = ["Phantom"]
+
+
+@dataclass
+class Phantom:
+    """A simulated diffusion acquisition of a brain with its ground truth.
+
+    Attributes
+    ----------
+    dwi : ndarray, shape (X, Y, Z, n_measurements), float32, or None
+        Noisy magnitude images, raw units; background voxels hold Rician noise of a zero signal.
+        ``None`` when built with ``image=False`` (then :attr:`signals` still gives the brain voxels).
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world (MNI152, mm) transform, x axis stored radiologically (negative determinant).
+    protocol : Protocol
+        The acquisition.
+    mask : ndarray of bool, shape (X, Y, Z)
+        Brain mask (resampled MNI152 brain mask >= 0.5).
+    fractions : ndarray, shape (X, Y, Z, 3), float32
+        Volume fractions of :data:`TISSUES` (WM, GM, CSF); they sum to 1 in the mask and are 0 outside.
+    truth : dict of ndarray
+        Ground truth of the voxel: every scalar parameter of the model, shape (X, Y, Z), as the
+        fraction-weighted mean of the tissue values (see Notes); ``"S0"``, the true b=0 signal; and for
+        directional models ``"n"``, shape (X, Y, Z, 3), the unit fibre direction in voxel axes.  Zero
+        outside the mask.
+    tissue_params : dict of dict of ndarray
+        ``tissue_params[tissue][name]``: the pure-tissue parameter map of each tissue, shape (X, Y, Z),
+        defined everywhere in the mask (whatever the tissue's fraction).
+    sigma : float
+        Noise standard deviation of each (real and imaginary) channel, raw units.
+    labels : ndarray of int8, shape (X, Y, Z)
+        Dominant tissue (index into :data:`TISSUES`), -1 outside the mask.
+    model : str
+        Registered signal model the truth belongs to.
+    snr : float
+        b=0 SNR of pure white matter: ``TISSUE_S0["WM"] / sigma``.
+    seed : int
+    voxel_size : float
+        Isotropic voxel size, mm.
+    crop : tuple of slice or None
+        Region of the resampled template grid this phantom covers (``None``: all of it).
+    config : dict
+        Every setting and tissue value used, JSON-serialisable (written as ``phantom.json``).
+    masked_signals : ndarray, shape (n_voxels, n_measurements), float32, or None
+        Brain voxels' signals when :attr:`dwi` is ``None``; use :attr:`signals`.
+
+    Notes
+    -----
+    A voxel with tissue fractions :math:`w_t` (WM, GM, CSF) measures
+
+    .. math:: s = \\sum_t w_t\\, S_{0,t}\\, B(x)\\, \\phi(\\theta_t(x)) + \\text{Rician noise}
+
+    with :math:`S_{0,t}` from :data:`TISSUE_S0` and :math:`B` a smooth multiplicative S0 field.  Its
+    ground truth is the *volume-fraction*-weighted mean :math:`\\theta = \\sum_t w_t \\theta_t`, and its
+    true S0 is :math:`B \\sum_t w_t S_{0,t}`.  A mixed voxel's signal is in general not the model's
+    signal at that mean (two MS-DKI compartments are not one MS-DKI compartment), so errors in
+    partial-volume voxels are partly model error; they are reported apart.
+    """
+
+    dwi: np.ndarray | None
+    affine: np.ndarray
+    protocol: Protocol
+    mask: np.ndarray
+    fractions: np.ndarray
+    truth: dict[str, np.ndarray]
+    tissue_params: dict[str, dict[str, np.ndarray]]
+    sigma: float
+    labels: np.ndarray
+    model: str
+    snr: float
+    seed: int
+    voxel_size: float
+    crop: tuple[slice, slice, slice] | None = None
+    config: dict = field(default_factory=dict)
+    masked_signals: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Spatial shape (X, Y, Z)."""
+        return tuple(int(n) for n in self.mask.shape)
+
+    @property
+    def n_voxels(self) -> int:
+        """Number of voxels in the brain mask."""
+        return int(self.mask.sum())
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """Scalar parameters of the model, in the model's order."""
+        return tuple(p.name for p in SIGNAL_MODELS[self.model].parameters)
+
+    @property
+    def signals(self) -> np.ndarray:
+        """Signals of the brain voxels, shape (n_voxels, n_measurements), float32, ``np.nonzero(mask)`` order."""
+        if self.masked_signals is not None:
+            return self.masked_signals
+        return self.dwi[self.mask]
+
+    def truth_in_mask(self) -> dict[str, np.ndarray]:
+        """Ground truth of the brain voxels, in ``np.nonzero(mask)`` order.
+
+        Returns
+        -------
+        dict of ndarray
+            float64, shape (n_voxels,) per scalar (and ``"S0"``), (n_voxels, 3) for ``"n"``.
+        """
+        return {name: np.asarray(value[self.mask], dtype=np.float64) for name, value in self.truth.items()}
+
+    def groups(self, threshold: float = 0.9) -> np.ndarray:
+        """Purity group of every voxel.
+
+        Parameters
+        ----------
+        threshold : float
+            A voxel is pure tissue t where its fraction of t is at least ``threshold`` (in (0.5, 1]).
+
+        Returns
+        -------
+        ndarray of int8, shape (X, Y, Z)
+            0, 1, 2 for pure WM, GM, CSF, 3 for partial volume, -1 outside the mask; see
+            :func:`~varmap.phantom.labels.tissue_groups`.
+        """
+        return tissue_groups(self.fractions, self.mask, threshold=threshold)

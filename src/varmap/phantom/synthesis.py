@@ -1,0 +1,273 @@
+"""Synthesis of the phantom: fields, tissue values, mixed signals and noise, in named steps."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..protocol import Protocol
+from ..signal_models import SignalModel, get_signal_model
+from ..simulation import add_noise, hcp_protocol
+from .data import Phantom
+from .fields import ORIENTATION_FWHM_MM, S0_FIELD_STD, fibre_field, parameter_fields, s0_field
+from .geometry import TissueGeometry, load_tissue_templates, resolve_crop, tissue_geometry
+from .tissues import (
+    MSDKI_TURNING_MARGIN,
+    PARAMETER_LIMITS,
+    TISSUE_PARAMETERS,
+    TISSUE_S0,
+    TISSUES,
+    tissue_parameter_maps,
+)
+
+__all__ = ["make_phantom"]
+
+logger = logging.getLogger("varmap")
+
+# Voxels simulated at once: bounds memory to a few hundred MB at 288 measurements.  Part of the noise
+# stream's definition (changing it changes the noise of a seed), hence a constant.
+_CHUNK = 32_768
+
+
+def make_phantom(
+    *,
+    model: str = "msdki",
+    voxel_size: float = 1.25,
+    snr: float = 10.0,
+    seed: int = 0,
+    crop: Sequence[int] | Sequence[slice] | None = None,
+    protocol: Protocol | None = None,
+    field_fwhm_mm: float = 10.0,
+    image: bool = True,
+) -> Phantom:
+    """Simulate a diffusion acquisition of a brain with known tissue parameters.
+
+    Parameters
+    ----------
+    model : {"msdki", "ball_stick"}
+        Signal model of every tissue (values in :data:`~varmap.phantom.tissues.TISSUE_PARAMETERS`).
+    voxel_size : float
+        Isotropic voxel size in mm (1.25 as HCP; 2 for speed; 0.5 to 8).
+    snr : float
+        b=0 signal-to-noise ratio of pure white matter: ``sigma = TISSUE_S0["WM"] / snr`` (raw units).
+        Grey matter and CSF have a higher b=0 SNR (their S0 is higher).
+    seed : int
+        Seeds every random draw (parameter fields, fibre field, S0 field, noise).
+    crop : (nx, ny, nz) or (slice, slice, slice), optional
+        Simulate only a region: sizes of a box around the centre of the brain mask, or slices of the
+        resampled template grid.  Truth maps of a crop equal the same region of the uncropped phantom
+        (the fields are drawn on the whole grid); the noise is drawn for the crop only.
+    protocol : Protocol, optional
+        The acquisition; default :func:`varmap.simulation.hcp_protocol` (18 b=0 and 90 directions at
+        b = 1000, 2000, 3000 s/mm²).
+    field_fwhm_mm : float
+        FWHM (mm) of the smooth random fields that vary each tissue parameter in space.
+    image : bool
+        Keep the 4-D image :attr:`Phantom.dwi` with background noise.  ``False`` keeps only the brain
+        voxels' signals (:attr:`Phantom.signals`, identical to ``dwi[mask]`` with ``True``): whole-brain
+        studies that never write the image save the memory of the background (5 GB at 1.25 mm).
+
+    Returns
+    -------
+    Phantom
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``model``, a non-positive ``snr``, a negative ``field_fwhm_mm``, a ``voxel_size``
+        outside [0.5, 8] mm or a bad ``crop``.
+
+    Notes
+    -----
+    Geometry: :func:`~varmap.phantom.geometry.load_tissue_templates` at ``voxel_size``.  The mask is
+    the resampled brain mask >= 0.5; inside it WM and GM fractions are the resampled probabilities
+    (rescaled to sum to 1 where they exceed it) and CSF is the rest, ``1 - WM - GM``.
+
+    Tissue parameters: for tissue t and parameter p, ``mean_tp + std_tp * z_tp(x)`` where ``z_tp`` is
+    a :func:`~varmap.phantom.fields.smooth_random_field` of FWHM ``field_fwhm_mm`` drawn on the whole
+    template grid, clipped to a physical range (D, d_par, d_iso in [0.1, 3.5] µm²/ms, K in [0, 2.5],
+    f in [0.005, 0.995]) and, for MS-DKI, ``K <= 0.95 · 3 / (D · b_max)`` so every shell lies before
+    the turning point of the kurtosis expansion.  Ball-and-stick fibres follow one smooth unit vector
+    field (three smooth random fields of FWHM 20 mm, normalised) shared by all tissues, so a mixed
+    voxel has one fibre direction; the direction is only meaningful where white matter dominates.
+
+    Signals: ``s = Σ_t w_t · S0_t · B(x) · φ(θ_t)`` with the tissue S0 of
+    :data:`~varmap.phantom.tissues.TISSUE_S0` and a smooth S0 field ``B = 1 + 0.05 z`` (coil
+    inhomogeneity), then Rician noise of standard deviation ``sigma`` per channel
+    (:func:`varmap.simulation.add_noise`).  Background voxels hold noise only.
+
+    Ground truth of a voxel: the volume-fraction-weighted mean of its tissues' parameters (see
+    :class:`Phantom`).
+
+    Random streams: ``np.random.SeedSequence(seed).spawn(3)`` gives one generator for the fields, one
+    for the noise of the brain voxels and one for the background noise.
+    """
+    _check_arguments(model, snr, field_fwhm_mm)
+    voxel_size = float(voxel_size)
+    protocol = hcp_protocol() if protocol is None else protocol
+    signal_model = get_signal_model(model, protocol)
+    templates = load_tissue_templates(voxel_size)
+    grid_shape = templates[0].shape
+    crop_region = resolve_crop(crop, grid_shape, templates[2])
+    region = crop_region if crop_region is not None else (slice(None),) * 3
+    field_rng, noise_rng, background_rng = (
+        np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(3)
+    )
+
+    fwhm_voxels = field_fwhm_mm / voxel_size
+    fields = parameter_fields(
+        signal_model.parameter_names, grid_shape=grid_shape, region=region, fwhm_voxels=fwhm_voxels, rng=field_rng
+    )
+    bias = s0_field(grid_shape=grid_shape, region=region, fwhm_voxels=fwhm_voxels, rng=field_rng)
+    direction = None
+    if signal_model.has_direction:
+        direction = fibre_field(grid_shape=grid_shape, region=region, voxel_size=voxel_size, rng=field_rng)
+
+    geometry = tissue_geometry(templates, crop_region)
+    tissue_params = tissue_parameter_maps(model, fields, b_max=float(protocol.bvals.max()), mask=geometry.mask)
+    del fields
+    truth = _ground_truth(signal_model.parameter_names, geometry, tissue_params, bias, direction)
+
+    sigma = TISSUE_S0["WM"] / float(snr)
+    signals = _brain_signals(signal_model, geometry, tissue_params, bias, direction, sigma=sigma, rng=noise_rng)
+    dwi = None
+    if image:
+        dwi = _brain_image(signals, geometry.mask)
+        signals = None  # the image holds them now: free the copy before drawing the background
+        _add_background_noise(dwi, geometry.mask, sigma=sigma, rng=background_rng)
+
+    phantom = Phantom(
+        dwi=dwi,
+        affine=geometry.affine,
+        protocol=protocol,
+        mask=geometry.mask,
+        fractions=geometry.fractions.astype(np.float32),
+        truth=truth,
+        tissue_params=tissue_params,
+        sigma=sigma,
+        labels=geometry.labels,
+        model=model,
+        snr=float(snr),
+        seed=int(seed),
+        voxel_size=voxel_size,
+        crop=crop_region,
+        masked_signals=signals,
+    )
+    phantom.config = _config(phantom, grid_shape=grid_shape, field_fwhm_mm=field_fwhm_mm)
+    return phantom
+
+
+def _check_arguments(model: str, snr: float, field_fwhm_mm: float) -> None:
+    if model not in TISSUE_PARAMETERS:
+        raise ValueError(f"no phantom tissue values for model {model!r}; choose one of {sorted(TISSUE_PARAMETERS)}.")
+    if not (np.isfinite(snr) and snr > 0):
+        raise ValueError(f"snr={snr!r} must be a positive number (b=0 SNR of white matter).")
+    if not (np.isfinite(field_fwhm_mm) and field_fwhm_mm >= 0):
+        raise ValueError(f"field_fwhm_mm={field_fwhm_mm!r} must be >= 0 mm.")
+
+
+def _ground_truth(
+    names: tuple[str, ...],
+    geometry: TissueGeometry,
+    tissue_params: dict[str, dict[str, np.ndarray]],
+    bias: np.ndarray,
+    direction: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """Fraction-weighted mean of the tissue parameters, true S0 and fibre direction; 0 outside the mask."""
+    fractions, mask = geometry.fractions, geometry.mask
+    truth: dict[str, np.ndarray] = {}
+    for name in names:
+        truth[name] = np.sum(
+            [fractions[..., t] * tissue_params[tissue][name] for t, tissue in enumerate(TISSUES)], axis=0
+        ).astype(np.float32)
+    S0_tissue = np.array([TISSUE_S0[t] for t in TISSUES], dtype=np.float32)
+    truth["S0"] = np.where(mask, bias * (fractions @ S0_tissue), 0.0).astype(np.float32)
+    if direction is not None:
+        truth["n"] = np.where(mask[..., None], direction, 0.0).astype(np.float32)
+    return truth
+
+
+def _brain_signals(
+    signal_model: SignalModel,
+    geometry: TissueGeometry,
+    tissue_params: dict[str, dict[str, np.ndarray]],
+    bias: np.ndarray,
+    direction: np.ndarray | None,
+    *,
+    sigma: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Noisy signals of the brain voxels, (n_voxels, n_measurements) float32 in ``np.nonzero(mask)`` order.
+
+    Each voxel sums its tissues' signals weighted by volume fraction, tissue S0 and the S0 field, then
+    gets Rician noise; chunks of :data:`_CHUNK` voxels draw from ``rng`` one after the other.
+    """
+    names = signal_model.parameter_names
+    index = np.nonzero(geometry.mask)
+    n_voxels = index[0].size
+    n_meas = signal_model.protocol.n_measurements
+    signals = np.empty((n_voxels, n_meas), dtype=np.float32)
+    logger.info("phantom: simulating %d brain voxels x %d measurements", n_voxels, n_meas)
+    for start in range(0, n_voxels, _CHUNK):
+        at = tuple(axis[start : start + _CHUNK] for axis in index)
+        clean = np.zeros((at[0].size, n_meas))
+        voxel_bias = bias[at].astype(np.float64)
+        for t, tissue in enumerate(TISSUES):
+            weight = geometry.fractions[at + (t,)].astype(np.float64)
+            if not np.any(weight > 0):
+                continue
+            params = {name: tissue_params[tissue][name][at] for name in names}
+            if direction is not None:
+                params["n"] = direction[at]
+            clean += signal_model.predict(params, S0=weight * TISSUE_S0[tissue] * voxel_bias)
+        signals[start : start + _CHUNK] = add_noise(clean, sigma=sigma, kind="rician", rng=rng)
+    return signals
+
+
+def _brain_image(signals: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The 4-D float32 image holding ``signals`` in the mask (background left unset)."""
+    dwi = np.empty(mask.shape + signals.shape[1:], dtype=np.float32)
+    dwi[mask] = signals
+    return dwi
+
+
+def _add_background_noise(dwi: np.ndarray, mask: np.ndarray, *, sigma: float, rng: np.random.Generator) -> None:
+    """Fill the voxels outside ``mask`` with Rician noise of a zero signal, in place, chunk by chunk."""
+    background = np.nonzero(~mask)
+    for start in range(0, background[0].size, _CHUNK):
+        at = tuple(axis[start : start + _CHUNK] for axis in background)
+        zeros = np.zeros((at[0].size, dwi.shape[-1]))
+        dwi[at] = add_noise(zeros, sigma=sigma, kind="rician", rng=rng)
+
+
+def _config(phantom: Phantom, *, grid_shape: tuple[int, ...], field_fwhm_mm: float) -> dict:
+    """Every setting and tissue value of a phantom, JSON-serialisable (written as ``phantom.json``)."""
+    model, names = phantom.model, phantom.parameter_names
+    has_direction = "n" in phantom.truth
+    return {
+        "varmap_version": __version__,
+        "model": model,
+        "voxel_size_mm": phantom.voxel_size,
+        "snr": phantom.snr,
+        "snr_definition": "b=0 SNR of pure white matter: sigma = S0_WM / snr",
+        "sigma": phantom.sigma,
+        "noise": "rician",
+        "seed": phantom.seed,
+        "crop": None if phantom.crop is None else [[s.start, s.stop] for s in phantom.crop],
+        "template_grid_shape": list(grid_shape),
+        "shape": list(phantom.shape),
+        "n_brain_voxels": phantom.n_voxels,
+        "tissues": list(TISSUES),
+        "tissue_S0": dict(TISSUE_S0),
+        "tissue_parameters": {t: {k: list(v) for k, v in TISSUE_PARAMETERS[model][t].items()} for t in TISSUES},
+        "parameter_limits": {name: list(PARAMETER_LIMITS[name]) for name in names},
+        "msdki_turning_point_margin": MSDKI_TURNING_MARGIN if model == "msdki" else None,
+        "field_fwhm_mm": float(field_fwhm_mm),
+        "orientation_fwhm_mm": ORIENTATION_FWHM_MM if has_direction else None,
+        "S0_field_relative_std": S0_FIELD_STD,
+        "templates": "nilearn MNI152 GM/WM templates and brain mask, resolution=1",
+        "protocol": phantom.protocol.to_dict(),
+    }

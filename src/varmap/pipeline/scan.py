@@ -1,0 +1,130 @@
+"""The scan to map: its files checked, its brain mask, and the masked voxels' signals."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..io import DWIImage, InputError, compute_mask, load_mask, load_protocol, open_dwi
+from ..protocol import Protocol
+
+if TYPE_CHECKING:  # the estimators load torch
+    from ..estimators.data import ValidVoxels
+
+__all__ = ["Scan", "open_scan", "brain_mask", "read_signals", "COMPUTED_MASK"]
+
+logger = logging.getLogger("varmap")
+
+#: How a mask that was not given is made, as recorded in fit.json.
+COMPUTED_MASK = "computed: dipy median_otsu on the mean b=0 image, holes filled"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A diffusion scan whose files have been checked; no voxel has been read yet.
+
+    Attributes
+    ----------
+    image : DWIImage
+        The 4-D image, opened lazily.
+    protocol : Protocol
+        From the bvals/bvecs files, one measurement per volume.
+    mask : ndarray of bool, shape (X, Y, Z), or None
+        The given mask; ``None`` when it is to be computed.
+    files : dict of Path
+        Input files by role: ``dwi``, ``bvals``, ``bvecs`` and, when given, ``mask``.
+    """
+
+    image: DWIImage
+    protocol: Protocol
+    mask: np.ndarray | None
+    files: dict[str, Path]
+
+    @property
+    def mask_computed(self) -> bool:
+        """No mask was given: :func:`brain_mask` computes one."""
+        return self.mask is None
+
+
+def open_scan(
+    dwi: str | PathLike, bvals: str | PathLike, bvecs: str | PathLike, *, mask: str | PathLike | None = None
+) -> Scan:
+    """Open the image and read the protocol and the mask, checking each against the others.
+
+    Raises
+    ------
+    FileNotFoundError, InputError, ProtocolError
+        Naming the file, what is wrong and the fix.
+    """
+    image = open_dwi(dwi)
+    protocol = load_protocol(bvals, bvecs, n_volumes=image.n_volumes)
+    files = {"dwi": image.path, "bvals": Path(bvals), "bvecs": Path(bvecs)}
+    given = None
+    if mask is not None:
+        given = load_mask(mask, image.spatial_shape, affine=image.affine)
+        files["mask"] = Path(mask)
+    return Scan(image=image, protocol=protocol, mask=given, files=files)
+
+
+def brain_mask(scan: Scan) -> np.ndarray:
+    """The given mask, or one computed from the mean b=0 image (:func:`varmap.io.compute_mask`).
+
+    Returns
+    -------
+    ndarray of bool, shape (X, Y, Z)
+
+    Raises
+    ------
+    InputError
+        If the computed mask is empty.
+    """
+    if scan.mask is not None:
+        return scan.mask
+    mean_b0 = scan.image.mean_volume(np.flatnonzero(scan.protocol.b0_mask))
+    mask = compute_mask(mean_b0)
+    if not mask.any():
+        raise InputError(
+            f"the brain mask computed from the mean b=0 image of {scan.image.path} is empty; give a mask "
+            f"with --mask."
+        )
+    logger.info("no mask given: computed one with median_otsu on the mean b=0 image (%d voxels); "
+                "it is saved as mask.nii.gz", int(mask.sum()))
+    return mask
+
+
+def read_signals(scan: Scan, mask: np.ndarray, *, progress: bool) -> tuple[np.ndarray, ValidVoxels]:
+    """Signals of the mask's voxels, and which of them can be fitted.
+
+    Returns
+    -------
+    signals : ndarray, shape (n_voxels, n_volumes), float32
+        Voxels in ``np.nonzero(mask)`` order.
+    voxels : ValidVoxels
+        :func:`varmap.estimators.data.valid_voxels` of the signals; excluded voxels are logged.
+
+    Raises
+    ------
+    InputError
+        If no voxel of the mask can be fitted.
+    """
+    from ..estimators.data import valid_voxels
+
+    signals = scan.image.extract(mask, progress=progress)
+    voxels = valid_voxels(signals, scan.protocol.b0_mask)
+    if voxels.n_excluded:
+        logger.warning(
+            "%d of %d mask voxels are excluded from the fit (%d with NaN/Inf values, %d with a b=0 signal "
+            "<= 0); they are 0 in the maps", voxels.n_excluded, len(signals), voxels.n_nonfinite,
+            voxels.n_nonpositive_b0)
+    if not voxels.valid.any():
+        raise InputError(
+            f"no voxel of the mask has finite signals and a positive b=0 signal in {scan.image.path}; check "
+            f"the image and the mask."
+        )
+    logger.info("read %d voxels x %d volumes (%.0f MB float32)", *signals.shape, signals.nbytes / 2**20)
+    return signals, voxels

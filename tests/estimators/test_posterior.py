@@ -1,0 +1,31 @@
+"""Tests of the importance-sampling proposals of the posterior module."""
+
+import torch
+
+from varmap.estimators.posterior import cholesky_with_jitter, laplace_proposal
+
+
+def test_laplace_samples_have_the_density_of_their_gaussian():
+    generator = torch.Generator().manual_seed(0)
+    mode = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    axes = torch.linalg.qr(torch.randn(4, 3, 3, generator=generator, dtype=torch.float64))[0]
+    curvatures = torch.tensor([1.0, 30.0, 1e4], dtype=torch.float64).expand(4, 3)
+    z, log_q = laplace_proposal(mode, curvatures, axes, 20000, 1.5, generator)
+    covariance = 1.5**2 * axes @ torch.diag_embed(1 / curvatures) @ axes.transpose(-1, -2)
+    expected = torch.distributions.MultivariateNormal(mode, covariance_matrix=covariance)
+    torch.testing.assert_close(log_q, expected.log_prob(z))
+    centred = z - mode
+    empirical = torch.einsum("sbi,sbj->bij", centred, centred) / z.shape[0]
+    torch.testing.assert_close(empirical, covariance, rtol=0.05, atol=1e-6)
+
+
+def test_cholesky_with_jitter_factors_near_singular_covariances():
+    vector = torch.tensor([1e3, -2e2, 5e1, 1.0])
+    good = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    covariance = torch.stack([vector[:, None] * vector[None, :], good, -good])  # rank 1, fine, not PSD
+    tril = cholesky_with_jitter(covariance)
+    assert torch.all(torch.isfinite(tril)) and torch.all(tril.diagonal(dim1=-2, dim2=-1) > 0)
+    torch.testing.assert_close(tril[1], torch.linalg.cholesky(good))
+    jitter = 1e-6 * covariance[0].diagonal().mean() + 1e-12  # relative to the matrix's scale
+    torch.testing.assert_close(tril[0] @ tril[0].T, covariance[0] + jitter * torch.eye(4), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(tril[2], torch.diag(torch.full((4,), 1e-6)))  # not even PSD: tiny diagonal

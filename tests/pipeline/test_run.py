@@ -1,0 +1,125 @@
+"""The image pipeline end to end: a simulated scan with known maps, written as NIfTI, fitted and compared."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from ellipsoid_scans import AFFINE, SHAPE, SIGMA
+
+import varmap
+from varmap import cli
+from varmap.io import InputError
+from varmap.pipeline.noise import SIGMA_FROM_B0_VOLUMES, SIGMA_FROM_IMAGE, SIGMA_GIVEN
+
+
+@pytest.mark.parametrize(
+    ("method", "flags", "tolerance"),
+    [("nlls", [], {"D": 0.05, "K": 0.15, "S0": 0.02}),
+     ("vae", ["--n-epochs", "60"], {"D": 0.1, "K": 0.35, "S0": 0.03})],
+)
+def test_round_trip_recovers_known_maps(ellipsoid_scan, tmp_path, method, flags, tolerance):
+    (dwi, bval, bvec), inside, truth = ellipsoid_scan
+    out = tmp_path / method
+    status = cli.main(["fit", str(dwi), "--bvals", str(bval), "--bvecs", str(bvec), "--model", "msdki",
+                       "--method", method, "-o", str(out), "--quiet", "--no-figure", *flags])
+    assert status == 0
+    mask = nib.load(out / "mask.nii.gz").get_fdata() > 0
+    dice = 2 * (mask & inside).sum() / (mask.sum() + inside.sum())
+    assert dice > 0.85  # median_otsu finds the object in its zero background
+    core = mask & inside
+    for name, limit in tolerance.items():
+        image = nib.load(out / f"{name}.nii.gz")
+        np.testing.assert_allclose(image.affine, AFFINE, atol=1e-6)
+        estimate = image.get_fdata()[core]
+        error = np.abs(estimate - truth[name][core])
+        if name == "S0":
+            error = error / truth[name][core]
+        assert np.median(error) < limit, (name, np.median(error))
+    meta = json.loads((out / "fit.json").read_text())
+    assert meta["config"]["sigma"] == pytest.approx(SIGMA, rel=0.2)  # from the 4 b=0 repeats
+    assert meta["config"]["sigma_source"] == SIGMA_FROM_B0_VOLUMES
+
+
+def test_fit_image_api_matches_files(ellipsoid_scan, tmp_path):
+    (dwi, bval, bvec), inside, _ = ellipsoid_scan
+    mask_path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(inside.astype(np.uint8), AFFINE), mask_path)
+    result = varmap.fit_image(dwi, bval, bvec, mask=mask_path, model="msdki", method="gmvae",
+                              output_dir=tmp_path / "out", n_epochs=3, n_components=2, n_posterior_samples=8,
+                              progress=False)
+    assert isinstance(result, varmap.ImageFitResult)
+    assert result.n_voxels == inside.sum() and result.n_excluded == 0
+    np.testing.assert_array_equal(result.mask, inside)
+    assert result.maps["cluster_probs"].shape == (*SHAPE, 2)
+    assert set(np.unique(result.maps["clusters"][inside])) <= {1.0, 2.0}
+    assert np.all(result.maps["clusters"][~inside] == 0)
+    for name, array in result.maps.items():
+        assert array.dtype == np.float32
+        np.testing.assert_array_equal(np.asanyarray(nib.load(result.files[name]).dataobj), array)
+    assert result.files["checkpoint"].exists() and result.files["figure"].exists()
+    assert result.metadata["command"].startswith("varmap.fit_image(")
+    saved = json.loads(result.files["sidecar"].read_text())
+    assert saved["config"]["options"] == {"n_epochs": 3, "n_components": 2, "n_posterior_samples": 8}
+    assert saved["config"]["estimator"]["n_components"] == 2
+    assert saved["outputs"]["checkpoint"] == "model.pt" and saved["outputs"]["figure"] == "overview.png"
+    assert {"dwi", "bvals", "bvecs", "mask"} == set(saved["inputs"])
+    # the per-voxel result lines up with the mask's voxels
+    np.testing.assert_allclose(result.maps["D"][inside], result.fit.params["D"], rtol=1e-6)
+
+    again = varmap.apply_checkpoint(result.files["checkpoint"], dwi, bval, bvec, mask=mask_path, progress=False)
+    for name in ("D", "K", "S0", "D_std", "cluster_probs"):
+        np.testing.assert_allclose(again.maps[name], result.maps[name], rtol=1e-5, atol=1e-6)
+    assert again.output_dir is None and again.files == {}
+    assert again.metadata["kind"] == "apply" and again.metadata["config"]["sigma_source"] == "checkpoint"
+    assert again.metadata["config"]["sigma"] == result.metadata["config"]["sigma"]
+
+
+def test_fit_image_without_output_writes_nothing(ellipsoid_scan, tmp_path):
+    (dwi, bval, bvec), _, _ = ellipsoid_scan
+    before = set(tmp_path.parent.iterdir())
+    result = varmap.fit_image(dwi, bval, bvec, model="msdki", method="selfsup", n_epochs=2, progress=False,
+                              figure=False)
+    assert result.output_dir is None and result.files == {}
+    assert set(tmp_path.parent.iterdir()) == before
+    timings = result.metadata["timings"]
+    assert {"check_s", "mask_s", "noise_s", "read_s", "fit_s", "maps_s", "total_s"} <= set(timings)
+    assert timings["total_s"] >= timings["fit_s"] > 0
+
+
+def test_single_b0_passes_the_image_noise_estimate(one_b0_scan):
+    (dwi, bval, bvec), _, _ = one_b0_scan
+    result = varmap.fit_image(dwi, bval, bvec, model="msdki", method="nlls", progress=False, figure=False)
+    assert result.metadata["config"]["sigma_source"] == SIGMA_FROM_IMAGE
+    assert result.fit.sigma == pytest.approx(SIGMA, rel=0.25)
+    assert result.metadata["config"]["options"]["sigma"] == result.fit.sigma
+    given = varmap.fit_image(dwi, bval, bvec, model="msdki", method="nlls", sigma=30.0, progress=False, figure=False)
+    assert given.fit.sigma == 30.0 and given.metadata["config"]["sigma_source"] == SIGMA_GIVEN
+
+
+def test_inputs_are_checked_before_work(ellipsoid_scan, tmp_path):
+    (dwi, bval, bvec), _, _ = ellipsoid_scan
+    with pytest.raises(InputError, match="--n-components do not apply to method vae; its options are .*--n-epochs"):
+        varmap.fit_image(dwi, bval, bvec, method="vae", n_components=3, output_dir=tmp_path / "out")
+    with pytest.raises(InputError, match="option n_epochs must be >= 1"):
+        varmap.fit_image(dwi, bval, bvec, method="vae", n_epochs=0, output_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match="unknown method 'mcmc'"):
+        varmap.fit_image(dwi, bval, bvec, method="mcmc")
+    with pytest.raises(ValueError, match="unknown signal model 'ivim'"):
+        varmap.fit_image(dwi, bval, bvec, model="ivim")
+    with pytest.raises(InputError, match="device 'tpu' is not known"):
+        varmap.fit_image(dwi, bval, bvec, device="tpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_apply_refuses_a_scan_of_another_protocol(ellipsoid_scan, one_b0_scan, tmp_path):
+    (dwi, bval, bvec), _, _ = ellipsoid_scan
+    fitted = varmap.fit_image(dwi, bval, bvec, model="msdki", method="nlls", output_dir=tmp_path / "fit",
+                              progress=False, figure=False)
+    (other_dwi, other_bval, other_bvec), _, _ = one_b0_scan
+    with pytest.raises(InputError, match="differs from the one the checkpoint"):
+        varmap.apply_checkpoint(fitted.files["checkpoint"], other_dwi, other_bval, other_bvec,
+                                output_dir=tmp_path / "applied", progress=False)
+    assert not (tmp_path / "applied").exists()
