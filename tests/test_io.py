@@ -15,10 +15,6 @@ import torch
 from varmap import io
 from varmap.io import InputError
 from varmap.protocol import ProtocolError
-from varmap.simulation import fibonacci_sphere
-
-
-
 
 AFFINE = np.array([[-2.0, 0.0, 0.1, 90.0], [0.0, 2.0, 0.0, -120.0], [0.0, 0.0, 2.5, -70.0], [0, 0, 0, 1]])
 
@@ -42,10 +38,9 @@ def write_fsl(tmp_path, bvals, bvecs, name="dwi"):
 
 
 @pytest.fixture
-def table():
-    bvals = np.concatenate([[0.0, 0.0], np.full(6, 1000.0), np.full(6, 2000.0)])
-    bvecs = np.concatenate([np.zeros((2, 3)), fibonacci_sphere(6), fibonacci_sphere(6)])
-    return bvals, bvecs
+def table(clinical_protocol):
+    """b-values (s/mm², as FSL files hold them) and directions of the shared two-shell protocol."""
+    return clinical_protocol.bvals * 1000.0, clinical_protocol.bvecs
 
 
 @pytest.fixture
@@ -138,26 +133,27 @@ def test_open_dwi_errors(tmp_path, dwi_data):
 
 
 # ---------------------------------------------------------------------------------------------- protocol
-def test_load_protocol(tmp_path, table):
+def test_load_protocol(tmp_path, table, clinical_protocol):
     bval, bvec = write_fsl(tmp_path, *table)
-    protocol = io.load_protocol(bval, bvec, n_volumes=14)
-    assert protocol.n_measurements == 14 and protocol.n_b0 == 2
+    protocol = io.load_protocol(bval, bvec, n_volumes=len(table[0]))
+    assert protocol == clinical_protocol and protocol.n_b0 == 2
 
 
 def test_load_protocol_errors_name_the_files(tmp_path, table):
     bvals, bvecs = table
+    n = len(bvals)
     bval, bvec = write_fsl(tmp_path, bvals, bvecs)
-    with pytest.raises(InputError, match=r"dwi\.bval lists 14 b-values but the image has 15 volumes"):
-        io.load_protocol(bval, bvec, n_volumes=15)
+    with pytest.raises(InputError, match=rf"dwi\.bval lists {n} b-values but the image has {n + 1} volumes"):
+        io.load_protocol(bval, bvec, n_volumes=n + 1)
     bval2, bvec2 = write_fsl(tmp_path, bvals, bvecs[:, :2], name="two")
-    with pytest.raises(InputError, match=r"two\.bvec holds a 2x14 table; it needs 3 rows of 14"):
-        io.load_protocol(bval2, bvec2, n_volumes=14)
+    with pytest.raises(InputError, match=rf"two\.bvec holds a 2x{n} table; it needs 3 rows of {n}"):
+        io.load_protocol(bval2, bvec2, n_volumes=n)
     bval3, bvec3 = write_fsl(tmp_path, bvals[:-1], bvecs[:-1], name="short")
-    with pytest.raises(InputError, match="13 b-values but the image has 14"):
-        io.load_protocol(bval3, bvec3, n_volumes=14)
+    with pytest.raises(InputError, match=f"{n - 1} b-values but the image has {n}"):
+        io.load_protocol(bval3, bvec3, n_volumes=n)
     bval4, bvec4 = write_fsl(tmp_path, bvals * 0.035, bvecs, name="units")
     with pytest.raises(ProtocolError, match="unit of the b-values"):
-        io.load_protocol(bval4, bvec4, n_volumes=14)
+        io.load_protocol(bval4, bvec4, n_volumes=n)
     bad = tmp_path / "bad.bval"
     bad.write_text("0 1000 abc\n")
     with pytest.raises(InputError, match="not a table of numbers"):

@@ -41,8 +41,6 @@ TINY_OPTIONS = {
     "voxels_per_epoch": 512,
     "n_threads": 1,
     "n_posterior_samples": 16,
-    "n_mode_steps": 3,
-    "n_adaptive_rounds": 1,
     "refinement_rounds": 1,
     "refinement_steps": 2,
     "refinement_voxels": 256,

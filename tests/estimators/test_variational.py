@@ -12,18 +12,14 @@ from varmap.estimators import ESTIMATORS, get_estimator
 from varmap.estimators.data import prepare_signals
 from varmap.estimators.networks import voxel_batch
 from varmap.signal_models import get_signal_model
+from varmap.simulation import add_noise, hcp_protocol
 
 NETWORK_METHODS = ["selfsup", "vae", "gmvae"]
 FAST = {"n_epochs": 80, "patience": 10, "batch_size": 256, "learning_rate": 3e-3}
 
 
 def _protocol() -> varmap.Protocol:
-    rng = np.random.default_rng(1)
-    directions = rng.normal(size=(30, 3))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    bvals = np.r_[np.zeros(6), np.repeat([1000.0, 2000.0, 3000.0], 10)]
-    bvecs = np.vstack([np.zeros((6, 3)), directions])
-    return varmap.Protocol.from_bvals_bvecs(bvals, bvecs)
+    return hcp_protocol(n_b0=6, n_directions=10, seed=1)
 
 
 def _data(n_voxels: int = 1500, snr: float = 100.0, seed: int = 0, means=((0.8, 1.0), (1.2, 0.6))):
@@ -36,7 +32,7 @@ def _data(n_voxels: int = 1500, snr: float = 100.0, seed: int = 0, means=((0.8, 
     K = np.where(labels == 0, K0, K1) + 0.05 * rng.normal(size=n_voxels)
     clean = model.predict({"D": D, "K": K}, S0=1000.0)
     sigma = 1000.0 / snr
-    noisy = np.abs(clean + sigma * rng.normal(size=clean.shape) + 1j * sigma * rng.normal(size=clean.shape))
+    noisy = add_noise(clean, sigma=sigma, rng=rng)
     return model, noisy, {"D": D, "K": K}, labels
 
 

@@ -40,10 +40,9 @@ def test_study_rows_compare_with_the_oracle(study):
         if row["method"] == "oracle":
             assert row["ratio_to_oracle"] == 1.0 and row["n"] <= 100
         else:
-            assert row["ratio_to_oracle"] > 0
-    # at SNR 20 least squares is far from the oracle in the free-water cluster (Rician floor)
-    nlls_fw = next(r for r in result.rows if r["method"] == "nlls" and r["cluster"] == "free water" and r["parameter"] == "K")
-    assert nlls_fw["ratio_to_oracle"] > 2
+            # the oracle is the posterior mean under the prior the data were drawn from: no estimator
+            # beats its RMSE by much, on all voxels or (data-dominated at SNR 20) in one cluster
+            assert np.isfinite(row["ratio_to_oracle"]) and row["ratio_to_oracle"] > 0.7, row
 
 
 def test_markdown_has_one_row_per_method(study):

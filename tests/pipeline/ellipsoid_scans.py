@@ -5,11 +5,13 @@ Imported by the tests of this folder (``from ellipsoid_scans import ...``) and b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 
 from varmap import Protocol, get_signal_model
-from varmap.simulation import fibonacci_sphere
+from varmap.simulation import add_noise, hcp_protocol
 
 SHAPE = (14, 14, 8)
 AFFINE = np.array([[-2.0, 0.0, 0.0, 30.0], [0.0, 2.0, 0.0, -20.0], [0.0, 0.0, 2.5, -10.0], [0, 0, 0, 1]])
@@ -17,8 +19,9 @@ AFFINE = np.array([[-2.0, 0.0, 0.0, 30.0], [0.0, 2.0, 0.0, -20.0], [0.0, 0.0, 2.
 SIGMA = 25.0
 
 
-def ellipsoid(n_b0=4):
-    """Known MS-DKI maps in an ellipsoid (zero background), and a 2-shell protocol with ``n_b0`` b=0."""
+def ellipsoid(n_b0: int = 4) -> tuple[np.ndarray, dict[str, np.ndarray], Protocol]:
+    """Known MS-DKI maps in an ellipsoid (zero background), and a protocol of ``n_b0`` b=0 then 16
+    directions on each of b = 1000, 2000 s/mm²."""
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij")
     inside = x**2 + y**2 + z**2 < 0.85
     truth = {
@@ -26,12 +29,12 @@ def ellipsoid(n_b0=4):
         "K": np.where(y > 0, 0.9, 0.4),  # two "tissues"
         "S0": 1000.0 + 200.0 * z,
     }
-    bvals = np.concatenate([np.zeros(n_b0), np.full(16, 1000.0), np.full(16, 2000.0)])
-    bvecs = np.concatenate([np.zeros((n_b0, 3)), fibonacci_sphere(16), fibonacci_sphere(16)[::-1]])
-    return inside, truth, bvals, bvecs
+    return inside, truth, hcp_protocol(n_b0=n_b0, n_directions=16, shells=(1000.0, 2000.0))
 
 
-def write_ellipsoid_scan(folder, *, n_b0=4, seed=0):
+def write_ellipsoid_scan(
+    folder: Path, *, n_b0: int = 4, seed: int = 0
+) -> tuple[tuple[Path, Path, Path], np.ndarray, dict[str, np.ndarray]]:
     """Simulate the ellipsoid with Rician noise (σ = 25) and write NIfTI + FSL files.
 
     Returns
@@ -42,16 +45,15 @@ def write_ellipsoid_scan(folder, *, n_b0=4, seed=0):
     truth : dict of ndarray
         ``D``, ``K`` and ``S0`` maps.
     """
-    inside, truth, bvals, bvecs = ellipsoid(n_b0)
-    model = get_signal_model("msdki", Protocol.from_bvals_bvecs(bvals, bvecs))
+    inside, truth, protocol = ellipsoid(n_b0)
+    model = get_signal_model("msdki", protocol)
     clean = model.predict({"D": truth["D"], "K": truth["K"]}, S0=truth["S0"]) * inside[..., None]
-    rng = np.random.default_rng(seed)
-    noisy = np.abs(clean + rng.normal(0, SIGMA, clean.shape) + 1j * rng.normal(0, SIGMA, clean.shape))
+    noisy = add_noise(clean, sigma=SIGMA, rng=seed)
     image = nib.Nifti1Image(noisy.astype(np.float32), AFFINE)
     image.set_sform(AFFINE, 2)
     image.set_qform(AFFINE, 1)
     paths = (folder / "dwi.nii.gz", folder / "dwi.bval", folder / "dwi.bvec")
     nib.save(image, paths[0])
-    np.savetxt(paths[1], bvals[None], fmt="%g")
-    np.savetxt(paths[2], bvecs.T, fmt="%.8f")
+    np.savetxt(paths[1], protocol.bvals[None] * 1000.0, fmt="%g")  # FSL files hold s/mm²
+    np.savetxt(paths[2], protocol.bvecs.T, fmt="%.8f")
     return paths, inside, truth

@@ -17,7 +17,24 @@ def test_rician_noise_floor():
     noisy = add_noise(np.zeros(400_000), sigma=sigma, rng=0)
     floor = sigma * math.sqrt(math.pi / 2)
     assert noisy.mean() == pytest.approx(floor, abs=4 * noisy.std() / math.sqrt(noisy.size))
-    assert np.all(noisy >= 0)
+
+
+def test_pure_noise_is_rayleigh():
+    """Without signal the magnitude is Rayleigh(σ); the test tells a 3 % error in σ apart."""
+    sigma = 0.3
+    noisy = add_noise(np.zeros(50_000), sigma=sigma, rng=2)
+    assert stats.kstest(noisy, stats.rayleigh(scale=sigma).cdf).pvalue > 1e-3
+    assert stats.kstest(noisy, stats.rayleigh(scale=1.03 * sigma).cdf).pvalue < 1e-3
+
+
+def test_signal_plus_noise_is_rice():
+    """At SNR 3 the magnitude is Rice(ν/σ, σ), told apart from Gaussian noise and from a wrong σ."""
+    nu, sigma = 1.5, 0.5
+    clean = np.full(50_000, nu)
+    rice = stats.rice(nu / sigma, scale=sigma)
+    assert stats.kstest(add_noise(clean, sigma=sigma, rng=3), rice.cdf).pvalue > 1e-3
+    assert stats.kstest(add_noise(clean, sigma=sigma, kind="gaussian", rng=3), rice.cdf).pvalue < 1e-3
+    assert stats.kstest(add_noise(clean, sigma=1.05 * sigma, rng=3), rice.cdf).pvalue < 1e-3
 
 
 def test_gaussian_noise_and_high_snr_rician():

@@ -16,7 +16,6 @@ Maps are posterior means under the trained generative model, by importance sampl
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import numpy as np

@@ -34,17 +34,6 @@ def _oracle(data, **kwargs):
     return msdki_oracle(data.signals, data.protocol, data.prior, sigma=data.sigma, S0=data.S0, **kwargs)
 
 
-def _log_linear_fit(data) -> dict[str, np.ndarray]:
-    """A plain voxelwise estimate: least squares of log shell means on -b D + b² D² K / 6."""
-    protocol = data.protocol
-    shells = protocol.powder_average(data.signals / data.S0[:, None])[:, 1:]
-    b = protocol.dw_shell_bvals
-    design = np.stack([b, b**2], axis=1)
-    coefficients = np.linalg.lstsq(design, np.log(np.clip(shells, 1e-6, None)).T, rcond=None)[0]
-    D = -coefficients[0]
-    return {"D": D, "K": 6 * coefficients[1] / D**2}
-
-
 def _rmse(estimate, truth):
     return float(np.sqrt(np.mean((estimate - truth) ** 2)))
 
@@ -64,11 +53,11 @@ def test_msdki_oracle_recovers_truth_at_very_high_snr(protocol):
     np.testing.assert_allclose(result.cluster_probs, data.prior.responsibilities(truth), atol=0.05)
 
 
-def test_msdki_oracle_beats_a_voxelwise_fit_and_is_calibrated_at_snr_5(protocol):
+def test_msdki_oracle_is_calibrated_at_snr_5(protocol):
+    """Its posterior standard deviations match its errors (how far estimators fall behind the oracle is
+    a benchmark figure: ``varmap bench msdki`` tabulates every method's RMSE as a ratio to the oracle's)."""
     data = _msdki_data(protocol, snr=5, n_voxels=300, seed=1)
     result = _oracle(data)
-    voxelwise = _log_linear_fit(data)
-    assert _rmse(result.params["K"], data.params["K"]) < 0.5 * _rmse(voxelwise["K"], data.params["K"])
     for name in ("D", "K"):
         mse = np.mean((result.params[name] - data.params[name]) ** 2)
         assert np.mean(result.std[name] ** 2) == pytest.approx(mse, rel=0.3)
@@ -107,12 +96,16 @@ def test_msdki_oracle_grid_is_converged(protocol):
         np.testing.assert_allclose(coarse.std[name], fine.std[name], rtol=0.01)
 
 
-def test_msdki_oracle_physical_prior_stays_in_support(protocol):
+def test_msdki_oracle_physical_prior_converges_at_its_boundary(protocol):
+    """Where the truncated prior's hard boundary (K >= 0, D·K·b_max < 3) cuts the posterior, the default
+    grid agrees with a twice finer one to the documented 0.3 posterior standard deviations."""
     prior = msdki_physical_prior()
     data = _msdki_data(protocol, snr=10, n_voxels=40, seed=4, prior=prior)
-    result = _oracle(data)
-    assert np.all(result.params["K"] >= 0) and np.all(result.params["D"] > 0)
+    result, fine = _oracle(data), _oracle(data, n_grid=81)
     assert _rmse(result.params["K"], data.params["K"]) < 0.1
+    for name in ("D", "K"):
+        assert np.all(np.abs(result.params[name] - fine.params[name]) < 0.3 * fine.std[name]), name
+        np.testing.assert_allclose(result.std[name], fine.std[name], rtol=0.1)
 
 
 def test_msdki_oracle_scale_invariance_and_per_voxel_S0(protocol):
