@@ -108,8 +108,11 @@ def test_fit_small_101d(fitted, small_101d, model, method):
             low, high = RANGES[name]
             assert np.all((inside > low) & (inside < high)), name
         elif name == "n_std":
-            # angular spread in degrees (90 at most): some in every fitted voxel, but a clear axis
-            assert np.all((inside > 0) & (inside < 45.0)), name
+            # angular spread in degrees (90 at most): some in every fitted voxel, and a clear axis where
+            # the stick holds a fair share of the signal (with little stick the direction is unknown)
+            sticks = np.asanyarray(nib.load(out / "f.nii.gz").dataobj)[mask] > 0.3
+            assert np.all(inside > 0) and sticks.any(), name
+            assert np.all(inside[sticks] < 45.0), name
         elif name.endswith("_std"):
             # some posterior spread in every fitted voxel, far narrower than the parameter's range
             low, high = RANGES[name[: -len("_std")]]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import gc
+import mmap
 import math
 import time
 
@@ -34,19 +36,29 @@ def test_measure_times_the_block_without_memory_by_default():
     assert math.isnan(cost.peak_rss_mb) and math.isnan(cost.peak_gpu_mb)
 
 
+def _touch_fresh_pages() -> None:
+    """Make ALLOCATION_MB of new pages resident for a moment, then release them.
+
+    An anonymous mapping is never served from memory the allocator already holds (a numpy array may be,
+    after earlier tests freed large blocks), so the resident size rises by the full amount.
+    """
+    block = mmap.mmap(-1, ALLOCATION_MB * 2**20)
+    np.frombuffer(block, dtype=np.uint8)[:] = 1  # touched pages: resident
+    time.sleep(0.05)  # a few samples of the polling thread
+    block.close()
+
+
 def test_memory_monitor_sees_an_allocation():
+    gc.collect()  # garbage of earlier tests freed inside the block would offset the allocation
     with MemoryMonitor() as monitor:
-        block = np.ones(ALLOCATION_MB * 2**20 // 8)  # touched pages: resident
-        time.sleep(0.05)  # a few samples of the polling thread
-        del block
+        _touch_fresh_pages()
     assert monitor.peak_rss_mb >= 0.8 * ALLOCATION_MB
 
 
 def test_measure_with_memory_fills_the_peak():
+    gc.collect()
     with measure(memory=True) as cost:
-        block = np.ones(ALLOCATION_MB * 2**20 // 8)
-        time.sleep(0.05)
-        del block
+        _touch_fresh_pages()
     assert cost.seconds > 0
     assert cost.peak_rss_mb >= 0.8 * ALLOCATION_MB
 

@@ -56,7 +56,14 @@ class PosteriorSamples:
 
     def weights(self, prior: nn.Module) -> torch.Tensor:
         """Self-normalised importance weights under ``prior``, shape (S, B), summing to 1 over S."""
-        return torch.softmax(self.log_likelihood + prior.log_density(self.z) - self.log_proposal, dim=0)
+        log_weights = self.log_likelihood + prior.log_density(self.z) - self.log_proposal
+        return torch.softmax(log_weights, dim=0)
+
+    def summary_weights(self, prior: nn.Module) -> torch.Tensor:
+        """:meth:`weights` normalised in float64, shape (S, B), for posterior means and spreads: a sample
+        some 100 nats behind the best keeps a tiny weight instead of the 0 of float32."""
+        log_weights = self.log_likelihood.double() + prior.log_density(self.z).double() - self.log_proposal.double()
+        return torch.softmax(log_weights, dim=0)
 
 
 def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

@@ -222,7 +222,7 @@ class VariationalEstimator(Estimator):
 
     def _summarise(self, samples: PosteriorSamples) -> Estimates:
         """Posterior means, standard deviations and component probabilities of weighted samples."""
-        weights = samples.weights(self.prior_).double()
+        weights = samples.summary_weights(self.prior_)
         packed, S0 = self.decoder_.parameters_of(self.latent_decoder_(samples.z))
         packed = packed.double()
         w = weights[..., None]
