@@ -27,7 +27,7 @@ def test_valid_voxels_rule_and_counts(model, signals):
     voxels = data.valid_voxels(signals, model.protocol.b0_mask)
     assert np.flatnonzero(~voxels.valid).tolist() == [3, 10, 11]
     assert (voxels.n_nonfinite, voxels.n_nonpositive_b0, voxels.n_excluded) == (1, 2, 3)
-    assert (voxels.S0_mean[~voxels.valid] == 0).all()
+    assert (voxels.b0_mean_raw[~voxels.valid] == 0).all()
 
 
 def test_chunked_preparation_matches_one_pass(model, signals, monkeypatch):

@@ -36,7 +36,7 @@ class ValidVoxels:
     ----------
     valid : ndarray of bool, shape (n_voxels,)
         Finite signals and a positive mean b=0 signal.
-    S0_mean : ndarray, shape (n_voxels,)
+    b0_mean_raw : ndarray, shape (n_voxels,)
         Mean b=0 signal (raw units, float64); 0 where not valid.
     n_nonfinite : int
         Voxels with a NaN or Inf value.
@@ -45,7 +45,7 @@ class ValidVoxels:
     """
 
     valid: np.ndarray
-    S0_mean: np.ndarray
+    b0_mean_raw: np.ndarray
     n_nonfinite: int
     n_nonpositive_b0: int
 
@@ -73,11 +73,11 @@ def valid_voxels(signals: np.ndarray, b0_mask: np.ndarray) -> ValidVoxels:
     finite = np.empty(len(signals), dtype=bool)
     for start in range(0, len(signals), _CHUNK):
         finite[start : start + _CHUNK] = np.isfinite(signals[start : start + _CHUNK]).all(axis=1)
-    S0_mean = np.where(finite, signals[:, b0_mask].mean(axis=1, dtype=np.float64), 0.0)
-    valid = finite & (S0_mean > 0)
+    b0_mean_raw = np.where(finite, signals[:, b0_mask].mean(axis=1, dtype=np.float64), 0.0)
+    valid = finite & (b0_mean_raw > 0)
     return ValidVoxels(
         valid=valid,
-        S0_mean=np.where(valid, S0_mean, 0.0),
+        b0_mean_raw=np.where(valid, b0_mean_raw, 0.0),
         n_nonfinite=int((~finite).sum()),
         n_nonpositive_b0=int((finite & ~valid).sum()),
     )
@@ -194,17 +194,17 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | None = None) -
         )
     if not np.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"sigma must be a positive noise standard deviation; got {sigma!r}.")
-    S0_mean = voxels.S0_mean[valid_index]
-    signal_scale = float(np.median(S0_mean))
+    b0_mean_raw = voxels.b0_mean_raw[valid_index]
+    signal_scale = float(np.median(b0_mean_raw))
     parts = []
     for start in range(0, valid_index.size, _CHUNK):
         index = valid_index[start : start + _CHUNK]
-        normalised = signals[index].astype(np.float32, copy=False) / voxels.S0_mean[index, None].astype(np.float32)
+        normalised = signals[index].astype(np.float32, copy=False) / voxels.b0_mean_raw[index, None].astype(np.float32)
         parts.append(model.observables(normalised).astype(np.float32, copy=False))
     return PreparedData(
         valid=voxels.valid,
         signal_scale=signal_scale,
-        b0_mean=S0_mean / signal_scale,
+        b0_mean=b0_mean_raw / signal_scale,
         observables=np.concatenate(parts),
         sigma=float(sigma),
         sigma_source=source,

@@ -85,7 +85,7 @@ def _log_linear_fit(design: torch.Tensor, observables: torch.Tensor, counts: tor
 def _init_msdki(model: SignalModel, observables: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Starting points of MS-DKI: a log-linear fit of the shell means plus a grid over (D, K).
 
-    ``log S̄(b) = a0 + a1 b + a2 b²`` gives ``D = -a1``, ``K = 6 a2 / D²`` and ``S0_scale = exp(a0)``.
+    ``log S̄(b) = a0 + a1 b + a2 b²`` gives ``D = -a1``, ``K = 6 a2 / D²`` and the S0 factor ``exp(a0)``.
     """
     D_param, K_param = model.parameters
     bvals = torch.tensor(model.protocol.shell_bvals, dtype=observables.dtype, device=observables.device)
@@ -106,8 +106,8 @@ def _init_ball_stick(model: SignalModel, observables: torch.Tensor, counts: torc
     """Starting point of ball-and-stick: a diffusion-tensor direction and a diffusivity grid.
 
     A log-linear diffusion-tensor fit gives the fibre direction ``n`` (principal eigenvector).  With
-    ``n`` and both diffusivities fixed the model is linear in ``S0_scale · f`` and
-    ``S0_scale · (1 - f)``, so for every ``(d_par, d_iso)`` of a grid the best fraction and S0 scale
+    ``n`` and both diffusivities fixed the model is linear in ``S0 · f`` and
+    ``S0 · (1 - f)``, so for every ``(d_par, d_iso)`` of a grid the best fraction and S0
     follow from a 2×2 weighted least-squares solve (variable projection).  The grid point of lowest
     objective, after clipping into the bounds, is returned as the one candidate.
     """
@@ -160,7 +160,7 @@ def _tensor_direction(model: SignalModel, observables: torch.Tensor, counts: tor
 
 #: Starting-point generators keyed by signal-model name.  Each takes the model, the observables
 #: (n_voxels, n_observables) and the counts (n_observables,), all float64 on one device, and returns
-#: candidates (n_voxels, n_candidates, n_packed + 1): packed parameters inside the bounds, then S0_scale.
+#: candidates (n_voxels, n_candidates, n_packed + 1): packed parameters inside the bounds, then S0 relative to the mean b=0 signal.
 INITIALISERS: dict[str, Callable[[SignalModel, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "msdki": _init_msdki,
     "ball_stick": _init_ball_stick,
@@ -193,7 +193,7 @@ class NLLSEstimator(Estimator):
     """Voxelwise nonlinear least squares, fitted by batched Levenberg–Marquardt.
 
     Minimises, in every voxel, the sum of squared differences between the measurements and the
-    model, ``Σ count · (observable - S0_scale · φ(θ))²`` in S0-normalised units: an observable that
+    model, ``Σ count · (observable - S0 · φ(θ))²`` (S0 relative to the voxel's mean b=0 signal) in S0-normalised units: an observable that
     averages ``count`` measurements with one prediction (a shell of MS-DKI) enters with weight
     ``count``, which equals the sum over the raw measurements up to a constant.
 
@@ -205,10 +205,10 @@ class NLLSEstimator(Estimator):
         Most Levenberg–Marquardt iterations (accepted or rejected steps) per voxel.
     tol : float
         A voxel has converged when an accepted step lowers its objective by less than this fraction.
-    chunk_size : int
+    chunk_size : int, optional
         Voxels fitted together.  Peak memory is about ``70 × chunk_size × n_observables × (n_packed + 1)``
-        bytes (forward-mode Jacobians in float64): some 8 GB for ball-and-stick on 288 measurements at
-        the default, about 40 MB for MS-DKI; lower it on small machines.
+        bytes (forward-mode Jacobians in float64).  Default: as many voxels as keep that near 1.5 GB
+        (between 1,000 and 50,000; :attr:`voxels_per_chunk`).
     sigma, likelihood, seed, device, progress
         As in :class:`~varmap.estimators.base.Estimator`.  ``likelihood`` is not used: the objective
         is ordinary least squares (Gaussian noise of equal variance), the classical voxelwise baseline,
@@ -227,7 +227,7 @@ class NLLSEstimator(Estimator):
     Notes
     -----
     Parameters are optimised in the unconstrained space of :meth:`SignalModel.constrain` plus one
-    component for the S0 scale, so estimates stay inside the physical bounds; the fibre direction is an
+    component for S0, so estimates stay inside the physical bounds; the fibre direction is an
     unconstrained 3-vector renormalised after every accepted step.  The damped normal equations are
     ``(JᵀJ + λ diag(JᵀJ)) δ = -Jᵀr`` (Marquardt scaling); λ shrinks tenfold after an accepted step and
     grows tenfold after a rejected one.

@@ -17,6 +17,7 @@ import torch
 from .. import __version__
 from ..estimators import ESTIMATORS, get_estimator
 from ..provenance import environment
+from ..random_streams import stream_seed
 from ..signal_models import SignalModel, get_signal_model
 from ..simulation import ClusterPrior, SimulatedData, get_prior, hcp_protocol, simulate
 from .accuracy import add_oracle_ratios, simulation_rows
@@ -94,7 +95,7 @@ def run_study(
     methods : sequence of str
         Registered estimators.
     seed : int
-        Seed of the protocol, the draws (``seed + index of the SNR``) and every estimator.
+        Seed of the protocol, the simulated draws (one named stream per SNR) and every estimator.
     output_dir : path, optional
         Folder for ``results.csv``, ``results.md``, ``study.json`` and one figure per SNR; written
         atomically (:func:`varmap.io.atomic_output_dir`).  ``None`` writes nothing.
@@ -181,10 +182,11 @@ def _check_request(model: str, snrs: Sequence[float], methods: Sequence[str], n_
 def _simulate_snrs(
     signal_model: SignalModel, prior: ClusterPrior, snrs: Sequence[float], *, n_voxels: int, seed: int
 ) -> dict[float, SimulatedData]:
-    """One simulated data set per SNR, the i-th drawn with seed ``seed + i``."""
+    """One simulated data set per SNR, each from its own named random stream of ``seed`` (so the data at
+    one SNR do not depend on which other SNRs are studied)."""
     return {
-        snr: simulate(signal_model, prior, n_voxels=n_voxels, snr=snr, seed=seed + index)
-        for index, snr in enumerate(snrs)
+        snr: simulate(signal_model, prior, n_voxels=n_voxels, snr=snr, seed=stream_seed(seed, f"data at SNR {snr:g}"))
+        for snr in snrs
     }
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ...estimators.likelihood import rician_log_pdf
 from ...protocol import Protocol
+from ...random_streams import numpy_stream, torch_stream
 from ...signal_models import BallStickModel
 from ...simulation import ClusterPrior
 from .common import DTYPE, OracleResult, check_inputs, check_prior, chunks
@@ -83,8 +84,8 @@ def ball_stick_oracle(
     check_prior(prior, model.parameter_names, True)
     signals, S0_v = check_inputs(signals, protocol, sigma, S0)
     start = perf_counter()
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
+    rng = numpy_stream(seed, "oracle starting points")
+    generator = torch_stream(seed, "oracle chains")
     dw = torch.as_tensor(~protocol.b0_mask)
     parts = []
     for chunk in chunks(signals.shape[0], chunk_size):
