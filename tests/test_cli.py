@@ -83,7 +83,7 @@ def test_fit_small_101d(fitted, small_101d, model, method):
     assert mask.any()
 
     expected = set(RANGES) & set(varmap.get_signal_model(model, varmap.Protocol.from_fsl(*small_101d[1:])).parameter_names)
-    expected |= {"S0", "rmse", "mask"} | ({"n"} if model == "ball_stick" else set())
+    expected |= {"S0", "rmse", "sigma", "mask"} | ({"n"} if model == "ball_stick" else set())
     if method in ("vae", "gmvae"):
         expected |= {f"{name}_std" for name in expected & set(RANGES)} | ({"n_std"} if model == "ball_stick" else set())
     if method == "gmvae":
@@ -152,6 +152,9 @@ def test_fit_small_101d(fitted, small_101d, model, method):
         assert mask.sum() == 200 and len(meta["inputs"]["mask"]["sha256"]) == 64
     assert meta["timings"]["total_s"] > 0 and meta["timings"]["fit_s"] > 0
     assert meta["config"]["sigma"] > 0 and "sigma_source" in meta["config"]
+    # small_101D has one b=0 volume: a pseudo-residual noise map, summarised in fit.json and written
+    assert meta["noise"]["method"] == "pseudo_residual_local" and meta["noise"]["parameters"] == {"radius": 2}
+    assert 0 < meta["noise"]["p5"] <= meta["noise"]["median"] <= meta["noise"]["p95"]
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -212,11 +215,13 @@ def scan(tmp_path, clinical_protocol):
     return files
 
 
-def fit_args(scan, out, *extra, dwi=None, bvals=None, bvecs=None, mask=None):
+def fit_args(scan, out, *extra, dwi=None, bvals=None, bvecs=None, mask=None, noise_map=None):
     args = ["fit", dwi or scan["dwi"], "--bvals", bvals or scan["bvals"], "--bvecs", bvecs or scan["bvecs"],
             "--model", "msdki", "--method", "nlls", "-o", out, "--quiet"]
     if mask is not None:
         args += ["--mask", mask]
+    if noise_map is not None:
+        args += ["--noise-map", noise_map, "--mask", scan["mask"]]
     return args + list(extra)
 
 
@@ -242,7 +247,8 @@ def test_synthetic_scan_fits(scan, tmp_path, capsys):
     assert (out / "fit.json").exists() and (out / "D.nii.gz").exists()
     meta = json.loads((out / "fit.json").read_text())
     assert meta["mask_computed"] is False and "mask" in meta["inputs"]
-    assert meta["config"]["sigma_source"].startswith("estimated by the estimator")
+    assert meta["config"]["sigma_source"] == "noise map estimated from the image (b0_local_pooling)"
+    assert nib.load(out / "sigma.nii.gz").get_fdata().min() > 0  # the mask is the whole image
 
 
 def test_summary_line(scan, tmp_path, capsys):
@@ -272,11 +278,36 @@ BAD_INPUTS = {
                     ["two.bvec", "2x{n}", "3 rows"]),
     "b-value units": (lambda s, t: {"bvals": write_table(t / "odd.bval", s["table"][0][None] * 0.035)},
                       ["odd.bval", "unit of the b-values"]),
+    "b-values in s/m2": (lambda s, t: {"bvals": write_table(t / "si.bval", s["table"][0][None] * 1e6)},
+                         ["si.bval", "should be in s/mm²", "look like s/m²", "divide them by 10⁶"]),
+    "b-values in ms/um2": (lambda s, t: {"bvals": write_table(t / "ms.bval", s["table"][0][None] / 1000)},
+                           ["ms.bval", "should be in s/mm²", "look like ms/µm²", "multiply them by 1000"]),
+    "truncated DWI": (lambda s, t: {"dwi": _damaged(s["dwi"], t / "cut.nii.gz", cut=True)},
+                      ["DWI image", "cut.nii.gz", "cannot be read", "truncated or corrupt"]),
+    "corrupt DWI": (lambda s, t: {"dwi": _damaged(s["dwi"], t / "bad.nii.gz", cut=False)},
+                    ["DWI image", "bad.nii.gz", "cannot be read", "truncated or corrupt"]),
+    "missing noise map": (lambda s, t: {"noise_map": t / "nope_sigma.nii.gz"}, ["noise map", "does not exist"]),
+    "noise map shape": (lambda s, t: {"noise_map": write_nifti(t / "n.nii.gz", np.ones((5, 4, 4)))},
+                        ["noise map", "n.nii.gz", "(5, 4, 4)", "(5, 4, 3)"]),
+    "noise map not positive": (lambda s, t: {"noise_map": write_nifti(t / "n0.nii.gz", np.zeros(SHAPE))},
+                               ["noise map", "n0.nii.gz", "60 <= 0 of 60", "--noise-map"]),
     "no b=0": (lambda s, t: _without_b0(*s["table"], t), ["needs at least one b=0", "smallest b-value 500"]),
     "mask shape": (lambda s, t: {"mask": write_nifti(t / "m.nii.gz", np.ones((5, 4, 4)))},
                    ["m.nii.gz", "(5, 4, 4)", "(5, 4, 3)"]),
     "empty mask": (lambda s, t: {"mask": write_nifti(t / "m0.nii.gz", np.zeros(SHAPE))}, ["selects no voxel"]),
 }
+
+
+def _damaged(source, path, *, cut):
+    """A copy of the image ``source`` cut in half (``cut``) or with bytes overwritten in the middle."""
+    raw = bytearray(source.read_bytes())
+    middle = len(raw) // 2
+    if cut:
+        raw = raw[:middle]
+    else:
+        raw[middle : middle + 32] = b"x" * 32
+    path.write_bytes(bytes(raw))
+    return path
 
 
 def _text(path):
@@ -465,7 +496,14 @@ def test_bench_and_demo_call_the_study(monkeypatch, tmp_path, capsys):
         "model": "msdki", "snrs": [5.0, 10.0, 20.0, 50.0], "n_voxels": 10000,
         "methods": ["nlls", "selfsup", "vae", "gmvae"], "seed": 0, "output_dir": Path("bench_output/msdki"),
         "n_oracle": 2000, "force": False, "progress": False, "n_jobs": min(4, os.cpu_count() or 1),
+        "noise_variation": 1.0, "S0_range": None, "sigma_known": False,
     }
+    calls.clear()
+    assert cli.main(["bench", "msdki", "--quiet", "--noise-variation", "4", "--s0-range", "600", "1400",
+                     "--sigma-known"]) == 0
+    variant = calls["bench"]
+    assert variant["noise_variation"] == 4.0 and tuple(variant["S0_range"]) == (600.0, 1400.0)
+    assert variant["sigma_known"] is True
     calls.clear()
     assert cli.main(["bench", "ball_stick", "--snrs", "10", "30", "--n-voxels", "500", "--methods", "nlls",
                      "--seed", "4", "--n-oracle", "0", "-o", str(tmp_path / "b"), "--force", "--jobs", "1"]) == 0

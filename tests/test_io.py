@@ -132,6 +132,71 @@ def test_open_dwi_errors(tmp_path, dwi_data):
         io.open_dwi(other)
 
 
+def damaged(path, how):
+    """Write a damaged copy of the image file ``path``: cut in half, or with bytes overwritten mid-file."""
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    if how == "truncated":
+        raw = raw[:middle]
+    else:
+        raw[middle : middle + 64] = b"x" * 64
+    copy = path.with_name(f"{how}_{path.name}")
+    copy.write_bytes(bytes(raw))
+    return copy
+
+
+@pytest.mark.parametrize(("suffix", "how"), [(".nii.gz", "truncated"), (".nii.gz", "corrupt"), (".nii", "truncated")])
+def test_damaged_image_is_refused_when_opened(tmp_path, dwi_data, suffix, how):
+    bad = damaged(write_image(tmp_path / f"dwi{suffix}", dwi_data), how)
+    with pytest.raises(InputError, match=f"DWI image {bad} cannot be read: its voxel data are truncated or corrupt"):
+        io.open_dwi(bad)
+    bad_mask = damaged(write_image(tmp_path / f"mask{suffix}", dwi_data[..., 0]), how)
+    with pytest.raises(InputError, match=f"mask {bad_mask} cannot be read"):
+        io.load_mask(bad_mask, dwi_data.shape[:3])
+
+
+def test_read_errors_after_opening_name_the_file(tmp_path, dwi_data, monkeypatch):
+    dwi = io.open_dwi(write_image(tmp_path / "dwi.nii.gz", dwi_data))
+
+    class Broken:
+        def __getitem__(self, key):
+            raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+    monkeypatch.setattr(dwi, "image", type("Image", (), {"dataobj": Broken()})())
+    with pytest.raises(InputError, match="dwi.nii.gz cannot be read.*end-of-stream"):
+        dwi.extract(np.ones(dwi.spatial_shape, bool))
+
+
+def test_load_noise_map(tmp_path):
+    mask = np.zeros((5, 6, 4), bool)
+    mask[1:4, 1:4, 1:3] = True
+    sigma = np.where(mask, 20.0, 0.0)
+    path = write_image(tmp_path / "noise.nii.gz", sigma.astype(np.float32))
+    np.testing.assert_array_equal(io.load_noise_map(path, (5, 6, 4), mask), sigma)
+    np.testing.assert_array_equal(io.load_noise_map(write_image(tmp_path / "n4.nii.gz", sigma[..., None]),
+                                                    (5, 6, 4), mask), sigma)
+    with pytest.raises(FileNotFoundError, match="noise map .*nope.nii.gz does not exist"):
+        io.load_noise_map(tmp_path / "nope.nii.gz", (5, 6, 4), mask)
+    with pytest.raises(InputError, match=r"noise map .* has shape \(5, 6, 4\) but the DWI volumes have \(5, 6, 5\)"):
+        io.load_noise_map(path, (5, 6, 5), np.ones((5, 6, 5), bool))
+    holes = sigma.copy()
+    holes[1, 1, 1], holes[2, 2, 1], holes[3, 3, 2] = np.nan, 0.0, -1.0
+    with pytest.raises(InputError, match=r"noise map .* \(1 NaN/Inf, 2 <= 0 of 18\).*leave out --noise-map"):
+        io.load_noise_map(write_image(tmp_path / "holes.nii.gz", holes.astype(np.float32)), (5, 6, 4), mask)
+
+
+@pytest.mark.parametrize(("scale", "unit", "fix"), [(1e6, "s/m²", "divide them by 10⁶"),
+                                                    (1e-3, "ms/µm²", "multiply them by 1000")])
+def test_load_protocol_refuses_bvalues_in_another_unit(tmp_path, table, scale, unit, fix):
+    bval, bvec = write_fsl(tmp_path, table[0] * scale, table[1])
+    with pytest.raises(ProtocolError, match=f"should be in s/mm².*look like {unit}.*{fix}") as info:
+        io.load_protocol(bval, bvec)
+    assert str(bval) in str(info.value)
+    # the unit said explicitly is taken
+    assert io.load_protocol(bval, bvec, units="s/m2" if scale > 1 else "ms/um2") == io.load_protocol(
+        *write_fsl(tmp_path, table[0], table[1], name="ok"))
+
+
 # ---------------------------------------------------------------------------------------------- protocol
 def test_load_protocol(tmp_path, table, clinical_protocol):
     bval, bvec = write_fsl(tmp_path, *table)

@@ -72,6 +72,21 @@ def test_ambiguous_maximum_is_refused_asking_for_units(b_max):
     assert f"{b_max:g}" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("b_max", "hint"),
+    [(3.0, "look like ms/µm².*multiply them by 1000"), (3e9, "look like s/m².*divide them by 10⁶"),
+     (60.0, "check the bvals file"), (2e5, "check the bvals file")],
+)
+def test_implausible_bvalues_in_s_per_mm2_are_refused_naming_the_unit(b_max, hint):
+    bvals = np.array([0.0, b_max / 2, b_max, b_max])
+    bvecs = np.concatenate([np.zeros((1, 3)), fibonacci_sphere(3)])
+    largest = re.escape(f"{b_max:g}")
+    with pytest.raises(ProtocolError, match=f"should be in s/mm².*largest is {largest}.*100-50000 s/mm².*{hint}"):
+        Protocol.from_bvals_bvecs(bvals, bvecs, units="s/mm2")
+    Protocol.from_bvals_bvecs(bvals * 1000 / b_max, bvecs, units="s/mm2")  # b_max 1000 s/mm² is fine
+    Protocol.from_bvals_bvecs(np.zeros(3), np.zeros((3, 3)), units="s/mm2")  # b=0 only: no unit to check
+
+
 def test_all_zero_bvals_need_no_unit():
     p = Protocol.from_bvals_bvecs(np.zeros(3), np.zeros((3, 3)))
     assert p.n_b0 == 3

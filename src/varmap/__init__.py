@@ -31,7 +31,7 @@ _PUBLIC: dict[str, str] = {
 #: Subpackages and modules reachable as attributes (``varmap.io``) after a bare ``import varmap``.
 _SUBMODULES = frozenset({
     "cli", "devices", "estimators", "evaluation", "io", "phantom", "pipeline", "plots", "protocol", "provenance",
-    "results", "signal_models", "simulation",
+    "results", "signal_models", "simulation", "cohort", "random_streams",
 })
 
 __all__ = ["__version__", *_PUBLIC]

@@ -10,8 +10,13 @@ Subcommands
 ``varmap bench MODEL``
     Simulation study: every method against the truth and the Bayes oracle (MODEL msdki or
     ball_stick), or ``varmap bench phantom``: every method on the brain phantom, per tissue.
-``varmap phantom -o DIR``
-    Write a digital brain phantom (DWI, bvals/bvecs, mask, ground truth).
+``varmap phantom -o DIR`` or ``varmap phantom --bids DIR --subjects N``
+    Write a digital brain phantom (DWI, bvals/bvecs, mask, ground truth), or a BIDS dataset of N
+    phantom subjects with their ground truth as derivatives.
+``varmap bids BIDS_DIR OUTPUT_DIR participant|group``
+    A BIDS App: every subject/session mapped on Dask into BIDS-Derivatives (``participant``), or one
+    population model trained on all of them (``group``).  The exit status of ``participant`` is the
+    number of scans that failed (at most 100).
 ``varmap demo``
     A small simulation study with its figures.
 
@@ -133,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("checkpoint", metavar="CHECKPOINT", help="model.pt written by varmap fit")
     apply.add_argument("dwi", metavar="DWI", help="4-D NIfTI image (.nii or .nii.gz)")
     _add_scan_arguments(apply)
+    apply.add_argument("--sigma", type=float, default=None, metavar="X",
+                       help="noise standard deviation of the new scan in raw signal units, one number (default: a "
+                       "noise map estimated from the scan as the fit did)")
     apply.set_defaults(handler=_cmd_apply)
 
     # ---- bench
@@ -154,15 +162,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-o", "--output", dest="output_dir", type=Path, default=None,
                        help="output folder (default bench_output/MODEL)")
     bench.add_argument("--force", action="store_true", help="replace an existing output folder")
+    bench.add_argument("--noise-variation", type=float, default=1.0, metavar="R",
+                       help="voxel study: noise level differing between voxels by a factor up to R "
+                       "(log-uniform on [1, R]; default 1: one noise level)")
+    bench.add_argument("--s0-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                       help="voxel study (msdki): S0 uniform on [LOW, HIGH] between voxels, which the oracle "
+                       "marginalises (default: the same S0 everywhere)")
+    bench.add_argument("--sigma-known", action="store_true",
+                       help="voxel study: give every method each voxel's true noise level, as the oracle has it")
     _add_jobs_argument(bench, "voxel study: ")
     _add_phantom_arguments(bench, "phantom study: ")
     bench.add_argument("--n-epochs", type=int, default=None, help="phantom study: training epochs of the network methods")
     bench.add_argument("--no-dipy", action="store_true", help="phantom study: skip dipy's MS-DKI fit")
     bench.set_defaults(handler=_cmd_bench)
 
+    # ---- bids
+    _add_bids_parser(commands, common)
+
     # ---- phantom
     phantom = commands.add_parser("phantom", parents=[common], help="write a digital brain phantom with ground truth")
-    phantom.add_argument("-o", "--output", dest="output_dir", type=Path, required=True, help="output folder")
+    where = phantom.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--output", dest="output_dir", type=Path, help="output folder")
+    where.add_argument("--bids", type=Path, metavar="DIR",
+                       help="write a BIDS dataset of --subjects phantom subjects (own seed, field of view and noise "
+                       "level each), ground truth in DIR/derivatives/truth")
+    phantom.add_argument("--subjects", type=int, default=3, metavar="N", help="subjects of --bids (default 3)")
     phantom.add_argument("--force", action="store_true", help="replace an existing output folder")
     phantom.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     _add_phantom_arguments(phantom, "")
@@ -178,6 +202,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_bids_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    bids = commands.add_parser(
+        "bids", parents=[common], help="BIDS App: map a cohort into BIDS-Derivatives, on Dask",
+        description="Find every subject's (and session's) DWI with its bval/bvec and mask through pybids, check "
+        "them all, then either map each one as a Dask task into BIDS-Derivatives (participant; finished "
+        "subjects are skipped, failures counted in the exit status) or train one population model on all of "
+        "them into OUTPUT_DIR/group (group).",
+    )
+    bids.add_argument("bids_dir", metavar="BIDS_DIR", type=Path, help="root of the BIDS dataset")
+    bids.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path, help="root of the derivatives")
+    bids.add_argument("analysis_level", metavar="LEVEL", choices=["participant", "group"],
+                      help="participant: map every subject; group: train one population model")
+    bids.add_argument("--model", choices=["msdki", "ball_stick"], default=None,
+                      help="signal model (participant with --population-model: the model's own)")
+    bids.add_argument("--method", choices=list(OPTIONS), default=None,
+                      help="estimator (group: default gmvae; participant: required without --population-model)")
+    bids.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
+                      help="subjects to process, with or without sub- (default all)")
+    bids.add_argument("--session-label", nargs="+", default=None, metavar="LABEL",
+                      help="sessions to process, with or without ses- (default all)")
+    bids.add_argument("--bids-filter", nargs="+", default=[], metavar="ENTITY=VALUE",
+                      help="pybids entities the DWI must have, e.g. space=T1w desc=preproc")
+    where = bids.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="workers of a local Dask cluster (default: CPU cores, at most 4)")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="address (tcp://host:8786) or scheduler file of a running Dask scheduler")
+    bids.add_argument("--population-model", type=Path, default=None, metavar="FILE",
+                      help="participant: map every subject with this model.pt (no training)")
+    bids.add_argument("--nproc", type=int, default=1, metavar="N",
+                      help="group: torch.distributed training processes (default 1)")
+    bids.add_argument("--voxels-per-subject", type=int, default=20_000, metavar="N",
+                      help="group: voxels drawn from each subject (default 20000)")
+    bids.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    bids.add_argument("--device", default="auto", choices=list(DEVICES),
+                      help="auto: the GPU when one is present (default auto)")
+    bids.add_argument("--force", action="store_true", help="redo subjects (or the group model) already done")
+    bids.add_argument("--no-figure", dest="figure", action="store_false", help="no overview figure per subject")
+    options = bids.add_argument_group("method options (as varmap fit)")
+    for option, methods in method_flags().values():
+        _add_method_option(options, option, methods)
+    bids.set_defaults(handler=_cmd_bids)
+
+
 def _add_jobs_argument(parser: argparse.ArgumentParser, prefix: str) -> None:
     default = min(4, os.cpu_count() or 1)
     parser.add_argument("--jobs", type=int, default=default,
@@ -191,6 +259,9 @@ def _add_phantom_arguments(parser: argparse.ArgumentParser, prefix: str) -> None
     parser.add_argument("--snr", type=float, default=10.0, help=f"{prefix}b=0 SNR of white matter (default 10)")
     parser.add_argument("--crop", type=int, nargs=3, metavar=("NX", "NY", "NZ"), default=None,
                         help=f"{prefix}keep a centred box of this many voxels")
+    parser.add_argument("--noise-field", action="store_true",
+                        help=f"{prefix}noise level varying smoothly over the head (factor 1 to 3, like a coil "
+                        "sensitivity / g-factor profile; default: one noise level)")
 
 
 def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -198,6 +269,10 @@ def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bvecs", required=True, type=Path, metavar="FILE", help="FSL bvecs file (3 rows)")
     parser.add_argument("--mask", type=Path, default=None, metavar="MASK",
                         help="brain mask in the DWI's grid (default: computed with median_otsu and saved)")
+    parser.add_argument("--noise-map", type=Path, default=None, metavar="FILE",
+                        help="noise standard deviation per voxel in raw signal units, in the DWI's grid (e.g. "
+                        "MRtrix dwidenoise -noise); default: estimated from the scan (b=0 repeats, or "
+                        "pseudo-residuals with one b=0) and saved as sigma.nii.gz")
     parser.add_argument("-o", "--output", dest="output_dir", required=True, type=Path, metavar="OUTDIR",
                         help="output folder (written atomically; refused if it exists, unless --force)")
     parser.add_argument("--device", default="auto", choices=list(DEVICES),
@@ -212,8 +287,8 @@ def _cmd_fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     options = {name: getattr(args, name) for name in method_flags() if hasattr(args, name)}
     fit_image(
-        args.dwi, args.bvals, args.bvecs, mask=args.mask, model=args.model, method=args.method,
-        output_dir=args.output_dir, seed=args.seed, device=args.device, force=args.force,
+        args.dwi, args.bvals, args.bvecs, mask=args.mask, noise_map=args.noise_map, model=args.model,
+        method=args.method, output_dir=args.output_dir, seed=args.seed, device=args.device, force=args.force,
         progress=not args.quiet, figure=args.figure, command=command_line(argv), **options,
     )
     return 0
@@ -223,7 +298,8 @@ def _cmd_apply(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .pipeline import apply_checkpoint
 
     apply_checkpoint(
-        args.checkpoint, args.dwi, args.bvals, args.bvecs, mask=args.mask, output_dir=args.output_dir,
+        args.checkpoint, args.dwi, args.bvals, args.bvecs, mask=args.mask, noise_map=args.noise_map,
+        sigma=args.sigma, output_dir=args.output_dir,
         device=args.device, force=args.force, progress=not args.quiet, figure=args.figure,
         command=command_line(argv),
     )
@@ -241,9 +317,11 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         model=args.model, snrs=[float(s) for s in args.snrs], n_voxels=int(args.n_voxels),
         methods=list(args.methods), seed=int(args.seed), output_dir=Path(output_dir),
         n_oracle=int(args.n_oracle), force=bool(args.force), progress=not args.quiet and args.jobs == 1,
-        n_jobs=int(args.jobs), **extra,
+        n_jobs=int(args.jobs), noise_variation=float(args.noise_variation),
+        S0_range=None if args.s0_range is None else tuple(args.s0_range), sigma_known=bool(args.sigma_known), **extra,
     )
-    print(format_markdown(result.rows))
+    title = f"{args.model} simulation study: {result.variant}" if result.variant else None
+    print(format_markdown(result.rows, title=title))
     logger.info("study written to %s", output_dir)
     return 0
 
@@ -259,22 +337,64 @@ def _bench_phantom(args: argparse.Namespace) -> int:
         model=args.phantom_model, voxel_size=args.voxel_size, snr=args.snr, methods=list(args.methods),
         seed=int(args.seed), crop=args.crop, output_dir=Path(output_dir), force=bool(args.force),
         progress=not args.quiet, include_dipy=not args.no_dipy, method_options=options,
+        noise_field=bool(args.noise_field),
     )
     print(format_phantom_markdown(result))
     logger.info("phantom study written to %s", output_dir)
     return 0
 
 
+def _cmd_bids(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .cohort.app import run_group_level, run_participant_level
+    from .cohort.discovery import parse_filters
+
+    options = {name: getattr(args, name) for name in method_flags() if hasattr(args, name)}
+    selection = {"participant_labels": args.participant_label, "session_labels": args.session_label,
+                 "bids_filters": parse_filters(args.bids_filter)}
+    if args.analysis_level == "group":
+        if args.model is None:
+            raise ValueError("the group level needs --model (msdki or ball_stick).")
+        path = run_group_level(
+            args.bids_dir, args.output_dir, model=args.model, method=args.method or "gmvae", n_proc=args.nproc,
+            seed=args.seed, voxels_per_subject=args.voxels_per_subject, device=args.device,
+            progress=not args.quiet, force=args.force, **selection, **options,
+        )
+        logger.info("population model written to %s; map the subjects with: varmap bids %s %s participant "
+                    "--population-model %s", path, args.bids_dir, args.output_dir, path)
+        return 0
+    report = run_participant_level(
+        args.bids_dir, args.output_dir, model=args.model, method=args.method, population_model=args.population_model,
+        workers=args.workers, scheduler=args.scheduler, seed=args.seed,
+        device=args.device, force=args.force, figure=args.figure, command=command_line(argv), **selection, **options,
+    )
+    if report.failed:
+        print(f"varmap: {len(report.failed)} scan(s) failed: {', '.join(report.failed)}", file=sys.stderr)
+    return report.exit_status
+
+
 def _cmd_phantom(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .phantom import make_phantom, write_phantom
 
+    if args.bids is not None:
+        return _phantom_cohort(args)
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not args.force:
         raise FileExistsError(f"{output_dir} exists; choose another folder or pass --force to replace it.")
     phantom = make_phantom(model=args.phantom_model, voxel_size=args.voxel_size, snr=args.snr,
-                           seed=args.seed, crop=args.crop)
+                           seed=args.seed, crop=args.crop, noise_field=bool(args.noise_field))
     write_phantom(phantom, output_dir, force=bool(args.force))
     logger.info("phantom (%s) written to %s", " x ".join(map(str, phantom.dwi.shape)), output_dir)
+    return 0
+
+
+def _phantom_cohort(args: argparse.Namespace) -> int:
+    from .phantom.cohort import write_phantom_cohort
+
+    write_phantom_cohort(args.bids, n_subjects=args.subjects, model=args.phantom_model, voxel_size=args.voxel_size,
+                         snr=args.snr, seed=args.seed, crop=args.crop, noise_field=bool(args.noise_field),
+                         force=bool(args.force))
+    logger.info("phantom cohort of %d subjects written to %s (ground truth in %s/derivatives/truth)", args.subjects,
+                args.bids, args.bids)
     return 0
 
 

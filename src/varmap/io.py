@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ __all__ = [
     "load_dwi",
     "load_protocol",
     "load_mask",
+    "load_noise_map",
     "compute_mask",
     "extract_voxels",
     "to_image_space",
@@ -99,6 +101,23 @@ def _load_nifti(path: Path, what: str) -> Any:
         raise InputError(f"{what} {path} cannot be read as NIfTI ({message}); check the file.") from None
 
 
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn the errors of reading an image's voxel data into an :class:`InputError` naming the file.
+
+    nibabel reads the header when it opens a file and the voxels only when asked, so a truncated or
+    corrupt ``.nii.gz`` (EOFError, a CRC or zlib error) or a short ``.nii`` fails here.
+    """
+    try:
+        yield
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise InputError(
+            f"{what} {path} cannot be read: its voxel data are truncated or corrupt ({message}); copy or "
+            f"export the file again."
+        ) from None
+
+
 # ---------------------------------------------------------------------------------------------- DWI
 @dataclass
 class DWIImage:
@@ -137,8 +156,15 @@ class DWIImage:
         return tuple(float(z) for z in self.header.get_zooms()[:3])
 
     def volumes(self, start: int, stop: int) -> np.ndarray:
-        """Volumes ``start:stop`` as float32, shape (X, Y, Z, stop - start)."""
-        return np.asarray(self.image.dataobj[..., start:stop], dtype=np.float32)
+        """Volumes ``start:stop`` as float32, shape (X, Y, Z, stop - start).
+
+        Raises
+        ------
+        InputError
+            If the file's voxel data cannot be read (truncated or corrupt), naming the file.
+        """
+        with _reading(self.path, "DWI image"):
+            return np.asarray(self.image.dataobj[..., start:stop], dtype=np.float32)
 
     def mean_volume(self, indices: np.ndarray) -> np.ndarray:
         """Mean of the volumes ``indices`` (3-D float32); non-finite values count as 0."""
@@ -173,14 +199,18 @@ class DWIImage:
 
 
 def open_dwi(path: str | PathLike) -> DWIImage:
-    """Open a 4-D diffusion-weighted NIfTI image without reading its voxels.
+    """Open a 4-D diffusion-weighted NIfTI image, holding none of its voxels.
+
+    The last volume is read once and dropped, so that a truncated or corrupt file is refused now,
+    before any heavy work (a ``.nii.gz`` is decompressed to its end, an uncompressed ``.nii`` only
+    checked for its length).
 
     Raises
     ------
     FileNotFoundError
         If the file does not exist.
     InputError
-        If it is not a readable NIfTI image, or not 4-D.
+        If it is not a readable NIfTI image, not 4-D, or its voxel data are truncated or corrupt.
     """
     path = check_input_file(path, "DWI image")
     image = _load_nifti(path, "DWI image")
@@ -192,7 +222,9 @@ def open_dwi(path: str | PathLike) -> DWIImage:
         )
     if shape[3] < 2:
         raise InputError(f"DWI image {path} has only {shape[3]} volume; a diffusion series needs several.")
-    return DWIImage(path=path, image=image, shape=shape, affine=np.asarray(image.affine), header=image.header)
+    dwi = DWIImage(path=path, image=image, shape=shape, affine=np.asarray(image.affine), header=image.header)
+    dwi.volumes(shape[3] - 1, shape[3])
+    return dwi
 
 
 def load_dwi(path: str | PathLike) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -208,8 +240,7 @@ def load_dwi(path: str | PathLike) -> tuple[np.ndarray, np.ndarray, Any]:
     header : nibabel header
     """
     dwi = open_dwi(path)
-    data = np.asanyarray(dwi.image.dataobj, dtype=np.float32)
-    return data, dwi.affine, dwi.header
+    return dwi.volumes(0, dwi.n_volumes), dwi.affine, dwi.header
 
 
 # ---------------------------------------------------------------------------------------------- protocol
@@ -221,7 +252,7 @@ def _read_table(path: Path, what: str) -> np.ndarray:
 
 
 def load_protocol(
-    bvals: str | PathLike, bvecs: str | PathLike, *, n_volumes: int | None = None, **kwargs
+    bvals: str | PathLike, bvecs: str | PathLike, *, n_volumes: int | None = None, units: str = "s/mm2", **kwargs
 ) -> Protocol:
     """Read FSL ``bvals``/``bvecs`` files and check them against the number of image volumes.
 
@@ -231,8 +262,11 @@ def load_protocol(
         FSL text files: one row of b-values (s/mm²), three rows of unit directions.
     n_volumes : int, optional
         Number of volumes of the image they belong to.
+    units : {"s/mm2", "auto", "ms/um2", "s/m2"}
+        Unit of the b-values.  FSL files hold s/mm², so b-values implausible in s/mm² (given in ms/µm²
+        or s/m²) are refused with the fix (:meth:`Protocol.from_bvals_bvecs`).
     **kwargs
-        Passed to :meth:`Protocol.from_bvals_bvecs` (``units``, ``b0_threshold``...).
+        Passed to :meth:`Protocol.from_bvals_bvecs` (``b0_threshold``...).
 
     Returns
     -------
@@ -268,7 +302,7 @@ def load_protocol(
             f"{n_bvals} values (FSL format), one direction per b-value of {bvals}."
         )
     try:
-        return Protocol.from_bvals_bvecs(values, vectors, **kwargs)
+        return Protocol.from_bvals_bvecs(values, vectors, units=units, **kwargs)
     except ProtocolError as err:
         message = str(err).replace("\n", " ")
         raise ProtocolError(f"{bvals} / {bvecs}: {message}") from None
@@ -286,23 +320,77 @@ def load_mask(path: str | PathLike, spatial_shape: tuple[int, ...], *, affine: n
     FileNotFoundError, InputError
     """
     path = check_input_file(path, "mask")
-    image = _load_nifti(path, "mask")
+    data = _load_volume(path, "mask", spatial_shape, affine, "or leave out --mask to compute one")
+    mask = np.nan_to_num(data.astype(np.float32, copy=False), nan=0.0) > 0
+    if not mask.any():
+        raise InputError(f"mask {path} selects no voxel (no value > 0); give a mask that covers the brain.")
+    return mask
+
+
+def load_noise_map(
+    path: str | PathLike, spatial_shape: tuple[int, ...], mask: np.ndarray, *, affine: np.ndarray | None = None
+) -> np.ndarray:
+    """Read a noise map (σ per voxel, raw signal units) and check it against the image and the mask.
+
+    A 4-D map with one volume is accepted (MRtrix ``dwidenoise -noise`` and dipy write 3-D ones).
+
+    Parameters
+    ----------
+    path : path
+        NIfTI image in the DWI's voxel grid.
+    spatial_shape : tuple of int
+        The DWI's (X, Y, Z).
+    mask : ndarray of bool, shape (X, Y, Z)
+        The voxels to be mapped: the map must be finite and positive in each.
+    affine : ndarray, shape (4, 4), optional
+        The DWI's; a map with another one is applied voxel by voxel, with a warning.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z), float64
+
+    Raises
+    ------
+    FileNotFoundError, InputError
+        Naming the file, what is wrong (shape, how many mask voxels are not finite or not positive) and
+        the fix.
+    """
+    path = check_input_file(path, "noise map")
+    values = _load_volume(path, "noise map", spatial_shape, affine, "or leave out --noise-map to estimate one")
+    values = values.astype(np.float64)
+    inside = values[np.asarray(mask, dtype=bool)]
+    n_nonfinite = int((~np.isfinite(inside)).sum())
+    n_nonpositive = int((np.isfinite(inside) & (inside <= 0)).sum())
+    if n_nonfinite or n_nonpositive:
+        raise InputError(
+            f"noise map {path} is not a positive noise level in every mask voxel ({n_nonfinite} NaN/Inf, "
+            f"{n_nonpositive} <= 0 of {inside.size}); give a map of the noise standard deviation in signal "
+            f"units that covers the mask, or leave out --noise-map to estimate one."
+        )
+    return values
+
+
+def _load_volume(
+    path: Path, what: str, spatial_shape: tuple[int, ...], affine: np.ndarray | None, alternative: str
+) -> np.ndarray:
+    """The data of a 3-D image (or 4-D with one volume) in the DWI's grid, in its stored type.
+
+    ``alternative`` completes the fix of a shape error ("or leave out --mask to compute one").
+    """
+    image = _load_nifti(path, what)
     shape = tuple(int(n) for n in image.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if shape != tuple(spatial_shape):
         raise InputError(
-            f"mask {path} has shape {shape} but the DWI volumes have {tuple(spatial_shape)}; give a mask "
-            f"in the same voxel grid as the DWI (or leave out --mask to compute one)."
+            f"{what} {path} has shape {shape} but the DWI volumes have {tuple(spatial_shape)}; give a {what} "
+            f"in the same voxel grid as the DWI ({alternative})."
         )
     if affine is not None and not np.allclose(image.affine, affine, atol=1e-3):
-        logger.warning("mask %s has another affine than the DWI; it is applied voxel by voxel, check that "
-                       "it belongs to this scan", path)
-    data = np.asanyarray(image.dataobj).reshape(shape)
-    mask = np.nan_to_num(data.astype(np.float32, copy=False), nan=0.0) > 0
-    if not mask.any():
-        raise InputError(f"mask {path} selects no voxel (no value > 0); give a mask that covers the brain.")
-    return mask
+        logger.warning("%s %s has another affine than the DWI; it is applied voxel by voxel, check that "
+                       "it belongs to this scan", what, path)
+    with _reading(path, what):
+        return np.asanyarray(image.dataobj).reshape(shape)
 
 
 def compute_mask(

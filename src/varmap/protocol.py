@@ -17,8 +17,8 @@ __all__ = ["Protocol", "ProtocolError", "BVALUE_UNITS"]
 #: Factors converting each accepted b-value unit to ms/µm².
 BVALUE_UNITS: dict[str, float] = {"s/mm2": 1e-3, "ms/um2": 1.0, "s/m2": 1e-9}
 
-# Largest b-value (in each unit) that ``units="auto"`` accepts as that unit.  Ranges do not overlap:
-# a maximum between them is ambiguous and refused.
+# Largest b-value (in each unit) that ``units="auto"`` accepts as that unit, and that ``units="s/mm2"``
+# requires.  Ranges do not overlap: a maximum between them is ambiguous and refused.
 _AUTO_UNIT_RANGES: dict[str, tuple[float, float]] = {
     "ms/um2": (0.0, 25.0),
     "s/mm2": (100.0, 50_000.0),
@@ -104,7 +104,9 @@ class Protocol:
             Gradient directions (FSL files hold them as (3, N)).
         units : {"auto", "s/mm2", "ms/um2", "s/m2"}
             Unit of ``bvals``.  ``"auto"`` infers it from the largest b-value and refuses a value that
-            fits no unit's usual range.
+            fits no unit's usual range.  ``"s/mm2"`` (the unit of FSL bvals files) refuses a largest
+            non-zero b-value outside 100-50000 s/mm², naming the unit it looks like (ms/µm² below, s/m²
+            above) and the fix.
         b0_threshold : float
             b-values at or below this count as b=0, in s/mm².
         shell_tolerance : float
@@ -123,7 +125,8 @@ class Protocol:
         Raises
         ------
         ProtocolError
-            On wrong shapes, non-finite or negative values, unknown units, or non-unit directions.
+            On wrong shapes, non-finite or negative values, unknown or implausible units, or non-unit
+            directions.
         """
         bvals = np.asarray(bvals, dtype=np.float64).squeeze()
         if bvals.ndim != 1:
@@ -287,11 +290,13 @@ def _readonly(array: np.ndarray) -> np.ndarray:
 
 
 def _unit_factor(bvals: np.ndarray, units: str) -> float:
+    b_max = float(bvals.max(initial=0.0))
+    if units == "s/mm2":
+        _check_s_per_mm2(b_max)
     if units != "auto":
         if units not in BVALUE_UNITS:
             raise ProtocolError(f"units={units!r} is not known; use one of {['auto', *BVALUE_UNITS]}.")
         return BVALUE_UNITS[units]
-    b_max = float(bvals.max(initial=0.0))
     if b_max == 0.0:
         return 1.0
     for unit, (low, high) in _AUTO_UNIT_RANGES.items():
@@ -301,6 +306,24 @@ def _unit_factor(bvals: np.ndarray, units: str) -> float:
         f"cannot tell the unit of the b-values: the largest is {b_max:g}, which is not a usual maximum "
         f"in s/mm² (100-50000), ms/µm² (up to 25) or s/m² (1e8-5e10). Check the bvals file, or pass "
         f"units= explicitly."
+    )
+
+
+def _check_s_per_mm2(b_max: float) -> None:
+    """Refuse b-values said to be in s/mm² whose largest (non-zero) value is implausible in that unit."""
+    low, high = _AUTO_UNIT_RANGES["s/mm2"]
+    if b_max == 0.0 or low < b_max <= high:
+        return
+    if b_max <= _AUTO_UNIT_RANGES["ms/um2"][1]:
+        hint = "they look like ms/µm² (1 ms/µm² = 1000 s/mm²): multiply them by 1000"
+    elif b_max > 1e6:
+        hint = "they look like s/m² (1 s/mm² = 10⁶ s/m²): divide them by 10⁶"
+    else:
+        hint = "check the bvals file"
+    raise ProtocolError(
+        f"the b-values should be in s/mm² (the unit of FSL bvals files) but the largest is {b_max:g}, outside "
+        f"the usual {low:g}-{high:g} s/mm²; {hint}. Fix the unit of the b-values, or pass the unit they are "
+        f"in (units=)."
     )
 
 

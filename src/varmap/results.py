@@ -35,8 +35,11 @@ class FitResult:
         Posterior probability of each mixture component (gmvae).
     valid : ndarray of bool, shape (n_voxels,)
         Voxels that were fitted (finite signals and a positive b=0 signal).
-    sigma : float
-        Noise standard deviation of one measurement used by the fit, raw units.
+    sigma : ndarray, shape (n_voxels,)
+        Noise standard deviation of one measurement that the fit used in each voxel, raw units (NaN
+        where not fitted).
+    sigma_source : str
+        Where that noise level came from (given, per voxel, b=0 repeats, fit residuals).
     seed : int or None
     config : dict
         Resolved estimator settings.
@@ -51,7 +54,8 @@ class FitResult:
     params: dict[str, np.ndarray]
     S0: np.ndarray
     valid: np.ndarray
-    sigma: float
+    sigma: np.ndarray
+    sigma_source: str = ""
     std: dict[str, np.ndarray] | None = None
     cluster_probs: np.ndarray | None = None
     seed: int | None = None

@@ -5,7 +5,7 @@ import pytest
 
 from varmap.estimators import data
 from varmap.signal_models import get_signal_model
-from varmap.simulation import hcp_protocol
+from varmap.simulation import PRIORS, get_prior, hcp_protocol, simulate
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,7 @@ def test_units(model, signals):
     assert prepared.signal_scale == pytest.approx(np.median(S0_mean))
     np.testing.assert_allclose(prepared.observables, model.observables(valid / S0_mean[:, None]), rtol=1e-5)
     np.testing.assert_allclose(prepared.sigma_normalised, 2.0 / S0_mean, rtol=1e-6)
+    np.testing.assert_array_equal(prepared.sigma, 2.0)
     assert prepared.sigma_source == "given"
 
 
@@ -68,19 +69,45 @@ def test_bad_sigma_is_refused(model, signals, sigma):
         data.prepare_signals(signals, model, sigma=sigma)
 
 
-def test_sigma_from_b0_repeats(model):
+def test_noise_level_from_b0_repeats(model):
     rng = np.random.default_rng(1)
-    b0 = 100.0 + 5.0 * rng.standard_normal((20000, 6))
-    assert data.estimate_sigma_from_b0(b0) == pytest.approx(5.0, rel=0.02)
-    assert data.estimate_sigma_from_b0(b0[:, :1]) is None
     signals = 100.0 + 5.0 * rng.standard_normal((20000, model.protocol.n_measurements))
     prepared = data.prepare_signals(signals, model)
-    assert prepared.sigma == pytest.approx(5.0, rel=0.1)
+    np.testing.assert_allclose(prepared.sigma, 5.0, rtol=0.1)
     assert "b=0" in prepared.sigma_source
 
 
-def test_one_b0_without_sigma_is_refused():
-    model = get_signal_model("msdki", hcp_protocol(n_b0=1, n_directions=10, seed=0))
+@pytest.mark.parametrize("model_name, shells", [("msdki", (1000.0, 2000.0, 3000.0)), ("ball_stick", (1000.0,))])
+def test_one_b0_noise_level_from_fit_residuals(model_name, shells):
+    """With one b=0 the noise level comes from the residuals of a kurtosis (multi-shell) or tensor fit."""
+    protocol = hcp_protocol(n_b0=1, n_directions=30, shells=shells, seed=0)
+    model = get_signal_model(model_name, protocol)
+    truth = simulate(model, get_prior(model_name, next(iter(PRIORS[model_name]))), n_voxels=3000, snr=20, seed=0)
+    prepared = data.prepare_signals(truth.signals, model)
+    assert prepared.sigma == pytest.approx(truth.sigma, rel=0.1)
+    assert "residuals" in prepared.sigma_source
+
+
+def test_too_few_measurements_for_residuals_is_refused():
+    model = get_signal_model("msdki", hcp_protocol(n_b0=1, n_directions=6, shells=(1000.0, 2000.0), seed=0))
     signals = np.full((5, model.protocol.n_measurements), 100.0)
-    with pytest.raises(ValueError, match="fewer than two b=0"):
+    with pytest.raises(ValueError, match="Pass sigma="):
         data.prepare_signals(signals, model)
+
+
+def test_per_voxel_sigma(model, signals):
+    sigma_map = np.linspace(1.0, 3.0, signals.shape[0])
+    prepared = data.prepare_signals(signals, model, sigma=sigma_map)
+    np.testing.assert_array_equal(prepared.sigma, sigma_map[prepared.valid])
+    assert prepared.sigma_source == "given per voxel"
+    valid = signals[prepared.valid].astype(np.float64)
+    np.testing.assert_allclose(
+        prepared.sigma_normalised, sigma_map[prepared.valid] / valid[:, model.protocol.b0_mask].mean(1), rtol=1e-6
+    )
+    sigma_map[3] = np.nan  # an excluded voxel may have any noise level
+    data.prepare_signals(signals, model, sigma=sigma_map)
+    with pytest.raises(ValueError, match="one value per voxel"):
+        data.prepare_signals(signals, model, sigma=sigma_map[:-1])
+    sigma_map[5] = 0.0
+    with pytest.raises(ValueError, match="in 1 of the 47 fitted voxels"):
+        data.prepare_signals(signals, model, sigma=sigma_map)

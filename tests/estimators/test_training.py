@@ -1,11 +1,14 @@
 """Tests of the mini-batch training loop."""
 
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 import torch
 from torch import nn
 
+from varmap.estimators.distributed import launch, rank_and_size
+from varmap.estimators.networks import seeded_linear
 from varmap.estimators.training import split_voxels, train_network
 
 
@@ -20,8 +23,10 @@ def _regression(n_voxels: int, seed: int = 0) -> _Batch:
     return _Batch(x, x @ torch.tensor([[2.0], [-1.0]]) + 0.5)
 
 
-def _train(voxels_per_epoch: int | None, n_epochs: int = 3, seen: list | None = None) -> tuple[nn.Module, dict]:
-    network = nn.Linear(2, 1)
+def _train(
+    voxels_per_epoch: int | None, n_epochs: int = 3, seen: list | None = None, patience: int = 50
+) -> tuple[nn.Module, dict]:
+    network = seeded_linear(2, 1, torch.Generator().manual_seed(0))
 
     def loss_fn(batch: _Batch, epoch: int, training: bool) -> torch.Tensor:
         if training and seen is not None:
@@ -30,7 +35,7 @@ def _train(voxels_per_epoch: int | None, n_epochs: int = 3, seen: list | None = 
 
     history = train_network(
         network, loss_fn, _regression(1000), _regression(200, seed=1),
-        n_epochs=n_epochs, batch_size=64, learning_rate=0.05, patience=50, first_stop_epoch=0,
+        n_epochs=n_epochs, batch_size=64, learning_rate=0.05, patience=patience, first_stop_epoch=0,
         voxels_per_epoch=voxels_per_epoch, generator=torch.Generator().manual_seed(0), progress=False,
         description="test",
     )
@@ -60,3 +65,32 @@ def test_training_fits_and_keeps_the_best_epoch():
     assert torch.allclose(network.bias, torch.tensor([0.5]), atol=1e-2)
     best = history["best_epoch"][0]
     assert history["val_loss"][best] == min(history["val_loss"])
+
+
+#: Training voxels per epoch of the data-parallel test: mini-batches of 64, 64 and 1 voxel, so that one
+#: process gets no voxel of the last one.
+_PARALLEL_EPOCH = 129
+
+
+def _train_and_save(folder: Path) -> None:
+    """Worker of :func:`launch`: train the regression with early stopping, save weights and history."""
+    network, history = _train(_PARALLEL_EPOCH, n_epochs=40, patience=3)
+    rank, _ = rank_and_size()
+    torch.save({"state": network.state_dict(), "history": history}, folder / f"rank{rank}.pt")
+
+
+def test_two_processes_train_as_one(tmp_path):
+    launch(_train_and_save, 2, (tmp_path,), device=torch.device("cpu"))
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    network, history = _train(_PARALLEL_EPOCH, n_epochs=40, patience=3)
+    # the processes end with identical networks after the same decisions...
+    assert ranks[0]["history"] == ranks[1]["history"]
+    for name, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][name])
+    # ...and the regression has no random draw, so they match one process up to rounding
+    assert history["stopped_epoch"][0] < 39, "early stopping should decide"
+    assert ranks[0]["history"]["stopped_epoch"] == history["stopped_epoch"]
+    assert ranks[0]["history"]["best_epoch"] == history["best_epoch"]
+    assert ranks[0]["history"]["val_loss"] == pytest.approx(history["val_loss"], rel=1e-5)
+    for name, value in network.state_dict().items():
+        torch.testing.assert_close(ranks[0]["state"][name], value, rtol=1e-5, atol=1e-6)

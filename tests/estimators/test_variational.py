@@ -83,7 +83,7 @@ def test_gmvae_reseeds_an_unused_component_by_splitting_the_most_used(fitted):
     _, signals, _, _, results = fitted
     estimator = copy.deepcopy(results["gmvae"][0])
     assert isinstance(results["gmvae"][1].history["reseeded_epochs"], list)
-    batch = voxel_batch(prepare_signals(signals, estimator.model, sigma=estimator.sigma_), estimator.device_)
+    batch = voxel_batch(prepare_signals(signals, estimator.model), estimator.device_)
     head, prior = estimator.encoder_.head, estimator.prior_
     with torch.no_grad():
         head.bias[2] = -50.0  # nobody uses component 2 any more
@@ -114,6 +114,19 @@ def test_gmvae_prior_refinement_runs_its_em_steps(fitted):
     assert np.all(np.isfinite(evidence))
     within_round = np.diff(evidence.reshape(estimator.refinement_rounds, -1), axis=1)
     assert np.all(within_round > -1e-3)  # EM on fixed samples does not lower their evidence
+
+
+@pytest.mark.parametrize("method", ["vae", "gmvae"])
+def test_noisier_voxels_get_wider_posteriors(method):
+    """The same signals with three times the noise level: the networks and the likelihood both see each
+    voxel's sigma, so the posterior spread grows with it."""
+    model, signals, _, _ = _data(n_voxels=800, snr=30.0)
+    both = np.concatenate([signals, signals])
+    sigma = np.r_[np.full(800, 1000.0 / 30.0), np.full(800, 3000.0 / 30.0)]
+    result = get_estimator(method, model, seed=0, sigma=sigma, **FAST).fit(both)
+    for name in ("D", "K"):
+        ratio = np.median(result.std[name][800:] / result.std[name][:800])
+        assert ratio > 1.5, (name, ratio)
 
 
 def test_gumbel_sampler_trains():

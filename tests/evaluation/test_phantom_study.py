@@ -94,3 +94,15 @@ def test_study_argument_errors(tiny_msdki) -> None:
         run_phantom_study(methods=("magic",), phantom=tiny_msdki)
     with pytest.raises(ValueError, match="ball_stick|msdki"):
         run_phantom_study(model="ball_stick", methods=("nlls",), phantom=tiny_msdki)
+
+
+def test_study_reports_the_noise_field(tiny_msdki) -> None:
+    plain = run_phantom_study(methods=("nlls",), phantom=tiny_msdki, include_dipy=False, progress=False)
+    assert plain.config["noise_field"] is False and "one noise level" in format_phantom_markdown(plain)
+    result = run_phantom_study(
+        methods=("nlls",), voxel_size=2.0, snr=20.0, crop=(8, 8, 4), include_dipy=False, progress=False,
+        noise_field=True,
+    )
+    assert result.phantom.noise_field is not None and result.config["noise_field"] is True
+    markdown = format_phantom_markdown(result)
+    assert markdown.startswith("## Brain phantom study: msdki, noise field") and "varying smoothly" in markdown

@@ -1,10 +1,13 @@
 """The simulation study runs end to end, writes its files atomically and refuses bad requests."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
 
+from varmap.cli import main
+from varmap.estimators import get_estimator
 from varmap.evaluation.study import format_markdown, run_study
 
 FAST = {"vae": {"n_epochs": 3}}
@@ -30,7 +33,10 @@ def test_study_writes_tables_figure_and_config(study):
     assert methods == {"nlls", "vae", "oracle"}
     clusters = {row["cluster"] for row in rows}
     assert clusters == {"all", "tissue 1", "tissue 2", "free water"}
-    assert "### SNR 20" in (output / "results.md").read_text()
+    markdown = (output / "results.md").read_text()
+    assert "### SNR 20" in markdown and markdown.startswith("## msdki simulation study: one noise level;")
+    config = json.loads((output / "study.json").read_text())
+    assert config["noise_variation"] == 1.0 and config["S0_range"] is None and not config["sigma_known"]
 
 
 def test_study_rows_compare_with_the_oracle(study):
@@ -68,6 +74,9 @@ def test_existing_output_refused_and_untouched(study):
         ({"snrs": (0,)}, "positive"),
         ({"n_jobs": 0}, "n_jobs"),
         ({"prior": "nope"}, "prior"),
+        ({"noise_variation": 0.5}, "noise_variation"),
+        ({"S0_range": (0.0, 1.0)}, "S0_range"),
+        ({"model": "ball_stick", "S0_range": (600.0, 1400.0)}, "marginalises S0"),
     ],
 )
 def test_bad_requests_fail_before_work(kwargs, match):
@@ -85,3 +94,40 @@ def test_parallel_jobs_give_the_same_estimates(study):
         for name, values in serial.estimates[20][method].items():
             np.testing.assert_allclose(parallel.estimates[20][method][name], values, rtol=1e-4, atol=1e-6)
     assert len(parallel.rows) == len(serial.rows)
+
+
+def test_bench_variant_with_per_voxel_noise_and_unknown_S0(tmp_path, capsys):
+    """``varmap bench msdki --noise-variation R --s0-range LOW HIGH``: the data vary as asked, the oracle
+    knows each voxel's noise level but marginalises S0, and the variant is recorded."""
+    out = tmp_path / "variant"
+    code = main([
+        "bench", "msdki", "--snrs", "10", "--n-voxels", "120", "--n-oracle", "15", "--methods", "nlls",
+        "--noise-variation", "3", "--s0-range", "600", "1400", "--jobs", "1", "--quiet", "-o", str(out),
+    ])
+    assert code == 0 and "| oracle |" in capsys.readouterr().out
+    config = json.loads((out / "study.json").read_text())
+    assert config["noise_variation"] == 3.0 and config["S0_range"] == [600.0, 1400.0]
+    assert "marginalised by the oracle" in config["variant"]
+    assert (out / "results.md").read_text().startswith("## msdki simulation study: noise level varying")
+
+
+def test_study_gives_the_methods_each_voxels_noise_level(monkeypatch):
+    from varmap.evaluation import study
+
+    given = []
+
+    def recording(*args, **kwargs):
+        given.append(kwargs.get("sigma"))
+        return get_estimator(*args, **kwargs)
+
+    monkeypatch.setattr(study, "get_estimator", recording)
+    result = run_study(
+        model="msdki", snrs=(10,), n_voxels=150, methods=("vae",), n_oracle=20, noise_variation=4.0,
+        sigma_known=True, progress=False, method_options=FAST,
+    )
+    data = result.data[10]
+    assert data.sigma.shape == (150,) and data.sigma.max() / data.sigma.min() > 2
+    assert len(given) == 1 and given[0] is data.sigma
+    assert "methods given each voxel's noise level" in result.variant
+    oracle = [row for row in result.rows if row["method"] == "oracle"]
+    assert oracle and all(np.isfinite(row["rmse"]) for row in oracle)

@@ -61,3 +61,20 @@ def test_write_phantom_refuses_a_phantom_without_image(tmp_path) -> None:
     with pytest.raises(ValueError, match="image=True"):
         write_phantom(phantom, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_noise_field_phantom_writes_its_noise_map(tmp_path, ball_stick_phantom: Phantom) -> None:
+    """``varmap phantom --noise-field``: the truth gains sigma.nii.gz (every voxel's noise level) and the
+    README says the noise level varies; a phantom without the field writes no noise map."""
+    from varmap.cli import main
+
+    assert "truth/sigma.nii.gz" not in phantom_images(ball_stick_phantom)
+    out = tmp_path / "phantom"
+    arguments = ["--voxel-size", "2", "--crop", "8", "8", "4", "--noise-field", "--quiet"]
+    assert main(["phantom", "-o", str(out), *arguments]) == 0
+    phantom = make_phantom(voxel_size=2.0, crop=(8, 8, 4), noise_field=True)
+    sigma = nib.load(out / "truth" / "sigma.nii.gz")
+    np.testing.assert_array_equal(np.asarray(sigma.dataobj), phantom.sigma_map)
+    readme = (out / "truth" / "README.txt").read_text()
+    assert "noise level varies smoothly" in readme and "sigma.nii.gz" in readme
+    assert "noise_field" in json.loads((out / "phantom.json").read_text())

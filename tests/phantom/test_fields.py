@@ -1,12 +1,19 @@
-"""Smooth random fields of the phantom: unit variance, smoothness, crops and draw order."""
+"""Smooth random fields of the phantom: unit variance, smoothness, crops and draw order; the noise-level field."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from varmap.phantom import TISSUES, smooth_random_field
-from varmap.phantom.fields import S0_FIELD_STD, fibre_field, parameter_fields, s0_field
+from varmap.phantom import TISSUES, load_tissue_templates, smooth_random_field
+from varmap.phantom.fields import (
+    NOISE_FIELD_RANGE,
+    S0_FIELD_STD,
+    fibre_field,
+    noise_field,
+    parameter_fields,
+    s0_field,
+)
 
 
 def test_smooth_random_field() -> None:
@@ -41,3 +48,24 @@ def test_fibre_field_is_unit() -> None:
                             rng=np.random.default_rng(1))
     assert direction.shape == (12, 12, 12, 3) and direction.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(direction, axis=-1), 1.0, atol=1e-5)
+
+
+def test_noise_field_spans_one_to_three_over_the_brain_smoothly() -> None:
+    _, _, brain, _ = load_tissue_templates(4.0)
+    whole = (slice(None),) * 3
+    field = noise_field(brain=brain, region=whole, voxel_size=4.0, rng=np.random.default_rng(0))
+    inside = brain >= 0.5
+    assert field.shape == brain.shape and field.dtype == np.float32 and np.all(field > 0)
+    assert field[inside].min() == pytest.approx(NOISE_FIELD_RANGE[0], rel=1e-5)
+    assert field[inside].max() == pytest.approx(NOISE_FIELD_RANGE[1], rel=1e-5)
+    # smooth like a coil profile: neighbouring brain voxels differ by a few per cent at most
+    step = np.abs(np.diff(np.log(field), axis=0))[inside[1:] & inside[:-1]]
+    assert step.max() < 0.1
+    # highest deep inside the head, lowest near its surface (the coils)
+    centre = tuple(np.round(np.argwhere(inside).mean(axis=0)).astype(int))
+    assert field[centre] > np.median(field[inside])
+    region = (slice(5, 20), slice(10, 30), slice(8, 16))
+    crop = noise_field(brain=brain, region=region, voxel_size=4.0, rng=np.random.default_rng(0))
+    np.testing.assert_allclose(crop, field[region], rtol=1e-6)
+    other = noise_field(brain=brain, region=whole, voxel_size=4.0, rng=np.random.default_rng(1))
+    assert not np.allclose(other, field)

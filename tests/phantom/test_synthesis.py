@@ -118,3 +118,28 @@ def test_crop_slices_and_errors() -> None:
         make_phantom(snr=0, voxel_size=2.0, crop=(4, 4, 4))
     with pytest.raises(ValueError, match="voxel_size"):
         make_phantom(voxel_size=0.1, crop=(4, 4, 4))
+
+
+def test_noise_field_phantom_keeps_the_truth_and_scales_the_noise() -> None:
+    """A noise field changes only the noise: the same truth, and each voxel's noise (background included)
+    at the level of :attr:`Phantom.sigma_map`."""
+    box = (slice(20, 34), slice(20, 34), slice(20, 26))  # brain and background
+    plain = make_phantom(voxel_size=2.0, snr=10.0, seed=4, crop=box)
+    field = make_phantom(voxel_size=2.0, snr=10.0, seed=4, crop=box, noise_field=True)
+    assert plain.noise_field is None and "noise_field" not in plain.config
+    np.testing.assert_array_equal(plain.sigma_map, np.float32(plain.sigma))
+    for name in plain.truth:
+        np.testing.assert_array_equal(field.truth[name], plain.truth[name])
+    assert field.sigma == plain.sigma and field.config["noise_field"]["range_over_brain"] == [1.0, 3.0]
+    np.testing.assert_allclose(field.sigma_map, field.sigma * field.noise_field, rtol=1e-6)
+    assert field.noise_field.max() / field.noise_field.min() > 1.2
+    background = ~field.mask
+    # zero signal: Rician magnitudes have mean sigma·sqrt(π/2); 288 of them per voxel pin it to ~3 %
+    measured = field.dwi[background].mean(axis=-1) / np.sqrt(np.pi / 2)
+    np.testing.assert_allclose(measured, field.sigma_map[background], rtol=0.15)
+    b0 = field.protocol.b0_mask
+    residual = field.dwi[field.mask][:, b0] - field.dwi[field.mask][:, b0].mean(axis=1, keepdims=True)
+    ratio = residual.std(axis=1) / field.sigma_map[field.mask]
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.1)
+    again = make_phantom(voxel_size=2.0, snr=10.0, seed=4, crop=box, noise_field=True, image=False)
+    np.testing.assert_array_equal(again.signals, field.signals)

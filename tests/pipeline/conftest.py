@@ -16,3 +16,15 @@ def ellipsoid_scan(tmp_path_factory):
 def one_b0_scan(tmp_path_factory):
     """The ellipsoid with a single b=0 volume, seed 1: ((dwi, bvals, bvecs), inside, truth)."""
     return write_ellipsoid_scan(tmp_path_factory.mktemp("ellipsoid_one_b0"), n_b0=1, seed=1)
+
+
+@pytest.fixture(scope="session")
+def varying_noise_scan(tmp_path_factory):
+    """The ellipsoid with 4 b=0 volumes and a noise level rising from 25 to 75 along x, seed 2."""
+    return write_ellipsoid_scan(tmp_path_factory.mktemp("ellipsoid_ramp"), varying_noise=True, seed=2)
+
+
+@pytest.fixture(scope="session")
+def varying_noise_one_b0_scan(tmp_path_factory):
+    """The ellipsoid with one b=0 volume and a noise level rising from 25 to 75 along x, seed 3."""
+    return write_ellipsoid_scan(tmp_path_factory.mktemp("ellipsoid_ramp_one_b0"), n_b0=1, varying_noise=True, seed=3)

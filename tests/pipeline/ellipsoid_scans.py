@@ -15,7 +15,8 @@ from varmap.simulation import add_noise, hcp_protocol
 
 SHAPE = (14, 14, 8)
 AFFINE = np.array([[-2.0, 0.0, 0.0, 30.0], [0.0, 2.0, 0.0, -20.0], [0.0, 0.0, 2.5, -10.0], [0, 0, 0, 1]])
-#: Noise standard deviation of the simulated scans (SNR 40 at S0 = 1000).
+#: Noise standard deviation of the simulated scans (SNR 40 at S0 = 1000); the lowest one of a scan
+#: whose noise varies.
 SIGMA = 25.0
 
 
@@ -32,10 +33,16 @@ def ellipsoid(n_b0: int = 4) -> tuple[np.ndarray, dict[str, np.ndarray], Protoco
     return inside, truth, hcp_protocol(n_b0=n_b0, n_directions=16, shells=(1000.0, 2000.0))
 
 
+def noise_ramp() -> np.ndarray:
+    """A noise level that rises smoothly from σ = 25 to 75 along the first axis, shape SHAPE."""
+    x = np.linspace(0.0, 1.0, SHAPE[0])[:, None, None]
+    return np.broadcast_to(SIGMA * (1.0 + 2.0 * x), SHAPE).copy()
+
+
 def write_ellipsoid_scan(
-    folder: Path, *, n_b0: int = 4, seed: int = 0
+    folder: Path, *, n_b0: int = 4, seed: int = 0, varying_noise: bool = False
 ) -> tuple[tuple[Path, Path, Path], np.ndarray, dict[str, np.ndarray]]:
-    """Simulate the ellipsoid with Rician noise (σ = 25) and write NIfTI + FSL files.
+    """Simulate the ellipsoid with Rician noise (σ = 25, or :func:`noise_ramp`) and write NIfTI + FSL files.
 
     Returns
     -------
@@ -43,12 +50,13 @@ def write_ellipsoid_scan(
         (dwi, bvals, bvecs).
     inside : ndarray of bool, shape SHAPE
     truth : dict of ndarray
-        ``D``, ``K`` and ``S0`` maps.
+        ``D``, ``K``, ``S0`` and ``sigma`` (the noise standard deviation) maps.
     """
     inside, truth, protocol = ellipsoid(n_b0)
+    truth["sigma"] = noise_ramp() if varying_noise else np.full(SHAPE, SIGMA)
     model = get_signal_model("msdki", protocol)
     clean = model.predict({"D": truth["D"], "K": truth["K"]}, S0=truth["S0"]) * inside[..., None]
-    noisy = add_noise(clean, sigma=SIGMA, rng=seed)
+    noisy = add_noise(clean, sigma=truth["sigma"][..., None], rng=seed)
     image = nib.Nifti1Image(noisy.astype(np.float32), AFFINE)
     image.set_sform(AFFINE, 2)
     image.set_qform(AFFINE, 1)

@@ -12,7 +12,7 @@ from ellipsoid_scans import AFFINE, SHAPE, SIGMA
 import varmap
 from varmap import cli
 from varmap.io import InputError
-from varmap.pipeline.noise import SIGMA_FROM_B0_VOLUMES, SIGMA_FROM_IMAGE, SIGMA_GIVEN
+from varmap.pipeline.noise import SIGMA_FROM_FILE, SIGMA_FROM_IMAGE, SIGMA_GIVEN
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,9 @@ def test_round_trip_recovers_known_maps(ellipsoid_scan, tmp_path, method, flags,
         assert np.median(error) < limit, (name, np.median(error))
     meta = json.loads((out / "fit.json").read_text())
     assert meta["config"]["sigma"] == pytest.approx(SIGMA, rel=0.2)  # from the 4 b=0 repeats
-    assert meta["config"]["sigma_source"] == SIGMA_FROM_B0_VOLUMES
+    assert meta["config"]["sigma_source"] == f"{SIGMA_FROM_IMAGE} (b0_local_pooling)"
+    assert meta["noise"]["method"] == "b0_local_pooling" and meta["noise"]["parameters"] == {"radius": 2}
+    assert meta["noise"]["median"] == pytest.approx(SIGMA, rel=0.2)
 
 
 def test_fit_image_api_matches_files(ellipsoid_scan, tmp_path):
@@ -73,8 +75,9 @@ def test_fit_image_api_matches_files(ellipsoid_scan, tmp_path):
     for name in ("D", "K", "S0", "D_std", "cluster_probs"):
         np.testing.assert_allclose(again.maps[name], result.maps[name], rtol=1e-5, atol=1e-6)
     assert again.output_dir is None and again.files == {}
-    assert again.metadata["kind"] == "apply" and again.metadata["config"]["sigma_source"] == "checkpoint"
-    assert again.metadata["config"]["sigma"] == result.metadata["config"]["sigma"]
+    # the new scan's noise map is estimated as the fit's was: here the same scan, so the same map
+    assert again.metadata["kind"] == "apply" and again.metadata["noise"] == result.metadata["noise"]
+    np.testing.assert_array_equal(again.maps["sigma"], result.maps["sigma"])
 
 
 def test_fit_image_without_output_writes_nothing(ellipsoid_scan, tmp_path):
@@ -89,14 +92,57 @@ def test_fit_image_without_output_writes_nothing(ellipsoid_scan, tmp_path):
     assert timings["total_s"] >= timings["fit_s"] > 0
 
 
-def test_single_b0_passes_the_image_noise_estimate(one_b0_scan):
-    (dwi, bval, bvec), _, _ = one_b0_scan
+def test_single_b0_passes_the_image_noise_map(one_b0_scan):
+    (dwi, bval, bvec), inside, _ = one_b0_scan
     result = varmap.fit_image(dwi, bval, bvec, model="msdki", method="nlls", progress=False, figure=False)
-    assert result.metadata["config"]["sigma_source"] == SIGMA_FROM_IMAGE
-    assert result.fit.sigma == pytest.approx(SIGMA, rel=0.25)
-    assert result.metadata["config"]["options"]["sigma"] == result.fit.sigma
+    assert result.metadata["config"]["sigma_source"] == f"{SIGMA_FROM_IMAGE} (pseudo_residual_local)"
+    fitted = result.fit.valid
+    assert np.median(result.fit.sigma[fitted]) == pytest.approx(SIGMA, rel=0.25)
+    assert "sigma" not in result.metadata["config"]["options"]
     given = varmap.fit_image(dwi, bval, bvec, model="msdki", method="nlls", sigma=30.0, progress=False, figure=False)
-    assert given.fit.sigma == 30.0 and given.metadata["config"]["sigma_source"] == SIGMA_GIVEN
+    assert np.all(given.fit.sigma[given.fit.valid] == 30.0)
+    assert given.metadata["config"]["sigma_source"] == SIGMA_GIVEN and given.metadata["noise"]["method"] == "given"
+    assert given.metadata["config"]["options"]["sigma"] == 30.0
+
+
+def test_varying_noise_end_to_end(varying_noise_scan, tmp_path):
+    """The estimated map reaches the estimator and sigma.nii.gz; a given map reaches fit and apply unchanged."""
+    (dwi, bval, bvec), inside, truth = varying_noise_scan
+    mask_path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(inside.astype(np.uint8), AFFINE), mask_path)
+    estimated = varmap.fit_image(dwi, bval, bvec, mask=mask_path, model="msdki", method="nlls",
+                                 output_dir=tmp_path / "estimated", progress=False, figure=False)
+    written = nib.load(estimated.files["sigma"]).get_fdata()
+    assert np.all(written[~inside] == 0)
+    assert np.median(np.abs(written[inside] / truth["sigma"][inside] - 1)) < 0.15
+    np.testing.assert_allclose(estimated.fit.sigma, written[inside], rtol=1e-6)  # what the estimator used
+    saved = json.loads(estimated.files["sidecar"].read_text())
+    assert saved["outputs"]["sigma"] == "sigma.nii.gz" and saved["units"]["sigma"].startswith("a.u.")
+    for key, percentile in (("p5", 5), ("median", 50), ("p95", 95)):
+        assert saved["noise"][key] == pytest.approx(np.percentile(truth["sigma"][inside], percentile), rel=0.2)
+
+    noise_map = tmp_path / "noise.nii.gz"
+    nib.save(nib.Nifti1Image(truth["sigma"].astype(np.float32), AFFINE), noise_map)
+    status = cli.main(["fit", str(dwi), "--bvals", str(bval), "--bvecs", str(bvec), "--mask", str(mask_path),
+                       "--noise-map", str(noise_map), "--model", "msdki", "--method", "vae", "--n-epochs", "2",
+                       "--n-posterior-samples", "8", "-o", str(tmp_path / "given"), "--quiet", "--no-figure"])
+    assert status == 0
+    given = json.loads((tmp_path / "given" / "fit.json").read_text())
+    assert given["noise"]["method"] == "file" and given["config"]["sigma_source"] == SIGMA_FROM_FILE
+    assert "noise_map" in given["inputs"]
+    np.testing.assert_allclose(nib.load(tmp_path / "given" / "sigma.nii.gz").get_fdata()[inside],
+                               truth["sigma"][inside], rtol=1e-6)
+    status = cli.main(["apply", str(tmp_path / "given" / "model.pt"), str(dwi), "--bvals", str(bval), "--bvecs",
+                       str(bvec), "--mask", str(mask_path), "--noise-map", str(noise_map), "-o",
+                       str(tmp_path / "applied"), "--quiet", "--no-figure"])
+    assert status == 0
+    for name in ("sigma", "D", "K"):
+        np.testing.assert_allclose(nib.load(tmp_path / "applied" / f"{name}.nii.gz").get_fdata(),
+                                   nib.load(tmp_path / "given" / f"{name}.nii.gz").get_fdata(), rtol=1e-5, atol=1e-6)
+    # without a map, apply estimates the new scan's own (the checkpoint's fit was given one: protocol default)
+    applied = varmap.apply_checkpoint(tmp_path / "given" / "model.pt", dwi, bval, bvec, mask=mask_path, progress=False)
+    assert applied.metadata["noise"]["method"] == "b0_local_pooling"
+    np.testing.assert_allclose(applied.maps["sigma"], estimated.maps["sigma"], rtol=1e-6)
 
 
 def test_inputs_are_checked_before_work(ellipsoid_scan, tmp_path):

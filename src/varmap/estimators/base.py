@@ -110,25 +110,31 @@ class Estimator(ABC):
         from ..devices import resolve_device
 
         start = time.perf_counter()
-        data = prepare_signals(signals, self.model, sigma=self.sigma)
-        self.sigma_, self.sigma_source_ = data.sigma, data.sigma_source
+        data = prepare_signals(signals, self.model, sigma=self.sigma, seed=self.seed)
         self.device_ = resolve_device(self.device)
         prepared = time.perf_counter()
         self.history_ = self._train(data)
         trained = time.perf_counter()
+        self.fitted_sigma_ = float(np.median(data.sigma))
         estimates = self._infer(data)
         done = time.perf_counter()
         timings = {"prepare_s": prepared - start, "train_s": trained - prepared, "infer_s": done - trained}
         return self._result(data, estimates, timings)
 
-    def transform(self, signals: np.ndarray) -> FitResult:
+    def transform(self, signals: np.ndarray, *, sigma: float | np.ndarray | None = None) -> FitResult:
         """Apply an already fitted estimator to new signals of the same protocol, without training.
 
-        The noise level of the fit is used.
+        Parameters
+        ----------
+        signals : ndarray, shape (n_voxels, n_measurements)
+            Raw magnitude signals of a scan.
+        sigma : float or ndarray of shape (n_voxels,), optional
+            The scan's noise level (raw units), one number or one per voxel; default: estimated from
+            these signals as :meth:`fit` does (a new scan has its own noise level).
         """
         self._check_fitted()
         start = time.perf_counter()
-        data = prepare_signals(signals, self.model, sigma=self.sigma_)
+        data = prepare_signals(signals, self.model, sigma=sigma, seed=self.seed)
         estimates = self._infer(data)
         return self._result(data, estimates, {"infer_s": time.perf_counter() - start})
 
@@ -138,11 +144,12 @@ class Estimator(ABC):
         Returns
         -------
         dict
-            ``method``, ``config`` (:meth:`get_config`), ``sigma`` (raw units) and the learned tensors
-            (CPU); save it with ``torch.save`` and restore it with :meth:`from_state`.
+            ``method``, ``config`` (:meth:`get_config`), ``sigma`` (the fit's median noise level, raw
+            units, for the record) and the learned tensors (CPU); save it with ``torch.save`` and restore
+            it with :meth:`from_state`.
         """
         self._check_fitted()
-        return {"method": self.name, "config": self.get_config(), "sigma": self.sigma_, **self._state()}
+        return {"method": self.name, "config": self.get_config(), "sigma": self.fitted_sigma_, **self._state()}
 
     @classmethod
     def from_state(cls, model: SignalModel, state: dict, *, device: Any = None) -> "Estimator":
@@ -160,9 +167,10 @@ class Estimator(ABC):
 
         config = state["config"]
         options = {name: config[name] for name in method_options(cls.name) if name in config}
+        if not isinstance(options.get("sigma"), (int, float)):
+            options.pop("sigma", None)  # a per-voxel noise level belongs to the scan it was fitted on
         estimator = cls(model, seed=config.get("seed", 0), device=device, **options)
-        estimator.sigma_ = float(state["sigma"])
-        estimator.sigma_source_ = "checkpoint"
+        estimator.fitted_sigma_ = float(state["sigma"])
         estimator.device_ = resolve_device(device)
         estimator._load_state(state)
         return estimator
@@ -173,6 +181,8 @@ class Estimator(ABC):
                                   "device": None if self.device is None else str(self.device)}
         for name in method_options(self.name):
             value = getattr(self, name)
+            if isinstance(value, np.ndarray):
+                value = f"per voxel ({value.size} values, median {np.median(value):.6g})"
             config[name] = list(value) if isinstance(value, tuple) else value
         return config
 
@@ -194,7 +204,7 @@ class Estimator(ABC):
 
     # ------------------------------------------------------------------ helpers
     def _check_fitted(self) -> None:
-        if not hasattr(self, "sigma_"):
+        if not hasattr(self, "fitted_sigma_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit() first.")
 
     def _result(self, data: PreparedData, estimates: Estimates, timings: dict[str, float]) -> FitResult:
@@ -211,7 +221,8 @@ class Estimator(ABC):
             params=self.model.unpack(full(estimates.packed)),
             S0=full(estimates.S0 * data.signal_scale),
             valid=data.valid,
-            sigma=self.sigma_,
+            sigma=full(data.sigma),
+            sigma_source=data.sigma_source,
             std=None if estimates.std is None else {name: full(v) for name, v in estimates.std.items()},
             cluster_probs=None if estimates.cluster_probs is None else full(estimates.cluster_probs),
             seed=self.seed,

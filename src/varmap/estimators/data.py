@@ -13,6 +13,11 @@ Units.  Two scales, each used for one thing:
   ``signal_scale`` gives raw intensities back.
 
 A voxel's noise level in the units of its observables is therefore ``sigma / (signal_scale · b0_mean)``.
+
+Noise level.  One number for the whole scan, or one per voxel (a noise map: parallel imaging makes the
+noise level vary over the image), in raw units.  When none is given it is estimated from the signals:
+from the repeated b=0 measurements (two or more), else from the residuals of a voxelwise diffusion fit
+(:mod:`varmap.estimators.noise_level`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from .noise_level import estimate_sigma_from_b0, estimate_sigma_from_residuals
 
-__all__ = ["ValidVoxels", "valid_voxels", "estimate_sigma_from_b0", "PreparedData", "prepare_signals"]
+__all__ = ["ValidVoxels", "valid_voxels", "PreparedData", "prepare_signals"]
 
 #: Voxels handled at a time while checking and converting (a whole brain is ~1 GB per float32 copy).
 _CHUNK = 65536
@@ -83,31 +88,6 @@ def valid_voxels(signals: np.ndarray, b0_mask: np.ndarray) -> ValidVoxels:
     )
 
 
-def estimate_sigma_from_b0(b0_signals: np.ndarray) -> float | None:
-    """Noise standard deviation from repeated b=0 measurements, pooled over voxels.
-
-    The median of the per-voxel unbiased variances, divided by the median of a χ²_k/k variable
-    (k = n_b0 - 1), is robust to voxels with motion or artefacts.  At the b=0 SNR of brain tissue the
-    Rician noise is close to Gaussian.
-
-    Parameters
-    ----------
-    b0_signals : ndarray, shape (n_voxels, n_b0)
-        The b=0 measurements of valid voxels (raw units).
-
-    Returns
-    -------
-    float or None
-        σ in the units of the signals; ``None`` with fewer than two b=0 measurements or no voxel.
-    """
-    n_voxels, n_b0 = b0_signals.shape
-    if n_b0 < 2 or n_voxels == 0:
-        return None
-    variances = np.var(b0_signals, axis=1, ddof=1, dtype=np.float64)
-    dof = n_b0 - 1
-    return float(np.sqrt(np.median(variances) / (stats.chi2.median(dof) / dof)))
-
-
 @dataclass
 class PreparedData:
     """The valid voxels of a scan, in reference units (see the module's notes).
@@ -122,8 +102,8 @@ class PreparedData:
         Mean b=0 signal of each valid voxel, reference units (float64).
     observables : ndarray, shape (n_valid, n_observables), float32
         The model's observables of each valid voxel's signals divided by its mean b=0 signal.
-    sigma : float
-        Noise standard deviation of one measurement, raw units.
+    sigma : ndarray, shape (n_valid,)
+        Noise standard deviation of one measurement in each valid voxel, raw units (float64).
     sigma_source : str
         Where ``sigma`` came from.
     """
@@ -132,7 +112,7 @@ class PreparedData:
     signal_scale: float
     b0_mean: np.ndarray
     observables: np.ndarray
-    sigma: float
+    sigma: np.ndarray
     sigma_source: str
 
     @property
@@ -147,8 +127,8 @@ class PreparedData:
         return int(self.observables.shape[0])
 
 
-def prepare_signals(signals: np.ndarray, model, *, sigma: float | None = None) -> PreparedData:
-    """Check raw signals, choose the noise level and convert the valid voxels to reference units.
+def prepare_signals(signals: np.ndarray, model, *, sigma: float | np.ndarray | None = None, seed: int = 0) -> PreparedData:
+    """Check raw signals, choose the noise level and convert the valid voxels to the estimators' units.
 
     Parameters
     ----------
@@ -157,9 +137,12 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | None = None) -
     model : SignalModel
         Its protocol fixes the measurements; its ``observables`` turns normalised signals into what is
         fitted (shell averages for MS-DKI, the measurements themselves for ball-and-stick).
-    sigma : float, optional
-        Noise standard deviation of one measurement in raw units.  Default: estimated from the
-        repeated b=0 measurements of the valid voxels (:func:`estimate_sigma_from_b0`).
+    sigma : float or ndarray of shape (n_voxels,), optional
+        Noise standard deviation of one measurement in raw units, for the scan or for each voxel.
+        Default: estimated from the valid voxels' repeated b=0 measurements, or with fewer than two
+        from the residuals of a voxelwise diffusion fit.
+    seed : int
+        Picks the voxels of the residual estimate in very large scans.
 
     Returns
     -------
@@ -168,8 +151,8 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | None = None) -
     Raises
     ------
     ValueError
-        For signals of the wrong shape, no valid voxel, a non-positive ``sigma``, or no ``sigma`` with
-        fewer than two b=0 measurements.
+        For signals of the wrong shape, no valid voxel, or a ``sigma`` of the wrong shape or with values
+        that are not positive and finite in valid voxels.
     """
     signals = np.asarray(signals)
     protocol = model.protocol
@@ -182,18 +165,7 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | None = None) -
     if not voxels.valid.any():
         raise ValueError("no voxel has finite signals and a positive mean b=0 signal; check the data and mask.")
     valid_index = np.flatnonzero(voxels.valid)
-    source = "given"
-    if sigma is None:
-        sigma = estimate_sigma_from_b0(signals[valid_index][:, protocol.b0_mask])
-        source = f"pooled variance of the {protocol.n_b0} b=0 measurements"
-    if sigma is None:
-        raise ValueError(
-            "cannot estimate the noise level: the protocol has fewer than two b=0 measurements. "
-            "Pass sigma= (noise standard deviation in signal units); varmap.fit_image estimates it "
-            "from the b=0 image."
-        )
-    if not np.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"sigma must be a positive noise standard deviation; got {sigma!r}.")
+    sigma_valid, source = _noise_level(signals, valid_index, protocol, sigma, seed)
     b0_mean_raw = voxels.b0_mean_raw[valid_index]
     signal_scale = float(np.median(b0_mean_raw))
     parts = []
@@ -206,6 +178,40 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | None = None) -
         signal_scale=signal_scale,
         b0_mean=b0_mean_raw / signal_scale,
         observables=np.concatenate(parts),
-        sigma=float(sigma),
+        sigma=sigma_valid,
         sigma_source=source,
     )
+
+
+def _noise_level(
+    signals: np.ndarray, valid_index: np.ndarray, protocol, sigma: float | np.ndarray | None, seed: int
+) -> tuple[np.ndarray, str]:
+    """The noise level of every valid voxel (raw units) and where it came from."""
+    n_valid = valid_index.size
+    if sigma is None:
+        valid_signals = signals[valid_index]
+        estimate = estimate_sigma_from_b0(valid_signals[:, protocol.b0_mask])
+        source = f"pooled variance of the {protocol.n_b0} b=0 measurements"
+        if estimate is None:
+            estimate = estimate_sigma_from_residuals(valid_signals, protocol, seed=seed)
+            kind = "kurtosis" if protocol.dw_shell_bvals.size >= 2 else "tensor"
+            source = f"residuals of a voxelwise {kind} fit (dipy, {protocol.n_b0} b=0 measurement(s))"
+        return np.full(n_valid, estimate), source
+    values = np.asarray(sigma, dtype=np.float64)
+    if values.ndim == 0:
+        if not (np.isfinite(values) and values > 0):
+            raise ValueError(f"sigma must be a positive noise standard deviation; got {sigma!r}.")
+        return np.full(n_valid, float(values)), "given"
+    if values.shape != (signals.shape[0],):
+        raise ValueError(
+            f"sigma must be one number or one value per voxel, shape ({signals.shape[0]},); got shape "
+            f"{values.shape}. Give the noise map's values in the order of the signals' voxels."
+        )
+    values = values[valid_index]
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():
+        raise ValueError(
+            f"sigma is not a positive finite noise level in {int(bad.sum())} of the {n_valid} fitted voxels; "
+            "check the noise map (it must cover every voxel of the mask)."
+        )
+    return values, "given per voxel"

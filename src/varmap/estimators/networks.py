@@ -14,7 +14,15 @@ from .data import PreparedData
 from .likelihood import gaussian_nll, rician_nll
 from .parametrisation import S0_PER_SCALE, decode_unconstrained, initial_unconstrained
 
-__all__ = ["VoxelBatch", "voxel_batch", "encoder_inputs", "Encoder", "SignalDecoder", "ACTIVATIONS"]
+__all__ = [
+    "VoxelBatch",
+    "voxel_batch",
+    "encoder_inputs",
+    "n_encoder_inputs",
+    "Encoder",
+    "SignalDecoder",
+    "ACTIVATIONS",
+]
 
 #: Encoder activations by name.
 ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "softplus": nn.Softplus, "elu": nn.ELU, "silu": nn.SiLU}
@@ -56,9 +64,15 @@ def voxel_batch(data: PreparedData, device: torch.device, rows: np.ndarray | Non
 
 
 def encoder_inputs(batch: VoxelBatch) -> torch.Tensor:
-    """Encoder input, shape (B, n_observables + 1): the observables and the log of the voxel's mean b=0
-    signal in reference units."""
-    return torch.cat([batch.observables, torch.log(batch.b0_mean)], dim=-1)
+    """Encoder input, shape (B, :data:`n_encoder_inputs`): the observables, the log of the voxel's mean b=0
+    signal in reference units, and the log of its noise level relative to that signal (1 / SNR at b=0), so
+    that the encoder knows how much each voxel's signal says about its parameters."""
+    return torch.cat([batch.observables, torch.log(batch.b0_mean), torch.log(batch.sigma)], dim=-1)
+
+
+def n_encoder_inputs(model: SignalModel) -> int:
+    """Width of :func:`encoder_inputs` for ``model``: its observables plus the b=0 and noise features."""
+    return model.n_observables + 2
 
 
 class Encoder(nn.Module):

@@ -19,7 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..random_streams import torch_stream
-from .networks import Encoder, VoxelBatch, encoder_inputs
+from .distributed import rank_stream
+from .networks import Encoder, VoxelBatch, encoder_inputs, n_encoder_inputs
 from .training import split_voxels, train_network
 
 __all__ = [
@@ -44,7 +45,7 @@ def input_statistics(voxels: VoxelBatch) -> tuple[np.ndarray, np.ndarray]:
 
 def untrained_input_statistics(model: Any) -> tuple[np.ndarray, np.ndarray]:
     """Placeholder standardisation (zeros, ones) for an encoder whose weights and buffers are loaded next."""
-    n_inputs = model.n_observables + 1
+    n_inputs = n_encoder_inputs(model)
     return np.zeros(n_inputs), np.ones(n_inputs)
 
 
@@ -56,15 +57,15 @@ def build_encoder(
     Parameters
     ----------
     estimator : Estimator
-        A network estimator; its ``model`` fixes the input width (observables + log b=0 signal).
+        A network estimator; its ``model`` fixes the input width (:func:`n_encoder_inputs`).
     n_outputs : int
-    input_mean, input_std : ndarray, shape (n_observables + 1,)
+    input_mean, input_std : ndarray, shape (n_encoder_inputs,)
         Standardisation of the inputs (:func:`input_statistics`; zeros and ones before loading weights).
     generator : torch.Generator
         Initial weights.
     """
     return Encoder(
-        estimator.model.n_observables + 1,
+        n_encoder_inputs(estimator.model),
         n_outputs,
         n_hidden=estimator.n_hidden or max(64, estimator.model.n_observables),
         n_layers=estimator.n_layers,
@@ -109,10 +110,10 @@ def train_estimator(
     val_index = val_index[: estimator.voxels_per_epoch]
     train_voxels = voxels.select(train_index.to(device))
     validation_voxels = voxels.select(val_index.to(device))
-    training_noise = torch_stream(seed, "training_noise", device)
+    training_noise = torch_stream(seed, rank_stream("training_noise"), device)
 
     def voxel_loss(batch: VoxelBatch, epoch: int, training: bool) -> torch.Tensor:
-        generator = training_noise if training else torch_stream(seed, "validation_noise", device)
+        generator = training_noise if training else torch_stream(seed, rank_stream("validation_noise"), device)
         return loss(batch, epoch, generator)
 
     threads = (estimator.n_threads or 1) if device.type == "cpu" else None

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 __all__ = ["Option", "OPTIONS", "method_options", "check_options"]
 
 
@@ -35,6 +37,8 @@ class Option:
         1 for a scalar; 2 for a pair such as a temperature schedule.
     cli : bool
         Offered as a flag of ``varmap fit``.
+    per_voxel : bool
+        Also accepts one value per voxel, a 1-D array (through the Python API).
     """
 
     name: str
@@ -46,6 +50,7 @@ class Option:
     high: float | None = None
     n_values: int = 1
     cli: bool = True
+    per_voxel: bool = False
 
     @property
     def flag(self) -> str:
@@ -64,6 +69,8 @@ class Option:
             if self.default is None:
                 return None
             raise ValueError(f"option {self.name} needs a value; its default is {self.default!r}.")
+        if self.per_voxel and np.ndim(value) == 1:
+            return np.asarray(value, dtype=np.float64)  # checked against the voxels by the data preparation
         if self.n_values > 1:
             values = tuple(value) if isinstance(value, (list, tuple)) else None
             if values is None or len(values) != self.n_values:
@@ -87,8 +94,8 @@ class Option:
 
 
 _COMMON = (
-    Option("sigma", float, None, "noise standard deviation of one measurement in raw signal units "
-           "(default: estimated from the data)", low=0.0),
+    Option("sigma", float, None, "noise standard deviation of one measurement in raw signal units, for the "
+           "scan or (Python API) one value per voxel (default: estimated from the data)", low=0.0, per_voxel=True),
     Option("likelihood", str, "rician", "noise model of the reconstruction term", choices=("rician", "gaussian")),
 )
 

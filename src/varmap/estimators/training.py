@@ -1,4 +1,5 @@
-"""Mini-batch training with Adam, a held-out split of voxels and early stopping."""
+"""Mini-batch training with Adam, a held-out split of voxels and early stopping, in one process or
+data-parallel over several (:mod:`varmap.estimators.distributed`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from .distributed import data_parallel, gather_shards, rank_and_size, sum_over_processes
 
 __all__ = ["train_network", "split_voxels"]
 
@@ -28,6 +31,24 @@ def _trimmed_mean(values: torch.Tensor, keep: float = 0.99) -> float:
     """Mean of the lowest ``keep`` fraction of ``values``."""
     ordered = torch.sort(values.detach().flatten()).values
     return float(ordered[: max(1, int(round(keep * ordered.numel())))].mean())
+
+
+class _NetworkLoss(nn.Module):
+    """``loss_fn`` as the forward pass of a module holding ``network``: what ``DistributedDataParallel``
+    wraps, since it averages the gradients of the forward calls made through it."""
+
+    def __init__(self, network: nn.Module, loss_fn: Callable[[Any, int, bool], torch.Tensor]) -> None:
+        super().__init__()
+        self.network = network
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any, epoch: int, training: bool) -> torch.Tensor:
+        return self.loss_fn(batch, epoch, training)
+
+
+def _shard(data: Any, index: torch.Tensor | slice) -> Any:
+    """The voxels ``index`` of a tuple of tensors, keeping the tuple's type."""
+    return type(data)(*(t[index] for t in data))
 
 
 def train_network(
@@ -89,7 +110,22 @@ def train_network(
     -------
     dict
         ``train_loss`` and ``val_loss`` per epoch, ``best_epoch``, ``stopped_epoch``.
+
+    Notes
+    -----
+    In a process group of P processes (:func:`varmap.estimators.distributed.launch`), every process
+    is given the same data, network and ``generator`` seed.  Each draws the same mini-batch order,
+    computes the loss of its share of every mini-batch (voxels ``rank::P``) and
+    ``DistributedDataParallel`` averages the gradients, scaled so that a step is the gradient of the
+    mean loss over the whole mini-batch, as in one process.  The held-out voxels are shared out the
+    same way and their losses gathered, so every process computes the same validation loss and takes
+    the same learning-rate and early-stopping decisions; the networks stay identical.  Only the
+    random draws inside ``loss_fn`` differ from one process (each process draws for its own voxels).
     """
+    rank, n_proc = rank_and_size()
+    batch_loss = data_parallel(_NetworkLoss(network, loss_fn))
+    n_val = val_data[0].shape[0]
+    val_shard = _shard(val_data, slice(rank, None, n_proc))
     optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
     # Smaller steps once the held-out loss stalls: SGD noise otherwise limits how precisely the
     # networks resolve narrow posteriors at high SNR.
@@ -106,18 +142,21 @@ def train_network(
         total = 0.0
         for start in range(0, epoch_size, batch_size):
             index = order[start : start + batch_size]
-            loss = loss_fn(type(train_data)(*(t[index] for t in train_data)), epoch, True).mean()
+            values = batch_loss(_shard(train_data, index[rank::n_proc]), epoch, True)
+            # the mean over the whole mini-batch once the gradients are averaged over the processes
+            loss = values.sum() / (index.numel() / n_proc)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = float(nn.utils.clip_grad_norm_(network.parameters(), 3.0 * typical_norm))
             if math.isfinite(norm):
                 typical_norm = norm if typical_norm == float("inf") else 0.9 * typical_norm + 0.1 * min(norm, 3.0 * typical_norm)
                 optimizer.step()
-            total += float(loss.detach()) * index.numel()
-        history["train_loss"].append(total / epoch_size)
+            total += float(values.detach().sum())
+        history["train_loss"].append(sum_over_processes(total, train_data[0].device) / epoch_size)
         network.eval()
         with torch.no_grad():
-            val_loss = _trimmed_mean(loss_fn(val_data, epoch, False)) if val_data[0].shape[0] else history["train_loss"][-1]
+            val_loss = (_trimmed_mean(gather_shards(loss_fn(val_shard, epoch, False), n_val)) if n_val
+                        else history["train_loss"][-1])
         history["val_loss"].append(val_loss)
         bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}", val=f"{val_loss:.4g}")
         changed = after_epoch is not None and after_epoch(epoch)

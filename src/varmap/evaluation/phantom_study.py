@@ -29,6 +29,7 @@ import numpy as np
 from .. import __version__
 from ..estimators import ESTIMATORS, get_estimator
 from ..phantom import Phantom, make_phantom
+from ..phantom.fields import NOISE_FIELD_RANGE
 from ..provenance import environment
 from ..results import FitResult
 from ..signal_models import SignalModel, get_signal_model
@@ -101,6 +102,7 @@ def run_phantom_study(
     purity: float = 0.9,
     edge_voxels: float = 2.0,
     phantom: Phantom | None = None,
+    noise_field: bool = False,
 ) -> PhantomStudyResult:
     """Fit the brain phantom with every method; accuracy per tissue, edge sharpness, time and memory.
 
@@ -138,7 +140,11 @@ def run_phantom_study(
         surface, are ``"boundary"``; the others ``"interior"``.
     phantom : Phantom, optional
         Use this phantom instead of building one; ``model`` must match it, and ``voxel_size``,
-        ``snr``, ``crop`` are then taken from it (``seed`` still seeds the estimators).
+        ``snr``, ``crop``, ``noise_field`` are then taken from it (``seed`` still seeds the estimators).
+    noise_field : bool
+        Build the phantom with a noise level that varies smoothly over the head (factor 1 to 3 over the
+        brain, like a coil sensitivity / g-factor profile; :func:`~varmap.phantom.make_phantom`)
+        instead of one noise level.  The methods are not told the noise levels.
 
     Returns
     -------
@@ -168,7 +174,9 @@ def run_phantom_study(
     started = time.perf_counter()
     if phantom is None:
         logger.info("phantom study: building a %s phantom at %g mm", model, voxel_size)
-        phantom = make_phantom(model=model, voxel_size=voxel_size, snr=snr, seed=seed, crop=crop, image=False)
+        phantom = make_phantom(
+            model=model, voxel_size=voxel_size, snr=snr, seed=seed, crop=crop, image=False, noise_field=noise_field
+        )
     signals = phantom.signals
     truth = phantom.truth_in_mask()
     regions = phantom_regions(phantom, purity=purity, edge_voxels=edge_voxels)
@@ -273,6 +281,8 @@ def _config(
         "voxel_size_mm": phantom.voxel_size,
         "snr": phantom.snr,
         "sigma": phantom.sigma,
+        "noise": _noise_description(phantom),
+        "noise_field": phantom.noise_field is not None,
         "seed": seed,
         "phantom_seed": phantom.seed,
         "crop": phantom.config.get("crop"),
@@ -293,6 +303,18 @@ def _config(
     }
 
 
+def _noise_description(phantom: Phantom) -> str:
+    """The phantom's noise in words: one level, or the noise field and its range in the studied voxels."""
+    if phantom.noise_field is None:
+        return f"Rician, one noise level (sigma {phantom.sigma:g})"
+    in_brain = phantom.sigma_map[phantom.mask]
+    low, high = NOISE_FIELD_RANGE
+    return (
+        f"Rician, noise level varying smoothly over the head (noise field, factor {low:g} to {high:g} over the "
+        f"whole brain; sigma {in_brain.min():.4g} to {in_brain.max():.4g} in the studied voxels)"
+    )
+
+
 # ---------------------------------------------------------------------------------------- report
 def format_phantom_markdown(result: PhantomStudyResult) -> str:
     """Markdown report: set-up, accuracy per parameter and tissue, edge sharpness, speed, clusters."""
@@ -309,12 +331,13 @@ def _setup_lines(config: dict) -> list[str]:
     """The phantom, its noise and its groups, in words."""
     counts = config.get("group_counts", {})
     return [
-        f"## Brain phantom study: {config.get('model')}",
+        f"## Brain phantom study: {config.get('model')}" + (", noise field" if config.get("noise_field") else ""),
         "",
         f"Voxel size {config.get('voxel_size_mm'):g} mm, grid {' x '.join(map(str, config.get('shape', [])))}"
         + (f" (crop {config['crop']})" if config.get("crop") else " (whole brain)")
         + f", {config.get('n_brain_voxels')} brain voxels x {config.get('n_measurements')} measurements; "
         f"b=0 SNR of white matter {config.get('snr'):g} (sigma {config.get('sigma'):g}).",
+        f"Noise: {config.get('noise')}.",
         f"Groups: pure (fraction >= {config.get('purity')}) "
         + ", ".join(f"{name} {counts.get(name, 0)}" for name in PHANTOM_GROUPS)
         + f"; boundary (<= {config.get('edge_voxels'):g} voxels from a tissue change) {config.get('boundary_voxels')}.",

@@ -20,11 +20,12 @@ from ..provenance import environment
 from ..random_streams import stream_seed
 from ..signal_models import SignalModel, get_signal_model
 from ..simulation import ClusterPrior, SimulatedData, get_prior, hcp_protocol, simulate
+from ..simulation.datasets import check_noise_variation, check_S0_range
 from .accuracy import add_oracle_ratios, simulation_rows
 from .oracle import ball_stick_oracle, msdki_oracle
 from .runner import format_csv, markdown_table, measure
 
-__all__ = ["StudyResult", "run_study", "run_demo", "format_markdown", "DEFAULT_PRIORS"]
+__all__ = ["StudyResult", "run_study", "run_demo", "format_markdown", "describe_variant", "DEFAULT_PRIORS"]
 
 logger = logging.getLogger("varmap")
 
@@ -59,12 +60,15 @@ class StudyResult:
         ``estimates[snr][method]`` maps each parameter to its estimates (oracle: its voxel subset).
     data : dict
         ``data[snr]`` is the :class:`~varmap.simulation.SimulatedData`.
+    variant : str
+        The data's noise and S0 in words (:func:`describe_variant`).
     files : list of Path
     """
 
     rows: list[dict]
     estimates: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
+    variant: str = ""
     files: list[Path] = field(default_factory=list)
 
 
@@ -82,6 +86,9 @@ def run_study(
     progress: bool = True,
     method_options: dict[str, dict] | None = None,
     n_jobs: int = 1,
+    noise_variation: float = 1.0,
+    S0_range: tuple[float, float] | None = None,
+    sigma_known: bool = False,
 ) -> StudyResult:
     """Simulate, fit with every method, compare with the truth and the Bayes oracle.
 
@@ -112,6 +119,17 @@ def run_study(
     n_jobs : int
         Fits run at the same time, each in its own process (see :data:`_TIMING_NOTE`); the network
         estimators train on one thread, so one job per CPU core uses the machine fully.
+    noise_variation : float
+        Variant with a noise level that differs between voxels: each voxel's σ is σ_SNR times a factor
+        drawn log-uniformly on [1, noise_variation] (:func:`~varmap.simulation.simulate`), so an SNR
+        is that of the least noisy voxels.  The oracle knows every voxel's σ.  1: one noise level.
+    S0_range : (low, high), optional
+        Variant with S0 drawn uniformly on [low, high] (raw units; the SNR is that of the mean S0)
+        instead of S0 = 1 everywhere.  The oracle then does not know S0 and marginalises it over that
+        distribution (MS-DKI only; it costs the oracle 17 times as long).
+    sigma_known : bool
+        Give every method each voxel's true noise level (``sigma=``), as the oracle has it; by
+        default the methods estimate it.
 
     Returns
     -------
@@ -122,9 +140,11 @@ def run_study(
     FileExistsError
         If ``output_dir`` exists and ``force`` is false (before any work).
     ValueError
-        On an unknown model, method or prior, a non-positive SNR or ``n_jobs`` < 1.
+        On an unknown model, method or prior, a non-positive SNR, ``n_jobs`` < 1, ``noise_variation``
+        < 1, a bad ``S0_range``, or ``S0_range`` for a model whose oracle cannot marginalise S0.
     """
     _check_request(model, snrs, methods, n_jobs)
+    _check_variant(model, noise_variation, S0_range)
     if output_dir is not None:
         from ..io import check_output_dir
 
@@ -135,14 +155,20 @@ def run_study(
     simulation_prior = get_prior(model, prior_name)
     n_sub = min(n_oracle, n_voxels)
     started = time.perf_counter()
-    data = _simulate_snrs(signal_model, simulation_prior, snrs, n_voxels=n_voxels, seed=seed)
-    jobs = _fit_jobs(data, methods, method_options, seed=seed, n_oracle=n_sub)
+    variant = {"noise_variation": float(noise_variation), "S0_range": S0_range}
+    data = _simulate_snrs(signal_model, simulation_prior, snrs, n_voxels=n_voxels, seed=seed, **variant)
+    jobs = _fit_jobs(data, methods, method_options, seed=seed, n_oracle=n_sub, sigma_known=sigma_known)
     fits = _run_jobs(jobs, n_jobs=n_jobs, progress=progress)
     result = _tabulate(data, fits, methods, n_oracle=n_sub)
+    result.variant = describe_variant(**variant, sigma_known=sigma_known)
     if output_dir is not None:
         config = _config(
             model=model, prior=prior_name, snrs=snrs, n_voxels=n_voxels, n_oracle=n_sub, methods=methods,
             method_options=method_options, n_jobs=n_jobs, seed=seed,
+        )
+        config.update(
+            variant=result.variant, noise_variation=float(noise_variation),
+            S0_range=None if S0_range is None else [float(v) for v in S0_range], sigma_known=bool(sigma_known),
         )
         config["total_time_s"] = time.perf_counter() - started
         result.files = _write_outputs(result, config, output_dir, force=force)
@@ -179,13 +205,62 @@ def _check_request(model: str, snrs: Sequence[float], methods: Sequence[str], n_
         raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(ESTIMATORS)}.")
 
 
+def _check_variant(model: str, noise_variation: float, S0_range: tuple[float, float] | None) -> None:
+    """Refuse a variant the simulation or the model's oracle cannot run, before any work."""
+    check_noise_variation(noise_variation)
+    if S0_range is not None:
+        check_S0_range(S0_range)
+        if model != "msdki":
+            raise ValueError(
+                f"S0_range needs an oracle that marginalises S0, which only msdki has; got model={model!r} "
+                "(leave S0_range out, or study msdki)."
+            )
+
+
+def describe_variant(*, noise_variation: float, S0_range: tuple[float, float] | None, sigma_known: bool) -> str:
+    """The study's data in words: its noise level, its S0, and what the methods are told.
+
+    Parameters
+    ----------
+    noise_variation : float
+    S0_range : (low, high) or None
+    sigma_known : bool
+        See :func:`run_study`.
+
+    Returns
+    -------
+    str
+    """
+    noise = (
+        "one noise level" if noise_variation == 1
+        else f"noise level varying between voxels (factor log-uniform on [1, {noise_variation:g}]; "
+        "SNR of the least noisy)"
+    )
+    S0 = (
+        "S0 the same in every voxel, known to the oracle" if S0_range is None
+        else f"S0 uniform on [{S0_range[0]:g}, {S0_range[1]:g}], marginalised by the oracle"
+    )
+    told = "methods given each voxel's noise level" if sigma_known else "methods estimate the noise level"
+    return f"{noise}; {S0}; {told}"
+
+
 def _simulate_snrs(
-    signal_model: SignalModel, prior: ClusterPrior, snrs: Sequence[float], *, n_voxels: int, seed: int
+    signal_model: SignalModel,
+    prior: ClusterPrior,
+    snrs: Sequence[float],
+    *,
+    n_voxels: int,
+    seed: int,
+    noise_variation: float,
+    S0_range: tuple[float, float] | None,
 ) -> dict[float, SimulatedData]:
     """One simulated data set per SNR, each from its own named random stream of ``seed`` (so the data at
     one SNR do not depend on which other SNRs are studied)."""
     return {
-        snr: simulate(signal_model, prior, n_voxels=n_voxels, snr=snr, seed=stream_seed(seed, f"data at SNR {snr:g}"))
+        snr: simulate(
+            signal_model, prior, n_voxels=n_voxels, snr=snr, noise_variation=noise_variation, S0_range=S0_range,
+            seed=stream_seed(seed, f"data at SNR {snr:g}"),
+        )
         for snr in snrs
     }
 
@@ -199,6 +274,7 @@ class _FitJob:
     options: dict
     seed: int
     n_oracle: int
+    sigma_known: bool
 
 
 def _fit_jobs(
@@ -208,10 +284,11 @@ def _fit_jobs(
     *,
     seed: int,
     n_oracle: int,
+    sigma_known: bool,
 ) -> list[_FitJob]:
     """Every fit of the study: at each SNR, the oracle (unless ``n_oracle`` is 0), then each method."""
     return [
-        _FitJob(simulated, method, dict(method_options.get(method, {})), seed, n_oracle)
+        _FitJob(simulated, method, dict(method_options.get(method, {})), seed, n_oracle, sigma_known)
         for simulated in data.values()
         for method in ([ORACLE] if n_oracle > 0 else []) + list(methods)
     ]
@@ -223,11 +300,14 @@ def _run_job(job: _FitJob, progress: bool = False) -> tuple[dict, float]:
     with measure() as cost:
         if job.method == ORACLE:
             n = job.n_oracle
+            sigma = data.sigma if np.ndim(data.sigma) == 0 else data.sigma[:n]
+            S0 = {"S0": data.S0[:n]} if data.S0_range is None else {"S0_range": data.S0_range}
             oracle = _ORACLES[data.model]
-            params = oracle(data.signals[:n], data.protocol, data.prior, sigma=data.sigma, S0=data.S0[:n]).params
+            params = oracle(data.signals[:n], data.protocol, data.prior, sigma=sigma, **S0).params
         else:
             signal_model = get_signal_model(data.model, data.protocol)
-            estimator = get_estimator(job.method, signal_model, seed=job.seed, progress=progress, **job.options)
+            options = job.options | ({"sigma": data.sigma} if job.sigma_known else {})
+            estimator = get_estimator(job.method, signal_model, seed=job.seed, progress=progress, **options)
             params = estimator.fit(data.signals).params
     return params, cost.seconds
 
@@ -332,9 +412,21 @@ def _config(
 
 
 # ---------------------------------------------------------------------------------------- report
-def format_markdown(rows: list[dict]) -> str:
-    """One Markdown table per SNR: a row per method, RMSE (or angular error) and bias per cluster."""
-    lines = []
+def format_markdown(rows: list[dict], *, title: str | None = None) -> str:
+    """One Markdown table per SNR: a row per method, RMSE (or angular error) and bias per cluster.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :attr:`StudyResult.rows`.
+    title : str, optional
+        A heading above the tables (the study writes the model and :attr:`StudyResult.variant`).
+
+    Returns
+    -------
+    str
+    """
+    lines = [] if title is None else [f"## {title}", ""]
     for snr in dict.fromkeys(r["snr"] for r in rows):
         at_snr = [r for r in rows if r["snr"] == snr]
         groups = list(dict.fromkeys((r["parameter"], r["cluster"]) for r in at_snr))
@@ -368,7 +460,8 @@ def _write_outputs(result: StudyResult, config: dict, output_dir: Path, *, force
     names = ["results.csv", "results.md"]
     with atomic_output_dir(output_dir, force=force) as staging:
         (staging / "results.csv").write_text(format_csv(result.rows, _COLUMNS), encoding="utf-8", newline="")
-        (staging / "results.md").write_text(format_markdown(result.rows), encoding="utf-8")
+        title = f"{config['model']} simulation study: {result.variant}"
+        (staging / "results.md").write_text(format_markdown(result.rows, title=title), encoding="utf-8")
         for snr, data in result.data.items():
             name = f"scatter_snr{snr:g}.png"
             study_scatter_figure(

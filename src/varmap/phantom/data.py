@@ -39,7 +39,8 @@ class Phantom:
         ``tissue_params[tissue][name]``: the pure-tissue parameter map of each tissue, shape (X, Y, Z),
         defined everywhere in the mask (whatever the tissue's fraction).
     sigma : float
-        Noise standard deviation of each (real and imaginary) channel, raw units.
+        Noise standard deviation of each (real and imaginary) channel, raw units; with a noise field,
+        that of the least noisy brain voxels (see :attr:`sigma_map`).
     labels : ndarray of int8, shape (X, Y, Z)
         Dominant tissue (index into :data:`TISSUES`), -1 outside the mask.
     model : str
@@ -55,6 +56,9 @@ class Phantom:
         Every setting and tissue value used, JSON-serialisable (written as ``phantom.json``).
     masked_signals : ndarray, shape (n_voxels, n_measurements), float32, or None
         Brain voxels' signals when :attr:`dwi` is ``None``; use :attr:`signals`.
+    noise_field : ndarray, shape (X, Y, Z), float32, or None
+        Factor of each voxel's noise level (1 to 3 over the whole brain) when the phantom was built
+        with ``noise_field=True``; ``None``: one noise level.
 
     Notes
     -----
@@ -85,11 +89,22 @@ class Phantom:
     crop: tuple[slice, slice, slice] | None = None
     config: dict = field(default_factory=dict)
     masked_signals: np.ndarray | None = field(default=None, repr=False)
+    noise_field: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """Spatial shape (X, Y, Z)."""
         return tuple(int(n) for n in self.mask.shape)
+
+    @property
+    def sigma_map(self) -> np.ndarray:
+        """True noise standard deviation of every voxel, raw units, shape (X, Y, Z), float32.
+
+        ``sigma`` everywhere without a noise field; the truth a noise-map estimator should find.
+        """
+        if self.noise_field is None:
+            return np.full(self.shape, self.sigma, dtype=np.float32)
+        return (self.sigma * self.noise_field).astype(np.float32)
 
     @property
     def n_voxels(self) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..signal_models import get_signal_model
 from .data import Phantom
-from .fields import S0_FIELD_STD
+from .fields import NOISE_FIELD_RANGE, S0_FIELD_STD
 from .tissues import TISSUE_PARAMETERS, TISSUE_S0, TISSUES
 
 __all__ = ["phantom_images", "readme_text", "write_phantom"]
@@ -25,7 +25,7 @@ Ground truth of a varmap digital brain phantom
 =============================================
 
 Model: {model}.  Voxel size {voxel_size:g} mm, grid {shape}, {n_voxels} brain voxels.
-Noise: Rician, sigma = {sigma:g} per channel (raw units) = S0 of pure white matter ({s0_wm:g}) / SNR {snr:g}.
+Noise: Rician, sigma = {sigma:g} per channel (raw units) = S0 of pure white matter ({s0_wm:g}) / SNR {snr:g}.{noise_field}
 
 Files
 -----
@@ -78,7 +78,8 @@ def write_phantom(phantom: Phantom, output_dir: str | PathLike, *, force: bool =
         ``dwi.nii.gz`` (float32, X×Y×Z×N), ``dwi.bval`` (s/mm², one row), ``dwi.bvec`` (three rows),
         ``mask.nii.gz`` (uint8), under ``truth/`` one map per model parameter (``D.nii.gz``, ...;
         ``n.nii.gz`` X×Y×Z×3 for directional models), ``S0.nii.gz``, ``fraction_wm/gm/csf.nii.gz``,
-        ``labels.nii.gz`` and ``README.txt``, and ``phantom.json``.
+        ``labels.nii.gz``, with a noise field ``sigma.nii.gz`` (every voxel's noise standard
+        deviation, :attr:`Phantom.sigma_map`), and ``README.txt``, and ``phantom.json``.
 
     Raises
     ------
@@ -115,8 +116,9 @@ def phantom_images(phantom: Phantom) -> dict[str, np.ndarray]:
     -------
     dict of ndarray
         ``mask.nii.gz`` (uint8), ``truth/<name>.nii.gz`` for every entry of :attr:`Phantom.truth`,
-        ``truth/fraction_wm.nii.gz``, ``..._gm``, ``..._csf`` (float32) and ``truth/labels.nii.gz``
-        (uint8: 0 background, 1 WM, 2 GM, 3 CSF).
+        ``truth/fraction_wm.nii.gz``, ``..._gm``, ``..._csf`` (float32), ``truth/labels.nii.gz``
+        (uint8: 0 background, 1 WM, 2 GM, 3 CSF) and, when the phantom has a noise field,
+        ``truth/sigma.nii.gz`` (float32, every voxel's noise standard deviation).
     """
     images = {"mask.nii.gz": np.asarray(phantom.mask, dtype=np.uint8)}
     for name, value in phantom.truth.items():
@@ -124,6 +126,8 @@ def phantom_images(phantom: Phantom) -> dict[str, np.ndarray]:
     for t, tissue in enumerate(TISSUES):
         images[f"truth/fraction_{tissue.lower()}.nii.gz"] = np.asarray(phantom.fractions[..., t], dtype=np.float32)
     images["truth/labels.nii.gz"] = np.asarray(phantom.labels.astype(np.int16) + 1, dtype=np.uint8)
+    if phantom.noise_field is not None:
+        images["truth/sigma.nii.gz"] = phantom.sigma_map
     return images
 
 
@@ -151,6 +155,15 @@ def readme_text(phantom: Phantom) -> str:
             "                      one fibre); one smooth field shared by all tissues, meaningful where\n"
             "                      white matter dominates\n"
         )
+    noise_field = sigma_line = ""
+    if phantom.noise_field is not None:
+        low, high = NOISE_FIELD_RANGE
+        noise_field = (
+            f"\nThe noise level varies smoothly over the head (noise field, like a coil sensitivity / g-factor\n"
+            f"profile): each voxel's sigma is the value above times a factor from {low:g} to {high:g} over the brain.\n"
+            f"sigma above is therefore that of the least noisy brain voxels."
+        )
+        sigma_line = "sigma.nii.gz          noise standard deviation of every voxel (raw units, per channel)\n"
     values = TISSUE_PARAMETERS[phantom.model]
     tissue_lines = "\n".join(
         f"    {tissue:<4} " + ", ".join(f"{name} {mean:g} +- {std:g}" for name, (mean, std) in values[tissue].items())
@@ -170,6 +183,7 @@ def readme_text(phantom: Phantom) -> str:
         s0_csf=TISSUE_S0["CSF"],
         s0_std=S0_FIELD_STD,
         param_lines=param_lines,
-        direction_line=direction_line,
+        direction_line=direction_line + sigma_line,
         tissue_lines=tissue_lines,
+        noise_field=noise_field,
     ) + f"\nNames of the parameters in this model: {', '.join(names)}.\n"

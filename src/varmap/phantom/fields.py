@@ -3,7 +3,8 @@
 Every field is drawn on the whole template grid and then cropped, so the truth of a crop equals the
 same region of the uncropped phantom.  The draws of one generator follow a fixed order: the
 parameter fields (tissue by tissue, parameter by parameter), then the S0 field, then the three
-components of the fibre field.
+components of the fibre field.  The noise-level field (:func:`noise_field`) draws from its own
+generator.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from scipy import ndimage
 from .tissues import TISSUES
 
 __all__ = [
+    "NOISE_FIELD_COILS",
+    "NOISE_FIELD_RANGE",
     "ORIENTATION_FWHM_MM",
     "S0_FIELD_STD",
     "fibre_field",
+    "noise_field",
     "parameter_fields",
     "s0_field",
     "smooth_random_field",
@@ -29,6 +33,11 @@ __all__ = [
 S0_FIELD_STD = 0.05
 #: FWHM (mm) of the smooth field that orients the fibres.
 ORIENTATION_FWHM_MM = 20.0
+#: Smallest and largest factor of the noise-level field over the brain.
+NOISE_FIELD_RANGE = (1.0, 3.0)
+#: Virtual receive coils of the noise-level field, and their loop radius (mm).
+NOISE_FIELD_COILS = 8
+_COIL_RADIUS_MM = 40.0
 
 #: A region of a grid: one slice per axis.
 Region = tuple[slice, slice, slice]
@@ -137,3 +146,60 @@ def fibre_field(
     direction = np.stack(components, axis=-1)
     direction /= np.maximum(np.linalg.norm(direction, axis=-1, keepdims=True), 1e-12)
     return direction
+
+
+def noise_field(
+    *, brain: np.ndarray, region: Region, voxel_size: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Smooth multiplicative field of the noise level, like a parallel-imaging g-factor / coil profile.
+
+    Parameters
+    ----------
+    brain : ndarray, shape (X, Y, Z)
+        Brain-mask fraction on the whole template grid (the field's range is set on ``brain >= 0.5``).
+    region : tuple of slice
+        Part of the grid kept.
+    voxel_size : float
+        Isotropic voxel size, mm.
+    rng : numpy.random.Generator
+        Draws the coils' placement (one rotation about the head's vertical axis, then one elevation
+        per coil).
+
+    Returns
+    -------
+    ndarray, float32, shape of the region
+        Factor of the noise standard deviation: from :data:`NOISE_FIELD_RANGE` [0] to [1] over the
+        whole brain mask (lowest near the coils, highest deep inside), positive everywhere.
+
+    Notes
+    -----
+    :data:`NOISE_FIELD_COILS` circular coils of radius 40 mm sit on an ellipsoid 1.25 times the brain's
+    half-extent around its centre, evenly spaced in azimuth (a random rotation) at random elevations in
+    [-20°, 40°].  Coil i's sensitivity falls off as the on-axis field of a current loop,
+    :math:`c_i = (1 + d_i^2 / a^2)^{-3/2}` with :math:`d_i` the distance to it; the root-sum-of-squares
+    combination :math:`S = \\sqrt{\\sum_i c_i^2}` gives a noise level ∝ 1/S in signal-normalised
+    images.  log(1/S) is mapped linearly onto [log 1, log 3] over the brain, so the field is a power
+    of 1/S: smooth, from 1 at the best-covered brain voxel to 3 at the least covered.
+    """
+    inside = np.argwhere(brain >= 0.5).astype(np.float64) * voxel_size
+    centre = (inside.min(axis=0) + inside.max(axis=0)) / 2
+    half = 1.25 * (inside.max(axis=0) - inside.min(axis=0)) / 2
+    azimuth = rng.uniform(0.0, 2 * np.pi) + np.arange(NOISE_FIELD_COILS) * 2 * np.pi / NOISE_FIELD_COILS
+    elevation = np.radians(rng.uniform(-20.0, 40.0, NOISE_FIELD_COILS))
+    # Axis 2 of the template grid is inferior-superior; axes 0 and 1 span the axial plane.
+    unit = np.stack([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)], 1)
+    coils = centre + half * unit
+    axes = [np.arange(n, dtype=np.float64)[s] * voxel_size for n, s in zip(brain.shape, region)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    brain_low, brain_high = (f(_log_noise_level(inside, coils)) for f in (np.min, np.max))
+    scaled = (_log_noise_level(grid, coils) - brain_low) / (brain_high - brain_low)
+    low, high = NOISE_FIELD_RANGE
+    return np.exp(np.log(low) + scaled * (np.log(high) - np.log(low))).astype(np.float32)
+
+
+def _log_noise_level(points_mm: np.ndarray, coils: np.ndarray) -> np.ndarray:
+    """log(1/S) at points (..., 3) in mm, S the root-sum-of-squares sensitivity of ``coils`` (n_coils, 3)."""
+    power = np.zeros(points_mm.shape[:-1])
+    for coil in coils:
+        power += (1.0 + ((points_mm - coil) ** 2).sum(axis=-1) / _COIL_RADIUS_MM**2) ** -3.0
+    return -0.5 * np.log(power)

@@ -9,10 +9,20 @@ import numpy as np
 
 from .. import __version__
 from ..protocol import Protocol
+from ..random_streams import numpy_stream
 from ..signal_models import SignalModel, get_signal_model
 from ..simulation import add_noise, hcp_protocol
 from .data import Phantom
-from .fields import ORIENTATION_FWHM_MM, S0_FIELD_STD, fibre_field, parameter_fields, s0_field
+from .fields import (
+    NOISE_FIELD_COILS,
+    NOISE_FIELD_RANGE,
+    ORIENTATION_FWHM_MM,
+    S0_FIELD_STD,
+    fibre_field,
+    noise_field,
+    parameter_fields,
+    s0_field,
+)
 from .geometry import TissueGeometry, load_tissue_templates, resolve_crop, tissue_geometry
 from .tissues import (
     MSDKI_TURNING_MARGIN,
@@ -30,6 +40,8 @@ logger = logging.getLogger("varmap")
 # Voxels simulated at once: bounds memory to a few hundred MB at 288 measurements.  Part of the noise
 # stream's definition (changing it changes the noise of a seed), hence a constant.
 _CHUNK = 32_768
+#: Named random stream (:mod:`varmap.random_streams`) of the noise-level field's coils.
+_NOISE_FIELD_STREAM = "phantom noise field"
 
 
 def make_phantom(
@@ -42,6 +54,7 @@ def make_phantom(
     protocol: Protocol | None = None,
     field_fwhm_mm: float = 10.0,
     image: bool = True,
+    noise_field: bool = False,
 ) -> Phantom:
     """Simulate a diffusion acquisition of a brain with known tissue parameters.
 
@@ -69,6 +82,11 @@ def make_phantom(
         Keep the 4-D image :attr:`Phantom.dwi` with background noise.  ``False`` keeps only the brain
         voxels' signals (:attr:`Phantom.signals`, identical to ``dwi[mask]`` with ``True``): whole-brain
         studies that never write the image save the memory of the background (5 GB at 1.25 mm).
+    noise_field : bool
+        Let the noise level vary smoothly over the head, as parallel imaging makes it follow the coil
+        sensitivities and g-factor: the noise standard deviation becomes ``sigma`` times a factor
+        from 1 to 3 over the brain (:func:`~varmap.phantom.fields.noise_field`), in the background
+        too; :attr:`Phantom.sigma_map` holds each voxel's.  Off by default: one noise level.
 
     Returns
     -------
@@ -103,7 +121,9 @@ def make_phantom(
     :class:`Phantom`).
 
     Random streams: ``np.random.SeedSequence(seed).spawn(3)`` gives one generator for the fields, one
-    for the noise of the brain voxels and one for the background noise.
+    for the noise of the brain voxels and one for the background noise; the noise-level field's coils
+    come from the named stream ``"phantom noise field"`` of ``seed`` (:mod:`varmap.random_streams`),
+    so with and without it every other draw is the same.
     """
     _check_arguments(model, snr, field_fwhm_mm)
     voxel_size = float(voxel_size)
@@ -132,12 +152,17 @@ def make_phantom(
     truth = _ground_truth(signal_model.parameter_names, geometry, tissue_params, bias, direction)
 
     sigma = TISSUE_S0["WM"] / float(snr)
-    signals = _brain_signals(signal_model, geometry, tissue_params, bias, direction, sigma=sigma, rng=noise_rng)
+    level = None
+    if noise_field:
+        level = _noise_field(templates[2], region, voxel_size, seed)
+    signals = _brain_signals(
+        signal_model, geometry, tissue_params, bias, direction, sigma=sigma, noise_field=level, rng=noise_rng
+    )
     dwi = None
     if image:
         dwi = _brain_image(signals, geometry.mask)
         signals = None  # the image holds them now: free the copy before drawing the background
-        _add_background_noise(dwi, geometry.mask, sigma=sigma, rng=background_rng)
+        _add_background_noise(dwi, geometry.mask, sigma=sigma, noise_field=level, rng=background_rng)
 
     phantom = Phantom(
         dwi=dwi,
@@ -155,6 +180,7 @@ def make_phantom(
         voxel_size=voxel_size,
         crop=crop_region,
         masked_signals=signals,
+        noise_field=level,
     )
     phantom.config = _config(phantom, grid_shape=grid_shape, field_fwhm_mm=field_fwhm_mm)
     return phantom
@@ -167,6 +193,18 @@ def _check_arguments(model: str, snr: float, field_fwhm_mm: float) -> None:
         raise ValueError(f"snr={snr!r} must be a positive number (b=0 SNR of white matter).")
     if not (np.isfinite(field_fwhm_mm) and field_fwhm_mm >= 0):
         raise ValueError(f"field_fwhm_mm={field_fwhm_mm!r} must be >= 0 mm.")
+
+
+def _noise_field(brain: np.ndarray, region: tuple[slice, slice, slice], voxel_size: float, seed: int) -> np.ndarray:
+    """The noise-level factor of the phantom's region, from its named random stream."""
+    return noise_field(brain=brain, region=region, voxel_size=voxel_size, rng=numpy_stream(seed, _NOISE_FIELD_STREAM))
+
+
+def _noise_level(sigma: float, noise_field: np.ndarray | None, at: tuple[np.ndarray, ...]) -> float | np.ndarray:
+    """Noise standard deviation of the voxels ``at``: ``sigma``, or (n, 1) values with a noise field."""
+    if noise_field is None:
+        return sigma
+    return sigma * noise_field[at].astype(np.float64)[:, None]
 
 
 def _ground_truth(
@@ -198,12 +236,14 @@ def _brain_signals(
     direction: np.ndarray | None,
     *,
     sigma: float,
+    noise_field: np.ndarray | None,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Noisy signals of the brain voxels, (n_voxels, n_measurements) float32 in ``np.nonzero(mask)`` order.
 
     Each voxel sums its tissues' signals weighted by volume fraction, tissue S0 and the S0 field, then
-    gets Rician noise; chunks of :data:`_CHUNK` voxels draw from ``rng`` one after the other.
+    gets Rician noise of standard deviation ``sigma`` (times ``noise_field`` there, when given); chunks
+    of :data:`_CHUNK` voxels draw from ``rng`` one after the other.
     """
     names = signal_model.parameter_names
     index = np.nonzero(geometry.mask)
@@ -223,7 +263,8 @@ def _brain_signals(
             if direction is not None:
                 params["n"] = direction[at]
             clean += signal_model.predict(params, S0=weight * TISSUE_S0[tissue] * voxel_bias)
-        signals[start : start + _CHUNK] = add_noise(clean, sigma=sigma, kind="rician", rng=rng)
+        level = _noise_level(sigma, noise_field, at)
+        signals[start : start + _CHUNK] = add_noise(clean, sigma=level, kind="rician", rng=rng)
     return signals
 
 
@@ -234,13 +275,15 @@ def _brain_image(signals: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return dwi
 
 
-def _add_background_noise(dwi: np.ndarray, mask: np.ndarray, *, sigma: float, rng: np.random.Generator) -> None:
+def _add_background_noise(
+    dwi: np.ndarray, mask: np.ndarray, *, sigma: float, noise_field: np.ndarray | None, rng: np.random.Generator
+) -> None:
     """Fill the voxels outside ``mask`` with Rician noise of a zero signal, in place, chunk by chunk."""
     background = np.nonzero(~mask)
     for start in range(0, background[0].size, _CHUNK):
         at = tuple(axis[start : start + _CHUNK] for axis in background)
         zeros = np.zeros((at[0].size, dwi.shape[-1]))
-        dwi[at] = add_noise(zeros, sigma=sigma, kind="rician", rng=rng)
+        dwi[at] = add_noise(zeros, sigma=_noise_level(sigma, noise_field, at), kind="rician", rng=rng)
 
 
 def _config(phantom: Phantom, *, grid_shape: tuple[int, ...], field_fwhm_mm: float) -> dict:
@@ -270,4 +313,20 @@ def _config(phantom: Phantom, *, grid_shape: tuple[int, ...], field_fwhm_mm: flo
         "S0_field_relative_std": S0_FIELD_STD,
         "templates": "nilearn MNI152 GM/WM templates and brain mask, resolution=1",
         "protocol": phantom.protocol.to_dict(),
+    } | _noise_field_config(phantom)
+
+
+def _noise_field_config(phantom: Phantom) -> dict:
+    """The noise-level field's settings (nothing without one, so that default phantoms keep their json)."""
+    if phantom.noise_field is None:
+        return {}
+    in_brain = phantom.noise_field[phantom.mask]
+    return {
+        "noise_field": {
+            "model": "1/sqrt(sum of squared coil sensitivities), rescaled in log over the whole brain",
+            "range_over_brain": list(NOISE_FIELD_RANGE),
+            "n_coils": NOISE_FIELD_COILS,
+            "random_stream": _NOISE_FIELD_STREAM,
+            "range_in_this_mask": [float(in_brain.min()), float(in_brain.max())] if in_brain.size else None,
+        }
     }

@@ -7,15 +7,16 @@ files.  Each step is a module of its own:
 
 ``scan``        the checked input files, the brain mask and the masked voxels' signals
 ``checks``      the method's options and the device, checked before any heavy work
-``noise``       the image-based noise estimate for protocols with a single b=0 volume
+``noise``       the noise level of a run: given, read from a noise map, or a map estimated from the scan
+``noise_maps``  the estimators of a noise map (b=0 repeats, pseudo-residuals, dipy's local PCA, one value)
 ``maps``        per-voxel results back into image space, with the goodness of fit
 ``checkpoint``  what ``model.pt`` holds, and the estimator rebuilt from it
 ``outputs``     every output file, written atomically through :mod:`varmap.io`
 ``result``      :class:`ImageFitResult`
 """
 
-from .noise import estimate_sigma_from_image
+from .noise_maps import estimate_noise_map
 from .result import ImageFitResult
 from .run import apply_checkpoint, fit_image
 
-__all__ = ["ImageFitResult", "fit_image", "apply_checkpoint", "estimate_sigma_from_image"]
+__all__ = ["ImageFitResult", "fit_image", "apply_checkpoint", "estimate_noise_map"]

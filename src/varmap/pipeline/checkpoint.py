@@ -12,17 +12,20 @@ if TYPE_CHECKING:
     import torch
 
     from ..estimators import Estimator
+    from .noise import NoiseLevel
     from .scan import Scan
 
 __all__ = ["checkpoint_of", "restore_estimator"]
 
 
-def checkpoint_of(model: str, protocol: Protocol, estimator: "Estimator") -> dict:
-    """The content of ``model.pt``: varmap version, signal model name, protocol and estimator state."""
+def checkpoint_of(model: str, protocol: Protocol, estimator: "Estimator", noise: "NoiseLevel") -> dict:
+    """The content of ``model.pt``: varmap version, signal model name, protocol, estimator state, and
+    how the fit's noise level was found (``noise``: method and parameters; ``varmap apply`` estimates
+    a new scan's noise map the same way)."""
     from .. import __version__
 
     return {"varmap_version": __version__, "model": model, "protocol": protocol.to_dict(),
-            "state": estimator.get_state()}
+            "state": estimator.get_state(), "noise": {"method": noise.method, "parameters": noise.parameters}}
 
 
 def restore_estimator(

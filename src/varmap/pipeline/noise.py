@@ -1,110 +1,125 @@
-"""The noise level a fit starts from, and where it came from.
+"""The noise level a run maps with, one per voxel, and where it came from.
 
-Estimators estimate sigma themselves from two or more b=0 volumes.  With fewer, and no sigma given,
-the pipeline estimates it from the b=0 image (pseudo-residuals) and passes it as ``sigma=``.
+In order: a number the user gave (``--sigma``), a noise map the user gave (``--noise-map``), or a noise
+map estimated from the scan by the method of :mod:`.noise_maps` that measured best for its protocol.
+The estimators receive it as ``sigma=`` (a number, or one value per mask voxel).
 """
 
 from __future__ import annotations
 
 import logging
-import math
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..io import DWIImage, InputError
-from ..protocol import Protocol
+from ..io import InputError, load_noise_map
+from .noise_maps import NOISE_MAP_METHODS, default_method, estimate_noise_map
+from .scan import Scan
 
-__all__ = ["estimate_sigma_from_image", "noise_level", "SIGMA_GIVEN", "SIGMA_FROM_B0_VOLUMES", "SIGMA_FROM_IMAGE"]
+__all__ = ["NoiseLevel", "noise_level", "noise_summary", "SIGMA_GIVEN", "SIGMA_FROM_FILE", "SIGMA_FROM_IMAGE"]
 
 logger = logging.getLogger("varmap")
 
 #: Where the noise level came from, as recorded in fit.json's ``config.sigma_source``.
 SIGMA_GIVEN = "given (--sigma)"
-SIGMA_FROM_B0_VOLUMES = "estimated by the estimator from the repeated b=0 volumes"
-SIGMA_FROM_IMAGE = "estimated from the b=0 image (pseudo-residuals)"
-
-#: Fewest voxels with six in-mask neighbours for their pseudo-residuals alone to be used.
-_MIN_INNER_VOXELS = 20
+SIGMA_FROM_FILE = "noise map given (--noise-map)"
+SIGMA_FROM_IMAGE = "noise map estimated from the image"
 
 
-def noise_level(image: DWIImage, protocol: Protocol, mask: np.ndarray, sigma: float | None) -> tuple[float | None, str]:
-    """The ``sigma`` option of the estimator, and where it comes from.
+@dataclass(frozen=True)
+class NoiseLevel:
+    """The noise level of a run.
 
-    Parameters
+    Attributes
     ----------
-    image : DWIImage
-    protocol : Protocol
-    mask : ndarray of bool, shape (X, Y, Z)
-    sigma : float or None
-        The noise standard deviation the user gave (raw signal units), if any.
-
-    Returns
-    -------
-    sigma : float or None
-        ``None`` leaves the estimate to the estimator (two or more b=0 volumes).
+    sigma : float or ndarray, shape (n_voxels,)
+        Noise standard deviation of one measurement, raw signal units: one number (given), or one
+        value per mask voxel in ``np.nonzero(mask)`` order.
     source : str
-        One of :data:`SIGMA_GIVEN`, :data:`SIGMA_FROM_B0_VOLUMES`, :data:`SIGMA_FROM_IMAGE`.
+        :data:`SIGMA_GIVEN`, :data:`SIGMA_FROM_FILE` or :data:`SIGMA_FROM_IMAGE`.
+    method : str
+        ``"given"``, ``"file"`` or the name of the noise-map estimator (:data:`.NOISE_MAP_METHODS`).
+    parameters : dict
+        The estimator's parameters, the given value, or the file.
     """
-    if sigma is not None:
-        return sigma, SIGMA_GIVEN
-    if protocol.n_b0 >= 2:
-        return None, SIGMA_FROM_B0_VOLUMES
-    sigma = estimate_sigma_from_image(image, protocol, mask)
-    logger.info("only %d b=0 volume: noise level estimated from the image, sigma = %.4g", protocol.n_b0, sigma)
-    return sigma, SIGMA_FROM_IMAGE
+
+    sigma: float | np.ndarray
+    source: str
+    method: str
+    parameters: dict[str, Any]
+
+    def record(self, fitted_sigma: np.ndarray) -> dict[str, Any]:
+        """fit.json's ``noise``: method, parameters, source and the map's summary numbers.
+
+        Parameters
+        ----------
+        fitted_sigma : ndarray, shape (n_voxels,)
+            The noise level the fit used per voxel (NaN where not fitted).
+        """
+        return {"method": self.method, "parameters": self.parameters, "source": self.source,
+                "unit": "raw signal units (standard deviation of one measurement)", **noise_summary(fitted_sigma)}
 
 
-def estimate_sigma_from_image(image: DWIImage, protocol: Protocol, mask: np.ndarray) -> float:
-    """Noise standard deviation from the b=0 volume(s) by pseudo-residuals.
+def noise_level(
+    scan: Scan,
+    mask: np.ndarray,
+    *,
+    sigma: float | None = None,
+    noise_map: str | PathLike | None = None,
+    method: str | None = None,
+) -> NoiseLevel:
+    """The noise level to map ``scan`` with.
 
     Parameters
     ----------
-    image : DWIImage
-    protocol : Protocol
+    scan : Scan
     mask : ndarray of bool, shape (X, Y, Z)
+        The mask whose voxels are mapped.
+    sigma : float, optional
+        The noise standard deviation the user gave (raw signal units).
+    noise_map : path, optional
+        A NIfTI noise map in the DWI's grid (raw signal units), e.g. from MRtrix ``dwidenoise -noise``.
+    method : str, optional
+        Noise-map estimator when neither is given; default :func:`.noise_maps.default_method` of the
+        scan's protocol.
 
     Returns
     -------
-    float
-        σ in raw signal units.
+    NoiseLevel
 
     Raises
     ------
     InputError
-        If the mask's b=0 signal has no spread.
-
-    Notes
-    -----
-    In every mask voxel whose six face neighbours are in the mask too, the pseudo-residual
-    ``ε = √(6/7) (s − mean of the 6 neighbours)`` has the noise variance where the anatomy is locally
-    linear; σ is the robust spread ``1.4826 · MAD(ε)``, the median over the b=0 volumes.  With fewer
-    than 20 such voxels, every mask voxel is used.
-
-    References
-    ----------
-    Coupé P et al. (2008) An optimized blockwise nonlocal means denoising filter for 3-D magnetic
-    resonance images. IEEE Trans. Med. Imaging 27:425-441.
+        If both ``sigma`` and ``noise_map`` are given, ``sigma`` is not one number, or the noise map
+        does not fit the scan and mask.
     """
-    from scipy import ndimage
+    if sigma is not None and noise_map is not None:
+        raise InputError("give the noise level once: --sigma (one number) or --noise-map (a map), not both.")
+    if sigma is not None and np.ndim(sigma) != 0:
+        raise InputError("sigma= of an image is one number (raw signal units); give one value per voxel as a "
+                         "NIfTI noise map (noise_map=, --noise-map).")
+    if sigma is not None:
+        return NoiseLevel(float(sigma), SIGMA_GIVEN, "given", {"sigma": float(sigma)})
+    if noise_map is not None:
+        values = load_noise_map(noise_map, scan.image.spatial_shape, mask, affine=scan.image.affine)
+        return NoiseLevel(values[mask], SIGMA_FROM_FILE, "file", {"file": str(Path(noise_map))})
+    method = default_method(scan.protocol) if method is None else method
+    parameters = dict(NOISE_MAP_METHODS[method].parameters)
+    values = estimate_noise_map(scan.image, scan.protocol, mask, method, parameters)[mask]
+    summary = noise_summary(values)
+    logger.info("noise map estimated with %s (%d b=0 volumes): sigma median %.4g (5-95%%: %.4g-%.4g)", method,
+                scan.protocol.n_b0, summary["median"], summary["p5"], summary["p95"])
+    return NoiseLevel(values, f"{SIGMA_FROM_IMAGE} ({method})", method, parameters)
 
-    mask = np.asarray(mask, dtype=bool)
-    kernel = np.zeros((3, 3, 3))
-    kernel[[0, 2, 1, 1, 1, 1], [1, 1, 0, 2, 1, 1], [1, 1, 1, 1, 0, 2]] = 1.0
-    structure = kernel.astype(bool)
-    structure[1, 1, 1] = True
-    inner = ndimage.binary_erosion(mask, structure=structure)
-    if inner.sum() < _MIN_INNER_VOXELS:
-        inner = mask
-    sigmas = []
-    for index in np.flatnonzero(protocol.b0_mask):
-        volume = np.nan_to_num(image.volumes(int(index), int(index) + 1)[..., 0].astype(np.float64))
-        neighbours = ndimage.convolve(volume, kernel, mode="nearest") / 6.0
-        residual = math.sqrt(6.0 / 7.0) * (volume - neighbours)[inner]
-        sigmas.append(1.4826 * float(np.median(np.abs(residual - np.median(residual)))))
-    sigma = float(np.median(sigmas))
-    if not np.isfinite(sigma) or sigma <= 0:
-        raise InputError(
-            "cannot estimate the noise level from the image (one b=0 volume, no spread in the mask); "
-            "pass --sigma (noise standard deviation in signal units)."
-        )
-    return sigma
+
+def noise_summary(sigma: np.ndarray) -> dict[str, float | None]:
+    """Median, 5th and 95th percentile of the finite values of a noise level (``None`` when none is)."""
+    values = np.asarray(sigma, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {"median": None, "p5": None, "p95": None}
+    p5, median, p95 = np.percentile(values, [5, 50, 95])
+    return {"median": float(median), "p5": float(p5), "p95": float(p95)}

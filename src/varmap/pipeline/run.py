@@ -17,8 +17,9 @@ from ..io import check_input_file, check_output_dir
 from ..provenance import fit_record, jsonable, python_call
 from .checkpoint import checkpoint_of, restore_estimator
 from .checks import checked_device, checked_options
-from .maps import image_maps
-from .noise import noise_level
+from .maps import image_maps, per_voxel_sigma
+from .noise import NoiseLevel, noise_level, noise_summary
+from .noise_maps import NOISE_MAP_METHODS
 from .outputs import write_outputs
 from .result import ImageFitResult
 from .scan import COMPUTED_MASK, Scan, brain_mask, open_scan, read_signals
@@ -41,6 +42,7 @@ def fit_image(
     bvecs: str | PathLike,
     *,
     mask: str | PathLike | None = None,
+    noise_map: str | PathLike | None = None,
     model: str = "msdki",
     method: str = "gmvae",
     output_dir: str | PathLike | None = None,
@@ -63,6 +65,10 @@ def fit_image(
     mask : path, optional
         Brain mask in the DWI's voxel grid (values > 0 are in).  Default: computed with dipy's
         ``median_otsu`` on the mean b=0 image (holes filled) and saved as ``mask.nii.gz``.
+    noise_map : path, optional
+        Noise standard deviation of every voxel (raw signal units), a NIfTI image in the DWI's grid,
+        finite and positive in the mask (e.g. MRtrix ``dwidenoise -noise``).  Default: estimated from
+        the scan (:mod:`varmap.pipeline.noise_maps`), unless ``sigma`` gives one number.
     model : {"msdki", "ball_stick"}
     method : {"nlls", "selfsup", "vae", "gmvae"}
     output_dir : path, optional
@@ -82,8 +88,9 @@ def fit_image(
         The command line recorded in ``fit.json`` (the CLI passes its own); default the Python call.
     **options
         Estimator options of ``method`` (:data:`varmap.estimators.options.OPTIONS`: ``n_epochs``,
-        ``batch_size``, ``n_components``, ``likelihood``, ``sigma`` in raw signal units...).  Only
-        these are passed, so the estimator's defaults rule the rest.
+        ``batch_size``, ``n_components``, ``likelihood``, ``sigma``: one noise standard deviation for
+        the whole scan in raw signal units...).  Only these are passed, so the estimator's defaults rule
+        the rest.
 
     Returns
     -------
@@ -96,20 +103,21 @@ def fit_image(
 
     Notes
     -----
-    With fewer than two b=0 volumes and no ``sigma``, the noise level is estimated from the b=0
-    image(s) by pseudo-residuals (:func:`~varmap.pipeline.noise.estimate_sigma_from_image`); fit.json
-    records where sigma came from (``config.sigma_source``).
+    The estimator gets one noise level per voxel (``sigma=``): from ``noise_map``, or estimated from
+    the scan by the method that measured best for its protocol (:func:`.noise_maps.default_method`),
+    or ``sigma`` in every voxel.  It is written as ``sigma.nii.gz`` (0 outside the mask); fit.json's
+    ``noise`` records the method, its parameters and the map's median and 5th/95th percentiles.
     """
     started = time.perf_counter()
     if command is None:
-        command = python_call("fit_image", dwi, bvals, bvecs, mask=mask, model=model, method=method,
-                              output_dir=output_dir, seed=seed, device=device, **options)
+        command = python_call("fit_image", dwi, bvals, bvecs, mask=mask, noise_map=noise_map, model=model,
+                              method=method, output_dir=output_dir, seed=seed, device=device, **options)
     # ---- check every input before any heavy work
     if output_dir is not None:
         check_output_dir(output_dir, force=force)
     options = checked_options(method, options)
     torch_device = checked_device(device)
-    scan = open_scan(dwi, bvals, bvecs, mask=mask)
+    scan = open_scan(dwi, bvals, bvecs, mask=mask, noise_map=noise_map)
     from ..signal_models import get_signal_model
 
     signal_model = get_signal_model(model, scan.protocol)
@@ -119,18 +127,17 @@ def fit_image(
 
     # ---- mask, noise level, estimator
     mask_array = _timed(timings, "mask_s", brain_mask, scan)
-    sigma, sigma_source = _timed(timings, "noise_s", noise_level, scan.image, scan.protocol, mask_array,
-                                 options.get("sigma"))
-    if sigma is not None:
-        options["sigma"] = sigma
+    noise = _timed(timings, "noise_s", noise_level, scan, mask_array, sigma=options.get("sigma"),
+                   noise_map=noise_map)
     from ..estimators import get_estimator
 
-    estimator = get_estimator(method, signal_model, seed=seed, device=torch_device, progress=progress, **options)
+    estimator = get_estimator(method, signal_model, seed=seed, device=torch_device, progress=progress,
+                              **{**options, "sigma": noise.sigma})
 
     # ---- the scan mapped
     config = {"model": model, "method": method, "seed": seed, "device": str(torch_device),
-              "options": jsonable(options), "sigma_source": sigma_source}
-    return _map_scan(scan, mask_array, estimator, kind="fit", command=command, config=config,
+              "options": jsonable(options)}
+    return _map_scan(scan, mask_array, estimator, noise, kind="fit", command=command, config=config,
                      input_files=scan.files, output_dir=output_dir, force=force, figure=figure,
                      progress=progress, timings=timings, started=started)
 
@@ -142,6 +149,8 @@ def apply_checkpoint(
     bvecs: str | PathLike,
     *,
     mask: str | PathLike | None = None,
+    noise_map: str | PathLike | None = None,
+    sigma: float | None = None,
     output_dir: str | PathLike | None = None,
     device: str = "auto",
     force: bool = False,
@@ -153,7 +162,9 @@ def apply_checkpoint(
 
     The scan must have the protocol of the checkpoint (same b-values and directions, in order).
     Parameters and outputs are those of :func:`fit_image`, without ``model.pt``; ``fit.json`` names the
-    checkpoint and its checksum.
+    checkpoint and its checksum.  The new scan's noise level is its own: ``noise_map``, ``sigma`` (one
+    number, raw signal units), or a noise map estimated from the scan by the method the fit used (the
+    protocol's default when the fit was given its noise level).
 
     Raises
     ------
@@ -162,14 +173,14 @@ def apply_checkpoint(
     """
     started = time.perf_counter()
     if command is None:
-        command = python_call("apply_checkpoint", checkpoint, dwi, bvals, bvecs, mask=mask,
-                              output_dir=output_dir, device=device)
+        command = python_call("apply_checkpoint", checkpoint, dwi, bvals, bvecs, mask=mask, noise_map=noise_map,
+                              sigma=sigma, output_dir=output_dir, device=device)
     # ---- check every input before any heavy work
     if output_dir is not None:
         check_output_dir(output_dir, force=force)
     torch_device = checked_device(device)
     checkpoint = check_input_file(checkpoint, "checkpoint")
-    scan = open_scan(dwi, bvals, bvecs, mask=mask)
+    scan = open_scan(dwi, bvals, bvecs, mask=mask, noise_map=noise_map)
     estimator, saved = restore_estimator(checkpoint, scan, device=torch_device, progress=progress)
     timings = {"check_s": time.perf_counter() - started}
     method = saved["state"]["method"]
@@ -178,10 +189,12 @@ def apply_checkpoint(
 
     # ---- the scan mapped
     mask_array = _timed(timings, "mask_s", brain_mask, scan)
+    fitted_with = saved.get("noise", {}).get("method")  # "given", "file" or an estimator of noise maps
+    noise = _timed(timings, "noise_s", noise_level, scan, mask_array, sigma=sigma, noise_map=noise_map,
+                   method=fitted_with if fitted_with in NOISE_MAP_METHODS else None)
     config = {"model": saved["model"], "method": method, "device": str(torch_device),
-              "checkpoint": str(checkpoint), "checkpoint_varmap_version": saved.get("varmap_version"),
-              "sigma_source": "checkpoint"}
-    return _map_scan(scan, mask_array, estimator, kind="apply", command=command, config=config,
+              "checkpoint": str(checkpoint), "checkpoint_varmap_version": saved.get("varmap_version")}
+    return _map_scan(scan, mask_array, estimator, noise, kind="apply", command=command, config=config,
                      input_files={"checkpoint": checkpoint, **scan.files}, output_dir=output_dir, force=force,
                      figure=figure, progress=progress, timings=timings, started=started)
 
@@ -190,6 +203,7 @@ def _map_scan(
     scan: Scan,
     mask: "np.ndarray",
     estimator: "Estimator",
+    noise: NoiseLevel,
     *,
     kind: str,
     command: str,
@@ -202,23 +216,29 @@ def _map_scan(
     timings: dict[str, float],
     started: float,
 ) -> ImageFitResult:
-    """Read the mask's voxels, fit (``kind="fit"``) or transform them, and make maps, record and files."""
+    """Read the mask's voxels, fit (``kind="fit"``, the estimator holds ``noise``) or transform them with
+    ``noise``, and make maps, record and files."""
     signals, voxels = _timed(timings, "read_s", read_signals, scan, mask, progress=progress)
-    run = estimator.fit if kind == "fit" else estimator.transform
-    fit = _timed(timings, "fit_s", run, signals)
+    if kind == "fit":
+        fit = _timed(timings, "fit_s", estimator.fit, signals)
+    else:
+        fit = _timed(timings, "fit_s", estimator.transform, signals, sigma=noise.sigma)
     timings.update({f"fit_{stage}": seconds for stage, seconds in fit.timings.items()})
     logger.info("%s %d voxels in %.1f s", "fitted" if kind == "fit" else "mapped", int(voxels.valid.sum()),
                 timings["fit_s"])
+    sigma = per_voxel_sigma(fit)
     config.update({
         "seed": fit.seed,
         "estimator": jsonable(fit.config),
         "mask": "given" if not scan.mask_computed else COMPUTED_MASK,
-        "sigma": fit.sigma,
+        "sigma": noise_summary(sigma)["median"],
+        "sigma_source": noise.source,
     })
     maps, units = _timed(timings, "maps_s", image_maps, fit, signals, mask)
     metadata = fit_record(kind=kind, command=command, config=config, image=scan.image, protocol=scan.protocol,
                           voxels=voxels, mask_computed=scan.mask_computed, units=units, history=fit.history,
                           timings=timings)
+    metadata["noise"] = noise.record(sigma)
     result = ImageFitResult(maps=maps, units=units, mask=mask, affine=scan.image.affine, header=scan.image.header,
                             fit=fit, estimator=estimator, metadata=metadata)
     if output_dir is None:
@@ -226,7 +246,7 @@ def _map_scan(
         return result
     write_outputs(
         result, output_dir, input_files=input_files, force=force, started=started, zooms=scan.image.zooms,
-        checkpoint=checkpoint_of(config["model"], scan.protocol, estimator) if kind == "fit" else None,
+        checkpoint=checkpoint_of(config["model"], scan.protocol, estimator, noise) if kind == "fit" else None,
         figure_title=f"{config['model']} / {config['method']} -- {scan.image.path.name}" if figure else None,
     )
     counts = metadata["voxels"]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..io import DWIImage, InputError, compute_mask, load_mask, load_protocol, open_dwi
+from ..io import DWIImage, InputError, check_input_file, compute_mask, load_mask, load_protocol, open_dwi
 from ..protocol import Protocol
 
 if TYPE_CHECKING:  # the estimators load torch
@@ -37,7 +37,7 @@ class Scan:
     mask : ndarray of bool, shape (X, Y, Z), or None
         The given mask; ``None`` when it is to be computed.
     files : dict of Path
-        Input files by role: ``dwi``, ``bvals``, ``bvecs`` and, when given, ``mask``.
+        Input files by role: ``dwi``, ``bvals``, ``bvecs`` and, when given, ``mask`` and ``noise_map``.
     """
 
     image: DWIImage
@@ -52,9 +52,17 @@ class Scan:
 
 
 def open_scan(
-    dwi: str | PathLike, bvals: str | PathLike, bvecs: str | PathLike, *, mask: str | PathLike | None = None
+    dwi: str | PathLike,
+    bvals: str | PathLike,
+    bvecs: str | PathLike,
+    *,
+    mask: str | PathLike | None = None,
+    noise_map: str | PathLike | None = None,
 ) -> Scan:
     """Open the image and read the protocol and the mask, checking each against the others.
+
+    A ``noise_map`` file is only checked to exist here; it is read against the mask by
+    :func:`.noise.noise_level`.
 
     Raises
     ------
@@ -68,6 +76,8 @@ def open_scan(
     if mask is not None:
         given = load_mask(mask, image.spatial_shape, affine=image.affine)
         files["mask"] = Path(mask)
+    if noise_map is not None:
+        files["noise_map"] = check_input_file(noise_map, "noise map")
     return Scan(image=image, protocol=protocol, mask=given, files=files)
 
 

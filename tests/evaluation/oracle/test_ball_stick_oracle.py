@@ -40,3 +40,13 @@ def test_ball_stick_oracle_validates_prior(protocol):
         ball_stick_oracle(
             np.ones((2, protocol.n_measurements)), protocol, msdki_paper_prior(), sigma=0.1, S0=1.0
         )
+
+
+def test_ball_stick_oracle_per_voxel_sigma_equal_everywhere_is_the_scalar_oracle(protocol):
+    model = get_signal_model("ball_stick", protocol)
+    data = simulate(model, ball_stick_prior(), n_voxels=6, snr=30, seed=2)
+    kwargs = dict(S0=data.S0, n_burn=60, n_steps=40, n_init=8, seed=3)
+    scalar = ball_stick_oracle(data.signals, protocol, data.prior, sigma=data.sigma, **kwargs)
+    per_voxel = ball_stick_oracle(data.signals, protocol, data.prior, sigma=np.full(6, data.sigma), **kwargs)
+    for name in ("f", "d_par", "d_iso", "n"):
+        np.testing.assert_allclose(per_voxel.params[name], scalar.params[name], rtol=1e-12, atol=1e-12)

@@ -132,3 +132,72 @@ def test_msdki_oracle_validates_inputs(protocol):
         msdki_oracle(data.signals, protocol, data.prior, sigma=0.0, S0=1.0)
     with pytest.raises(ValueError, match="n_grid"):
         msdki_oracle(data.signals, protocol, data.prior, sigma=data.sigma, S0=1.0, n_grid=40)
+
+
+def _z_scores(result, data, voxels=slice(None)):
+    return {
+        name: (result.params[name] - data.params[name][voxels]) / result.std[name] for name in ("D", "K")
+    }
+
+
+def test_msdki_oracle_per_voxel_sigma_equal_everywhere_is_the_scalar_oracle(protocol):
+    data = _msdki_data(protocol, snr=10, n_voxels=12, seed=7)
+    scalar = _oracle(data, chunk_size=5)
+    per_voxel = msdki_oracle(
+        data.signals, protocol, data.prior, sigma=np.full(12, data.sigma), S0=data.S0, chunk_size=5
+    )
+    for name in ("D", "K"):
+        np.testing.assert_allclose(per_voxel.params[name], scalar.params[name], rtol=1e-12)
+        np.testing.assert_allclose(per_voxel.std[name], scalar.std[name], rtol=1e-12)
+    np.testing.assert_allclose(per_voxel.cluster_probs, scalar.cluster_probs, rtol=1e-12, atol=1e-15)
+
+
+def test_msdki_oracle_is_calibrated_with_per_voxel_noise(protocol):
+    """Noise levels differing by up to 4x between voxels: the oracle that knows each voxel's sigma still
+    reports posterior standard deviations that match its errors."""
+    model = get_signal_model("msdki", protocol)
+    data = simulate(model, msdki_paper_prior(), n_voxels=300, snr=10, noise_variation=4.0, seed=8)
+    result = _oracle(data)
+    for name, z in _z_scores(result, data).items():
+        assert np.mean(z**2) == pytest.approx(1.0, abs=0.3), name
+        assert 0.9 < np.mean(np.abs(z) < 1.96) <= 1.0, name
+
+
+def test_msdki_oracle_marginal_S0_with_a_degenerate_distribution_is_the_known_S0_oracle(protocol):
+    model = get_signal_model("msdki", protocol)
+    data = simulate(model, msdki_paper_prior(), n_voxels=10, snr=15, S0=800.0, seed=9)
+    known = _oracle(data)
+    for S0_range, tolerance in (((800.0, 800.0), 1e-10), ((800.0 * (1 - 1e-7), 800.0 * (1 + 1e-7)), 1e-5)):
+        marginal = msdki_oracle(data.signals, protocol, data.prior, sigma=data.sigma, S0_range=S0_range, n_S0=5)
+        for name in ("D", "K"):
+            assert np.all(np.abs(marginal.params[name] - known.params[name]) <= tolerance * known.std[name]), name
+            np.testing.assert_allclose(marginal.std[name], known.std[name], rtol=tolerance)
+        np.testing.assert_allclose(marginal.cluster_probs, known.cluster_probs, atol=tolerance)
+
+
+def test_msdki_oracle_marginal_S0_is_calibrated_and_wider_than_knowing_S0(protocol):
+    """S0 uniform on [600, 1400] and unknown to the oracle: its posterior standard deviations still match
+    its errors, are wider on average than those of the oracle that knows S0, and the S0 windows hold the
+    posterior."""
+    model = get_signal_model("msdki", protocol)
+    data = simulate(model, msdki_paper_prior(), n_voxels=150, snr=10, S0_range=(600.0, 1400.0), seed=10)
+    marginal = msdki_oracle(data.signals, protocol, data.prior, sigma=data.sigma, S0_range=data.S0_range, n_S0=9)
+    known = _oracle(data)
+    assert marginal.diagnostics["n_S0"] == 9 and marginal.diagnostics["S0_window_edge_mass"] < 1e-6
+    np.testing.assert_allclose(marginal.cluster_probs.sum(1), 1.0)
+    for name, z in _z_scores(marginal, data).items():
+        assert np.mean(z**2) == pytest.approx(1.0, abs=0.35), name
+        # less information on average (not in every voxel): E Var(θ | s) grows when S0 is unknown
+        assert np.mean(marginal.std[name] ** 2) > np.mean(known.std[name] ** 2), name
+
+
+def test_msdki_oracle_needs_S0_or_its_range(protocol):
+    data = _msdki_data(protocol, snr=10, n_voxels=3, seed=11)
+    with pytest.raises(ValueError, match="exactly one"):
+        msdki_oracle(data.signals, protocol, data.prior, sigma=data.sigma)
+    with pytest.raises(ValueError, match="exactly one"):
+        msdki_oracle(data.signals, protocol, data.prior, sigma=data.sigma, S0=1.0, S0_range=(0.5, 1.5))
+    with pytest.raises(ValueError, match="S0_range"):
+        msdki_oracle(data.signals, protocol, data.prior, sigma=data.sigma, S0_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="n_S0"):
+        msdki_oracle(data.signals, protocol, data.prior, sigma=data.sigma, S0_range=(0.5, 1.5), n_S0=1)

@@ -16,11 +16,16 @@ def test_chunks_cover_every_voxel_once():
         chunks(7, 0)
 
 
-def test_check_inputs_returns_float64_and_per_voxel_S0():
+def test_check_inputs_returns_float64_and_per_voxel_sigma_and_S0():
     protocol = hcp_protocol(n_b0=2, n_directions=6, shells=(1000.0, 2000.0))
     signals = np.ones((4, protocol.n_measurements), dtype=np.float32)
-    checked, S0 = check_inputs(signals, protocol, 0.1, 2.0)
+    checked, sigma, S0 = check_inputs(signals, protocol, 0.1, 2.0)
     assert checked.dtype == np.float64 and S0.shape == (4,) and np.all(S0 == 2.0)
+    assert sigma.shape == (4,) and np.all(sigma == 0.1)
+    levels = np.array([0.1, 0.2, 0.3, 0.4])
+    _, sigma, unknown = check_inputs(signals, protocol, levels, None)
+    np.testing.assert_array_equal(sigma, levels)
+    assert unknown is None
     bad = signals.copy()
     bad[0, 0] = np.nan
     for args, match in [
@@ -28,6 +33,8 @@ def test_check_inputs_returns_float64_and_per_voxel_S0():
         ((bad, protocol, 0.1, 1.0), "finite"),
         ((-signals, protocol, 0.1, 1.0), "finite"),
         ((signals, protocol, 0.0, 1.0), "sigma"),
+        ((signals, protocol, np.array([0.1, 0.1, -0.1, 0.1]), 1.0), "sigma"),
+        ((signals, protocol, np.full(3, 0.1), 1.0), r"sigma must be one number or one value per voxel, shape \(4,\)"),
         ((signals, protocol, 0.1, np.array([1.0, 1.0, -1.0, 1.0])), "S0"),
     ]:
         with pytest.raises(ValueError, match=match):

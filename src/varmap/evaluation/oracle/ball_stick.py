@@ -23,7 +23,7 @@ def ball_stick_oracle(
     protocol: Protocol,
     prior: ClusterPrior,
     *,
-    sigma: float,
+    sigma: float | np.ndarray,
     S0: float | np.ndarray,
     n_steps: int = 1500,
     n_burn: int = 1000,
@@ -40,8 +40,8 @@ def ball_stick_oracle(
     protocol : Protocol
     prior : ClusterPrior
         The prior the parameters were drawn from (names ``("f", "d_par", "d_iso")``, with direction).
-    sigma : float
-        Noise standard deviation per channel, raw units.
+    sigma : float or ndarray, shape (n_voxels,)
+        Noise standard deviation per channel, raw units: one for all voxels or each voxel's own.
     S0 : float or ndarray, shape (n_voxels,)
         True non-diffusion-weighted signal, raw units.
     n_steps : int
@@ -82,7 +82,7 @@ def ball_stick_oracle(
     """
     model = BallStickModel(protocol)
     check_prior(prior, model.parameter_names, True)
-    signals, S0_v = check_inputs(signals, protocol, sigma, S0)
+    signals, sigma_v, S0_v = check_inputs(signals, protocol, sigma, S0)
     start = perf_counter()
     rng = numpy_stream(seed, "oracle starting points")
     generator = torch_stream(seed, "oracle chains")
@@ -91,7 +91,7 @@ def ball_stick_oracle(
     for chunk in chunks(signals.shape[0], chunk_size):
         sampler = _BallStickSampler(
             model, prior, torch.as_tensor(signals[chunk], dtype=DTYPE)[:, dw],
-            torch.as_tensor(S0_v[chunk], dtype=DTYPE), sigma, dw,
+            torch.as_tensor(S0_v[chunk], dtype=DTYPE), torch.as_tensor(sigma_v[chunk], dtype=DTYPE), dw,
         )
         sampler.initialise(n_init, rng)
         parts.append(sampler.run(n_burn, n_steps, generator))
@@ -131,7 +131,7 @@ class _BallStickSampler:
         prior: ClusterPrior,
         m: torch.Tensor,
         S0: torch.Tensor,
-        sigma: float,
+        sigma: torch.Tensor,
         dw: torch.Tensor,
     ) -> None:
         self.model, self.prior, self.m, self.S0, self.sigma, self.dw = model, prior, m, S0, sigma, dw
@@ -141,7 +141,7 @@ class _BallStickSampler:
         """Log prior of the scalars plus the Rician log-likelihood (uniform direction prior omitted)."""
         log_prior = torch.as_tensor(self.prior.log_density(scalars.numpy()))
         nu = self.S0[:, None] * self.model.forward(torch.cat([scalars, direction], dim=1))[:, self.dw]
-        log_lik = rician_log_pdf(self.m, nu, self.sigma).sum(-1)
+        log_lik = rician_log_pdf(self.m, nu, self.sigma[:, None]).sum(-1)
         return torch.where(torch.isfinite(log_prior), log_prior + log_lik, -math.inf)
 
     def initialise(self, n_init: int, rng: np.random.Generator) -> None:

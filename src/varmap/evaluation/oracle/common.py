@@ -68,24 +68,25 @@ def check_prior(prior: ClusterPrior, names: tuple[str, ...], has_direction: bool
 
 
 def check_inputs(
-    signals: np.ndarray, protocol: Protocol, sigma: float, S0: float | np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validate an oracle's data and return it as float64.
+    signals: np.ndarray, protocol: Protocol, sigma: float | np.ndarray, S0: float | np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Validate an oracle's data and return it as float64, one noise level and S0 per voxel.
 
     Parameters
     ----------
     signals : ndarray, shape (n_voxels, n_measurements)
         Magnitudes, raw units.
     protocol : Protocol
-    sigma : float
-        Noise standard deviation per channel, raw units.
-    S0 : float or ndarray, shape (n_voxels,)
-        True non-diffusion-weighted signal, raw units.
+    sigma : float or ndarray, shape (n_voxels,)
+        Noise standard deviation per channel, raw units: one for all voxels or one per voxel.
+    S0 : float or ndarray, shape (n_voxels,), or None
+        True non-diffusion-weighted signal, raw units; ``None`` where the oracle does not know it.
 
     Returns
     -------
     signals : ndarray, float64, shape (n_voxels, n_measurements)
-    S0 : ndarray, float64, shape (n_voxels,)
+    sigma : ndarray, float64, shape (n_voxels,)
+    S0 : ndarray, float64, shape (n_voxels,), or None
 
     Raises
     ------
@@ -99,12 +100,24 @@ def check_inputs(
         )
     if not np.all(np.isfinite(signals)) or np.any(signals < 0):
         raise ValueError("signals must be finite magnitudes >= 0.")
-    if not (np.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma={sigma!r} must be the positive noise standard deviation (raw units).")
-    S0 = np.broadcast_to(np.asarray(S0, dtype=np.float64), (signals.shape[0],)).copy()
-    if not np.all(np.isfinite(S0) & (S0 > 0)):
-        raise ValueError("S0 must be positive and finite (a float, or one value per voxel).")
-    return signals, S0
+    sigma = _per_voxel(sigma, signals.shape[0], "sigma", "noise standard deviation per channel")
+    if S0 is not None:
+        S0 = _per_voxel(S0, signals.shape[0], "S0", "non-diffusion-weighted signal")
+    return signals, sigma, S0
+
+
+def _per_voxel(value: float | np.ndarray, n_voxels: int, name: str, meaning: str) -> np.ndarray:
+    """One positive finite float64 per voxel from a number or an (n_voxels,) array."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim > 1 or (array.ndim == 1 and array.shape[0] != n_voxels):
+        raise ValueError(
+            f"{name} must be one number or one value per voxel, shape ({n_voxels},); got shape {array.shape}."
+        )
+    if not np.all(np.isfinite(array) & (array > 0)):
+        raise ValueError(
+            f"{name} must be positive and finite: the {meaning}, raw units (a float, or one value per voxel)."
+        )
+    return np.broadcast_to(array, (n_voxels,)).copy()
 
 
 def chunks(n: int, size: int) -> list[slice]:

@@ -17,8 +17,8 @@ class ShellLikelihood:
     ----------
     m : Tensor, shape (n_voxels, n_directions)
         Magnitudes of the shell's measurements.
-    sigma : float
-        Noise standard deviation per channel.
+    sigma : Tensor, shape (n_voxels,)
+        Noise standard deviation per channel of each voxel.
     """
 
     n_coarse = 48
@@ -26,7 +26,7 @@ class ShellLikelihood:
     #: Nats below the maximum that the fine table must cover.
     depth = 60.0
 
-    def __init__(self, m: torch.Tensor, sigma: float) -> None:
+    def __init__(self, m: torch.Tensor, sigma: torch.Tensor) -> None:
         self.sigma = sigma
         self.curvature = m.shape[1] / sigma**2
         top = m.max(dim=1).values + 12.0 * sigma
@@ -53,7 +53,7 @@ class ShellLikelihood:
 
     def _evaluate(self, m: torch.Tensor, low: torch.Tensor, step: torch.Tensor, n: int) -> torch.Tensor:
         nu = low[:, None] + step[:, None] * torch.arange(n, dtype=DTYPE)
-        return rician_log_pdf(m[:, None, :], nu[:, :, None], self.sigma).sum(-1)
+        return rician_log_pdf(m[:, None, :], nu[:, :, None], self.sigma[:, None, None]).sum(-1)
 
     def __call__(self, nu: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
         """Log-likelihood at ν, shape (n_rows, ...), where row r belongs to voxel ``voxels[r]``."""
@@ -68,5 +68,5 @@ class ShellLikelihood:
         value = c[..., 0] + t * (c[..., 1] + t * (c[..., 2] + t * c[..., 3]))
         beyond = nu - inside
         slope = torch.where(beyond > 0, self.slope_high[voxels, None], self.slope_low[voxels, None])
-        value = value + slope * beyond - 0.5 * self.curvature * beyond * beyond
+        value = value + slope * beyond - 0.5 * self.curvature[voxels, None] * beyond * beyond
         return value.reshape(shape)
