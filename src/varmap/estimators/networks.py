@@ -39,11 +39,15 @@ class VoxelBatch(NamedTuple):
         The voxel's mean b=0 signal, reference units.
     sigma : Tensor, shape (B, 1)
         Noise standard deviation of one measurement, in the units of the observables.
+    noise_level : Tensor, shape (B, 1)
+        The same in reference units (``sigma · b0_mean``; the same number in every voxel when one noise
+        level holds for the scan).
     """
 
     observables: torch.Tensor
     b0_mean: torch.Tensor
     sigma: torch.Tensor
+    noise_level: torch.Tensor
 
     @property
     def n_voxels(self) -> int:
@@ -57,17 +61,20 @@ class VoxelBatch(NamedTuple):
 
 def voxel_batch(data: PreparedData, device: torch.device, rows: np.ndarray | None = None) -> VoxelBatch:
     """The valid voxels of ``data`` (or those ``rows`` of them) as float32 tensors on ``device``."""
-    observables, b0_mean, sigma = data.observables, data.b0_mean.astype(np.float32), data.sigma_normalised
+    columns = (data.b0_mean.astype(np.float32), data.sigma_normalised, (data.sigma / data.signal_scale).astype(np.float32))
+    observables = data.observables
     if rows is not None:
-        observables, b0_mean, sigma = observables[rows], b0_mean[rows], sigma[rows]
-    return VoxelBatch(*(torch.as_tensor(t, device=device) for t in (observables, b0_mean[:, None], sigma[:, None])))
+        observables, columns = observables[rows], tuple(column[rows] for column in columns)
+    tensors = (observables, *(column[:, None] for column in columns))
+    return VoxelBatch(*(torch.as_tensor(t, device=device) for t in tensors))
 
 
 def encoder_inputs(batch: VoxelBatch) -> torch.Tensor:
-    """Encoder input, shape (B, :data:`n_encoder_inputs`): the observables, the log of the voxel's mean b=0
-    signal in reference units, and the log of its noise level relative to that signal (1 / SNR at b=0), so
-    that the encoder knows how much each voxel's signal says about its parameters."""
-    return torch.cat([batch.observables, torch.log(batch.b0_mean), torch.log(batch.sigma)], dim=-1)
+    """Encoder input, shape (B, :func:`n_encoder_inputs`): the observables, the log of the voxel's mean b=0
+    signal and the log of its noise level, both in reference units.  The last feature is constant when
+    one noise level holds for the whole scan, and tells the encoder how noisy each voxel is when it varies
+    (together with the b=0 feature it gives the voxel's SNR)."""
+    return torch.cat([batch.observables, torch.log(batch.b0_mean), torch.log(batch.noise_level)], dim=-1)
 
 
 def n_encoder_inputs(model: SignalModel) -> int:

@@ -38,8 +38,12 @@ VoxelLoss = Callable[[VoxelBatch, int, torch.Generator], torch.Tensor]
 
 
 def input_statistics(voxels: VoxelBatch) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation (floored) of the encoder inputs of ``voxels``, for standardisation."""
-    inputs = encoder_inputs(voxels)
+    """Mean and standard deviation (floored) of the encoder inputs of ``voxels``, for standardisation.
+
+    Computed in float64, so that a feature with the same value in every voxel (one noise level for the
+    scan) has exactly that mean and standardises to 0.
+    """
+    inputs = encoder_inputs(voxels).double()
     return inputs.mean(0).cpu().numpy(), inputs.std(0).clamp_min(1e-6).cpu().numpy()
 
 
