@@ -7,7 +7,7 @@ import numpy as np
 from ..io import to_image_space
 from ..results import FitResult
 
-__all__ = ["image_maps", "goodness_of_fit", "per_voxel_sigma"]
+__all__ = ["image_maps", "goodness_of_fit"]
 
 #: Voxels per chunk when computing the goodness of fit.
 _GOF_CHUNK = 65_536
@@ -53,16 +53,11 @@ def image_maps(fit: FitResult, signals: np.ndarray, mask: np.ndarray) -> tuple[d
         units["clusters"] = "label (component k is k+1; 0 outside the mask or not fitted)"
     maps["rmse"] = to_image_space(goodness_of_fit(fit, signals), mask)
     units["rmse"] = "1 (RMSE of predicted vs measured S/S0)"
-    maps["sigma"] = to_image_space(per_voxel_sigma(fit), mask)
+    maps["sigma"] = to_image_space(fit.sigma, mask)
     units["sigma"] = "a.u. (input intensity; noise standard deviation of one measurement)"
     maps["mask"] = mask.astype(np.float32)
     units["mask"] = "1 (1 = in the mask)"
     return maps, units
-
-
-def per_voxel_sigma(fit: FitResult) -> np.ndarray:
-    """The noise level the fit used in each voxel, shape (n_voxels,), raw units (a scalar broadcast)."""
-    return np.broadcast_to(np.asarray(fit.sigma, dtype=np.float64), (fit.n_voxels,))
 
 
 def goodness_of_fit(fit: FitResult, signals: np.ndarray) -> np.ndarray:
@@ -81,7 +76,7 @@ def goodness_of_fit(fit: FitResult, signals: np.ndarray) -> np.ndarray:
             continue
         chunk = FitResult(
             model=fit.model, method=fit.method, params={k: v[part] for k, v in fit.params.items()},
-            S0=fit.S0[part], valid=valid, sigma=per_voxel_sigma(fit)[part],
+            S0=fit.S0[part], valid=valid, sigma=fit.sigma[part],
         )
         with np.errstate(invalid="ignore", divide="ignore"):
             out[part] = chunk.goodness_of_fit(signals[part])

@@ -17,8 +17,8 @@ from ..io import check_input_file, check_output_dir
 from ..provenance import fit_record, jsonable, python_call
 from .checkpoint import checkpoint_of, restore_estimator
 from .checks import checked_device, checked_options
-from .maps import image_maps, per_voxel_sigma
-from .noise import NoiseLevel, noise_level, noise_summary
+from .maps import image_maps
+from .noise import NoiseLevel, noise_level
 from .noise_maps import NOISE_MAP_METHODS
 from .outputs import write_outputs
 from .result import ImageFitResult
@@ -226,19 +226,19 @@ def _map_scan(
     timings.update({f"fit_{stage}": seconds for stage, seconds in fit.timings.items()})
     logger.info("%s %d voxels in %.1f s", "fitted" if kind == "fit" else "mapped", int(voxels.valid.sum()),
                 timings["fit_s"])
-    sigma = per_voxel_sigma(fit)
+    noise_record = noise.record(fit.sigma)
     config.update({
         "seed": fit.seed,
         "estimator": jsonable(fit.config),
         "mask": "given" if not scan.mask_computed else COMPUTED_MASK,
-        "sigma": noise_summary(sigma)["median"],
+        "sigma": noise_record["median"],
         "sigma_source": noise.source,
     })
     maps, units = _timed(timings, "maps_s", image_maps, fit, signals, mask)
     metadata = fit_record(kind=kind, command=command, config=config, image=scan.image, protocol=scan.protocol,
                           voxels=voxels, mask_computed=scan.mask_computed, units=units, history=fit.history,
                           timings=timings)
-    metadata["noise"] = noise.record(sigma)
+    metadata["noise"] = noise_record
     result = ImageFitResult(maps=maps, units=units, mask=mask, affine=scan.image.affine, header=scan.image.header,
                             fit=fit, estimator=estimator, metadata=metadata)
     if output_dir is None:
