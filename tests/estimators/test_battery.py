@@ -292,3 +292,10 @@ def test_per_voxel_noise_level(case):
         assert np.all((values > parameter.low) & (values < parameter.high)), parameter.name
     applied = estimator.transform(case.signals, sigma=sigma_map[::-1].copy())
     np.testing.assert_array_equal(applied.sigma[fitted], sigma_map[::-1][fitted])
+
+
+def test_train_then_transform_is_fit(case):
+    """train() learns exactly what fit() learns; mapping the same scan afterwards gives fit()'s result."""
+    trained = get_estimator(case.method, case.model, seed=SEED, **tiny_options(case.method)).train(case.signals)
+    assert trained.history_ == case.estimator.history_
+    assert_same_result(trained.transform(case.signals), case.result)

@@ -373,12 +373,12 @@ def _train_and_write(job: _TrainingJob, folder: Path) -> None:
     signal_model = get_signal_model(job.model, job.protocol)
     estimator = get_estimator(job.method, signal_model, seed=job.seed, device=rank_device(job.device),
                               progress=job.progress and rank == 0, sigma=job.voxels.sigma, **job.options)
-    fit = estimator.fit(job.voxels.signals)
+    estimator.train(job.voxels.signals)
     if rank != 0:
         return
     save_checkpoint(checkpoint_of(job.model, job.protocol, estimator, job.voxels.noise), folder / "model.pt")
-    timings = {**job.record["timings"], **{f"fit_{stage}": seconds for stage, seconds in fit.timings.items()}}
+    timings = {**job.record["timings"], **{f"fit_{stage}": seconds for stage, seconds in estimator.timings_.items()}}
     timings["total_s"] = time.time() - job.started
-    record = {**job.record, "estimator": jsonable(fit.config), "timings": timings, "history": jsonable(fit.history),
-              "environment": environment()}
+    record = {**job.record, "estimator": jsonable(estimator.get_config()), "timings": timings,
+              "history": jsonable(estimator.history_), "environment": environment()}
     save_json(record, folder / "group.json")

@@ -95,7 +95,7 @@ class Estimator(ABC):
 
     # ------------------------------------------------------------------ public
     def fit(self, signals: np.ndarray) -> FitResult:
-        """Estimate parameters for every voxel.
+        """Learn from the signals (:meth:`train`) and estimate parameters for every voxel.
 
         Parameters
         ----------
@@ -107,19 +107,25 @@ class Estimator(ABC):
         -------
         FitResult
         """
-        from ..devices import resolve_device
-
+        data = self._learn(signals)
         start = time.perf_counter()
-        data = prepare_signals(signals, self.model, sigma=self.sigma, seed=self.seed)
-        self.device_ = resolve_device(self.device)
-        prepared = time.perf_counter()
-        self.history_ = self._train(data)
-        trained = time.perf_counter()
-        self.fitted_sigma_ = float(np.median(data.sigma))
         estimates = self._infer(data)
-        done = time.perf_counter()
-        timings = {"prepare_s": prepared - start, "train_s": trained - prepared, "infer_s": done - trained}
+        timings = {**self.timings_, "infer_s": time.perf_counter() - start}
         return self._result(data, estimates, timings)
+
+    def train(self, signals: np.ndarray) -> "Estimator":
+        """Learn from the signals without mapping them (what :meth:`fit` does before its inference).
+
+        For a model trained on many scans and applied to each with :meth:`transform` later.  The
+        training history is in ``history_``, the seconds of each stage in ``timings_``.
+
+        Returns
+        -------
+        Estimator
+            ``self``, fitted.
+        """
+        self._learn(signals)
+        return self
 
     def transform(self, signals: np.ndarray, *, sigma: float | np.ndarray | None = None) -> FitResult:
         """Apply an already fitted estimator to new signals of the same protocol, without training.
@@ -203,6 +209,19 @@ class Estimator(ABC):
         """Restore what :meth:`_state` saved."""
 
     # ------------------------------------------------------------------ helpers
+    def _learn(self, signals: np.ndarray) -> PreparedData:
+        """Prepare the signals and train; returns the prepared data for inference."""
+        from ..devices import resolve_device
+
+        start = time.perf_counter()
+        data = prepare_signals(signals, self.model, sigma=self.sigma, seed=self.seed)
+        self.device_ = resolve_device(self.device)
+        prepared = time.perf_counter()
+        self.history_ = self._train(data)
+        self.fitted_sigma_ = float(np.median(data.sigma))
+        self.timings_ = {"prepare_s": prepared - start, "train_s": time.perf_counter() - prepared}
+        return data
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "fitted_sigma_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit() first.")
