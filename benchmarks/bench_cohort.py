@@ -27,7 +27,7 @@ import numpy as np
 
 from varmap.cohort.app import run_group_level, run_participant_level
 from varmap.cohort.naming import MODEL_LABELS, PARAM_LABELS
-from varmap.evaluation.runner import machine_summary, markdown_table
+from varmap.evaluation.runner import emit_table, machine_summary, markdown_table
 from varmap.phantom import TISSUES, TISSUE_PARAMETERS
 from varmap.phantom.cohort import TRUTH_FOLDER, write_phantom_cohort
 
@@ -135,11 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         machine_summary(),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+    emit_table("\n".join(lines), args.output)
     return 0
 
 

@@ -25,7 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from varmap.evaluation.runner import Stages, machine_summary, markdown_table, measure, process_peak_rss_mb
+from varmap.evaluation.runner import (
+    Stages,
+    emit_table,
+    machine_summary,
+    markdown_table,
+    measure,
+    process_peak_rss_mb,
+)
 from varmap.simulation import add_noise, fibonacci_sphere
 
 METHODS = ("nlls", "selfsup", "vae", "gmvae")
@@ -281,10 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             row = run_child(name, args, data_file)
             print(f"{row['method']}: {row['wall_s']:.1f} s, peak {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
             rows.append(row)
-        table = markdown(rows, data, args, simulate_s)
-        print(table)
-        if args.output is not None:
-            args.output.write_text(table)
+        emit_table(markdown(rows, data, args, simulate_s), args.output)
     finally:
         if temporary is not None:
             temporary.cleanup()

@@ -27,7 +27,7 @@ from varmap.devices import resolve_device
 from varmap.estimators import get_estimator
 from varmap.evaluation import error_table
 from varmap.evaluation.baselines import fit_dipy_msdki
-from varmap.evaluation.runner import machine_summary, markdown_table, measure
+from varmap.evaluation.runner import emit_table, machine_summary, markdown_table, measure
 from varmap.signal_models import get_signal_model
 from varmap.simulation import SimulatedData, hcp_protocol, msdki_paper_prior, simulate
 
@@ -127,10 +127,7 @@ def main(argv: list[str] | None = None) -> str:
     data = simulate_msdki(args.n_voxels, args.snr, args.seed)
     runs = {name: time_method(fit, data.signals, args.repeats) for name, fit in fits(data, args.device).items()}
     table = report(data, runs, args)
-    print(table)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(table + "\n", encoding="utf-8")
+    emit_table(table, args.output)
     return table
 
 

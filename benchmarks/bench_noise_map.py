@@ -25,7 +25,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from varmap.evaluation.runner import machine_summary, markdown_table
+from varmap.evaluation.runner import emit_table, machine_summary, markdown_table
 from varmap.io import DWIImage
 from varmap.phantom import make_phantom
 from varmap.phantom.fields import smooth_random_field
@@ -137,10 +137,7 @@ def main(argv: list[str] | None = None) -> str:
         f"- machine: {machine_summary()}",
     ]
     table = "\n".join(lines)
-    print(table)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(table + "\n", encoding="utf-8")
+    emit_table(table, args.output)
     return table
 
 

@@ -17,6 +17,7 @@ from varmap.evaluation.runner import (
     MemoryMonitor,
     Stages,
     add_speed_ratios,
+    emit_table,
     format_csv,
     machine_summary,
     markdown_table,
@@ -119,3 +120,12 @@ def test_machine_summary_reads_the_environment():
     line = machine_summary(env)
     assert "7 CPUs" in line and "no GPU" in line and "(3 threads)" in line and env["dipy"] in line
     assert f"{environment()['cpu_count']} CPUs" in machine_summary()
+
+
+def test_emit_table_prints_and_writes(tmp_path, capsys):
+    output = tmp_path / "nested" / "table.md"
+    emit_table("| a |\n|---|\n| µm² |", output)
+    assert capsys.readouterr().out == "| a |\n|---|\n| µm² |\n"
+    assert output.read_text(encoding="utf-8") == "| a |\n|---|\n| µm² |\n"
+    emit_table("only printed\n\n", None)
+    assert capsys.readouterr().out == "only printed\n"

@@ -38,6 +38,7 @@ __all__ = [
     "machine_summary",
     "markdown_table",
     "format_csv",
+    "emit_table",
 ]
 
 #: What the ``peak_rss_mb`` and ``peak_gpu_mb`` columns measure (:class:`MemoryMonitor`).
@@ -332,3 +333,20 @@ def format_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def emit_table(text: str, output: Path | None) -> None:
+    """Print a benchmark's table and, with ``output``, write it there too (UTF-8, parent folders made).
+
+    Parameters
+    ----------
+    text : str
+        The table (Markdown and notes).
+    output : Path, optional
+        File to write; ``None`` only prints.
+    """
+    text = text.rstrip("\n") + "\n"
+    print(text, end="")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
