@@ -86,6 +86,7 @@ def test_fit_small_101d(fitted, small_101d, model, method):
     expected |= {"S0", "rmse", "sigma", "mask"} | ({"n"} if model == "ball_stick" else set())
     if method in ("vae", "gmvae"):
         expected |= {f"{name}_std" for name in expected & set(RANGES)} | ({"n_std"} if model == "ball_stick" else set())
+        expected |= {"ess"}
     if method == "gmvae":
         expected |= {"cluster_probs", "clusters"}
     written = {p.name[: -len(".nii.gz")] for p in out.glob("*.nii.gz")}
@@ -284,7 +285,7 @@ BAD_INPUTS = {
                            ["ms.bval", "should be in s/mm²", "look like ms/µm²", "multiply them by 1000"]),
     "truncated DWI": (lambda s, t: {"dwi": _damaged(s["dwi"], t / "cut.nii.gz", cut=True)},
                       ["DWI image", "cut.nii.gz", "cannot be read", "truncated or corrupt"]),
-    "corrupt DWI": (lambda s, t: {"dwi": _damaged(s["dwi"], t / "bad.nii.gz", cut=False)},
+    "corrupt DWI": (lambda s, t: {"dwi": _damaged(s["dwi"], t / "bad.nii.gz", cut=False), "mask": s["mask"]},
                     ["DWI image", "bad.nii.gz", "cannot be read", "truncated or corrupt"]),
     "missing noise map": (lambda s, t: {"noise_map": t / "nope_sigma.nii.gz"}, ["noise map", "does not exist"]),
     "noise map shape": (lambda s, t: {"noise_map": write_nifti(t / "n.nii.gz", np.ones((5, 4, 4)))},

@@ -146,13 +146,24 @@ def damaged(path, how):
 
 
 @pytest.mark.parametrize(("suffix", "how"), [(".nii.gz", "truncated"), (".nii.gz", "corrupt"), (".nii", "truncated")])
-def test_damaged_image_is_refused_when_opened(tmp_path, dwi_data, suffix, how):
+def test_damaged_image_is_refused_before_fitting(tmp_path, dwi_data, suffix, how):
+    """A truncated file is refused when opened (a .nii.gz by its gzip trailer, without decompressing it);
+    damage inside a gzip stream at the latest when the voxels are read, the first heavy step."""
     bad = damaged(write_image(tmp_path / f"dwi{suffix}", dwi_data), how)
     with pytest.raises(InputError, match=f"DWI image {bad} cannot be read: its voxel data are truncated or corrupt"):
-        io.open_dwi(bad)
+        io.open_dwi(bad).extract(np.ones(dwi_data.shape[:3], dtype=bool))
+    if how == "truncated":
+        with pytest.raises(InputError, match="truncated or corrupt"):
+            io.open_dwi(bad)
     bad_mask = damaged(write_image(tmp_path / f"mask{suffix}", dwi_data[..., 0]), how)
     with pytest.raises(InputError, match=f"mask {bad_mask} cannot be read"):
         io.load_mask(bad_mask, dwi_data.shape[:3])
+
+
+def test_intact_gzip_image_is_not_decompressed_when_opened(tmp_path, dwi_data, monkeypatch):
+    path = write_image(tmp_path / "dwi.nii.gz", dwi_data)
+    monkeypatch.setattr(io.DWIImage, "volumes", lambda *args: pytest.fail("voxels read when opening"))
+    assert io.open_dwi(path).shape == dwi_data.shape
 
 
 def test_read_errors_after_opening_name_the_file(tmp_path, dwi_data, monkeypatch):

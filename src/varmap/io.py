@@ -223,8 +223,29 @@ def open_dwi(path: str | PathLike) -> DWIImage:
     if shape[3] < 2:
         raise InputError(f"DWI image {path} has only {shape[3]} volume; a diffusion series needs several.")
     dwi = DWIImage(path=path, image=image, shape=shape, affine=np.asarray(image.affine), header=image.header)
-    dwi.volumes(shape[3] - 1, shape[3])
+    if not _gzip_length_matches(path, image):
+        dwi.volumes(shape[3] - 1, shape[3])  # decompresses to the end: the error names what is wrong
     return dwi
+
+
+def _gzip_length_matches(path: Path, image: Any) -> bool:
+    """Whether a ``.nii.gz`` file's gzip trailer records the length its header implies.
+
+    The last four bytes of a gzip stream hold the uncompressed length modulo 2³²; a truncated file ends
+    elsewhere in its compressed data instead, so this catches truncation without decompressing a
+    whole-brain series twice.  Damage inside the stream is still found when the voxels are read (a CRC
+    or zlib error, reported by :func:`_reading`), before any fitting.  False for other files.
+    """
+    if path.suffix != ".gz":
+        return False
+    offset = getattr(image.dataobj, "offset", None)
+    if offset is None:
+        return False
+    expected = int(offset) + int(np.prod(image.shape)) * image.header.get_data_dtype().itemsize
+    with open(path, "rb") as handle:
+        handle.seek(-4, 2)
+        recorded = int.from_bytes(handle.read(4), "little")
+    return recorded == expected % 2**32
 
 
 def load_dwi(path: str | PathLike) -> tuple[np.ndarray, np.ndarray, Any]:

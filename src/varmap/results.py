@@ -33,6 +33,9 @@ class FitResult:
         angular spread in degrees.
     cluster_probs : ndarray, shape (n_voxels, n_components), or None
         Posterior probability of each mixture component (gmvae).
+    effective_samples : ndarray, shape (n_voxels,), or None
+        Effective sample size of the importance weights behind each voxel's posterior mean and
+        standard deviation (variational methods): a small value means the summaries rest on few samples.
     valid : ndarray of bool, shape (n_voxels,)
         Voxels that were fitted (finite signals and a positive b=0 signal).
     sigma : ndarray, shape (n_voxels,)
@@ -58,6 +61,7 @@ class FitResult:
     sigma_source: str = ""
     std: dict[str, np.ndarray] | None = None
     cluster_probs: np.ndarray | None = None
+    effective_samples: np.ndarray | None = None
     seed: int | None = None
     config: dict = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)

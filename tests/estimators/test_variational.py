@@ -174,3 +174,59 @@ def test_ball_stick_vae_runs_and_gives_unit_directions():
     assert np.all(np.isfinite(result.std["n"])) and np.median(result.std["n"]) < 30
 
 
+
+
+def test_fast_inference_searches_modes_only_where_few_effective_samples(fitted, monkeypatch):
+    """``inference="fast"`` reports each voxel's effective sample size and sends exactly the voxels below
+    ``min_effective_samples`` through the mode search, keeping the other voxels' samples; with the
+    threshold above the sample count every voxel is searched, and the maps of the default agree with
+    ``inference="exact"`` within Monte Carlo error."""
+    model, signals, truth, _, results = fitted
+    estimator, result = copy.deepcopy(results["gmvae"][0]), results["gmvae"][1]
+    assert result.effective_samples.shape == (signals.shape[0],)
+    assert np.all((result.effective_samples >= 1.0 - 1e-9)
+                  & (result.effective_samples <= estimator.n_posterior_samples + 1e-6))
+    searched = []
+    real_posterior = type(estimator)._posterior
+
+    def counting(self, batch, generator, *, mode_search):
+        if mode_search:
+            searched.append(batch.n_voxels)
+        return real_posterior(self, batch, generator, mode_search=mode_search)
+
+    monkeypatch.setattr(type(estimator), "_posterior", counting)
+    estimator.min_effective_samples = 0.0  # the first pass only (one chunk: the same draws every time)
+    first_pass = estimator.transform(signals, sigma=estimator.fitted_sigma_)
+    assert not searched
+    threshold = float(np.quantile(first_pass.effective_samples, 0.3))
+    estimator.min_effective_samples = threshold
+    fast = estimator.transform(signals, sigma=estimator.fitted_sigma_)
+    low = first_pass.effective_samples < threshold
+    assert sum(searched) == int(low.sum()) > 0
+    assert np.array_equal(fast.effective_samples[~low], first_pass.effective_samples[~low])
+    assert np.array_equal(fast.params["D"][~low], first_pass.params["D"][~low])
+    searched.clear()
+    estimator.min_effective_samples = estimator.n_posterior_samples + 1.0
+    estimator.transform(signals, sigma=estimator.fitted_sigma_)
+    assert sum(searched) == signals.shape[0]
+    searched.clear()
+    estimator.inference = "exact"
+    exact = estimator.transform(signals, sigma=estimator.fitted_sigma_)
+    assert sum(searched) == signals.shape[0]
+    for name in ("D", "K"):
+        rmse_default = np.sqrt(np.mean((result.params[name] - truth[name]) ** 2))
+        rmse_exact = np.sqrt(np.mean((exact.params[name] - truth[name]) ** 2))
+        assert rmse_default < 1.1 * rmse_exact, name
+
+
+def test_new_scan_with_another_noise_level_maps_finitely(fitted):
+    """A network trained on one noise level (a constant encoder input) maps a scan with another one: the
+    input's standardisation and the encoder's log-variances are bounded, so no proposal overflows."""
+    model, signals, truth, _, results = fitted
+    estimator = results["gmvae"][0]
+    rng = np.random.default_rng(5)
+    noisier = add_noise(model.predict(truth, S0=1000.0), sigma=4 * estimator.fitted_sigma_, rng=rng)
+    mapped = estimator.transform(noisier)
+    for name in ("D", "K"):
+        assert np.all(np.isfinite(mapped.params[name]))
+    assert np.sqrt(np.mean((mapped.params["D"] - truth["D"]) ** 2)) < 0.15

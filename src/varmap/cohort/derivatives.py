@@ -30,6 +30,7 @@ _DESCRIPTIONS = {
     "cluster_probs": "posterior probability of each mixture component (one volume per component k)",
     "clusters": "most probable mixture component: k + 1 for component k, 0 outside the mask",
     "rmse": "root-mean-square error of the predicted vs measured S/S0 (goodness of fit)",
+    "ess": "effective sample size of the importance weights behind the posterior maps (vae, gmvae)",
     "sigma": "noise standard deviation used by the fit (raw signal units)",
     "mask": "brain mask of the fit (1 = in the mask)",
 }

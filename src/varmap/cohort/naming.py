@@ -118,7 +118,7 @@ def output_name(output: str, model: str, prefix: BidsPrefix) -> str:
     ----------
     output : str
         The map's varmap name, the file name without ``.nii.gz``: a parameter (``D``), ``S0``,
-        ``<param>_std``, ``cluster_probs``, ``clusters``, ``rmse``, ``sigma`` or ``mask``.
+        ``<param>_std``, ``cluster_probs``, ``clusters``, ``rmse``, ``ess``, ``sigma`` or ``mask``.
     model : str
         Registered signal model.
     prefix : BidsPrefix
@@ -130,8 +130,9 @@ def output_name(output: str, model: str, prefix: BidsPrefix) -> str:
         ``sub-01_model-msdki_param-mk_desc-std_dwimap.nii.gz``,
         ``sub-01_model-msdki_desc-clusters_probseg.nii.gz`` (posterior component probabilities, one
         volume per component), ``..._desc-clusters_dseg.nii.gz`` (most probable component, 1..K),
-        ``..._model-msdki_stat-rmse_dwimap.nii.gz``, ``..._model-msdki_stat-sigma_dwimap.nii.gz`` (noise
-        level) and ``sub-01_desc-brain_mask.nii.gz``.
+        ``..._model-msdki_stat-rmse_dwimap.nii.gz``, ``..._model-msdki_stat-ess_dwimap.nii.gz`` (effective
+        sample size of the posterior maps), ``..._model-msdki_stat-sigma_dwimap.nii.gz`` (noise level)
+        and ``sub-01_desc-brain_mask.nii.gz``.
 
     Raises
     ------
@@ -146,6 +147,7 @@ def output_name(output: str, model: str, prefix: BidsPrefix) -> str:
         "cluster_probs": f"{head}_desc-clusters_probseg",
         "clusters": f"{head}_desc-clusters_dseg",
         "rmse": f"{head}_stat-rmse_dwimap",
+        "ess": f"{head}_stat-ess_dwimap",
         "sigma": f"{head}_stat-sigma_dwimap",
         "mask": f"{prefix.stem}_desc-brain_mask",
     }

@@ -31,22 +31,30 @@ class Estimates:
         Posterior standard deviation of each parameter (``"n"``: angular spread in degrees).
     cluster_probs : ndarray, shape (n_valid, K), optional
         Posterior probability of each mixture component.
+    effective_samples : ndarray, shape (n_valid,), optional
+        Effective sample size of the importance weights behind each voxel's posterior summaries.
     """
 
     packed: np.ndarray
     S0: np.ndarray
     std: dict[str, np.ndarray] | None = None
     cluster_probs: np.ndarray | None = None
+    effective_samples: np.ndarray | None = None
 
     @classmethod
     def concatenate(cls, parts: list["Estimates"]) -> "Estimates":
         """The estimates of consecutive chunks of voxels, joined."""
         first = parts[0]
+
+        def joined(name: str) -> np.ndarray | None:
+            return None if getattr(first, name) is None else np.concatenate([getattr(p, name) for p in parts])
+
         return cls(
-            packed=np.concatenate([p.packed for p in parts]),
-            S0=np.concatenate([p.S0 for p in parts]),
+            packed=joined("packed"),
+            S0=joined("S0"),
             std=None if first.std is None else {k: np.concatenate([p.std[k] for p in parts]) for k in first.std},
-            cluster_probs=None if first.cluster_probs is None else np.concatenate([p.cluster_probs for p in parts]),
+            cluster_probs=joined("cluster_probs"),
+            effective_samples=joined("effective_samples"),
         )
 
 
@@ -244,6 +252,7 @@ class Estimator(ABC):
             sigma_source=data.sigma_source,
             std=None if estimates.std is None else {name: full(v) for name, v in estimates.std.items()},
             cluster_probs=None if estimates.cluster_probs is None else full(estimates.cluster_probs),
+            effective_samples=None if estimates.effective_samples is None else full(estimates.effective_samples),
             seed=self.seed,
             config=self.get_config(),
             history=getattr(self, "history_", {}),

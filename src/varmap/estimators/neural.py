@@ -33,6 +33,9 @@ __all__ = [
     "torch_threads",
 ]
 
+#: Least standard deviation by which the log noise-level input is standardised.
+_NOISE_FEATURE_STD_FLOOR = 0.1
+
 #: Loss of every voxel of a batch, given the epoch and a random generator.
 VoxelLoss = Callable[[VoxelBatch, int, torch.Generator], torch.Tensor]
 
@@ -41,10 +44,14 @@ def input_statistics(voxels: VoxelBatch) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation (floored) of the encoder inputs of ``voxels``, for standardisation.
 
     Computed in float64, so that a feature with the same value in every voxel (one noise level for the
-    scan) has exactly that mean and standardises to 0.
+    scan) has exactly that mean and standardises to 0.  The spread of the log noise level is floored
+    at :data:`_NOISE_FEATURE_STD_FLOOR`: a scan mapped later with another noise level then differs by
+    its log ratio, not by that ratio magnified a million times.
     """
     inputs = encoder_inputs(voxels).double()
-    return inputs.mean(0).cpu().numpy(), inputs.std(0).clamp_min(1e-6).cpu().numpy()
+    floor = torch.full((inputs.shape[-1],), 1e-6, dtype=inputs.dtype, device=inputs.device)
+    floor[-1] = _NOISE_FEATURE_STD_FLOOR
+    return inputs.mean(0).cpu().numpy(), torch.maximum(inputs.std(0), floor).cpu().numpy()
 
 
 def untrained_input_statistics(model: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +138,7 @@ def train_estimator(
             batch_size=estimator.batch_size,
             learning_rate=estimator.learning_rate,
             patience=estimator.patience,
+            min_improvement=estimator.min_improvement,
             first_stop_epoch=first_stop_epoch,
             voxels_per_epoch=estimator.voxels_per_epoch,
             after_epoch=None if after_epoch is None else lambda epoch: after_epoch(epoch, train_voxels),

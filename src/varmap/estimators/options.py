@@ -116,6 +116,8 @@ _NETWORK = (
     Option("validation_fraction", float, 0.1, "fraction of voxels held out for early stopping (still mapped)",
            low=0.0, high=0.99),
     Option("patience", int, 30, "epochs without a better held-out loss before training stops", low=1),
+    Option("min_improvement", float, 0.0, "decrease of the held-out loss (per voxel; nats for vae/gmvae) "
+           "that counts as better for early stopping", low=0.0),
     Option("voxels_per_epoch", int, 32768, "most training voxels one epoch visits (a fresh random subset "
            "each epoch) and most held-out voxels checked", low=1),
     Option("chunk_size", int, 4096, "most voxels per inference chunk", low=1, cli=False),
@@ -128,7 +130,14 @@ _VARIATIONAL = (
     Option("beta", float, 1.0, "final KL weight (1: the evidence lower bound)", low=0.0),
     Option("warmup_off_epochs", int, 5, "epochs without the KL term at the start", low=0),
     Option("warmup_ramp_epochs", int, 20, "epochs over which the KL weight rises to beta", low=0),
-    Option("n_posterior_samples", int, 128, "importance samples per voxel and proposal at inference", low=1),
+    Option("inference", str, "fast", "posterior sampling (maps and prior refinement): 'fast' searches a "
+           "voxel's posterior mode (Newton steps, Laplace proposal) only where the encoder's proposals and "
+           "the adaptive rounds leave fewer than min_effective_samples effective samples; 'exact' searches "
+           "it in every voxel (about 5x slower; also what 'fast' does with no adaptive rounds)",
+           choices=("fast", "exact")),
+    Option("min_effective_samples", float, 16.0, "effective sample size below which 'fast' inference "
+           "searches the voxel's posterior mode", low=0.0),
+    Option("n_posterior_samples", int, 64, "importance samples per voxel and proposal at inference", low=1),
     Option("proposal_scale", float, 1.2, "widening of the proposals' spread", low=1e-3),
     Option("n_mode_steps", int, 10, "Newton steps to each voxel's posterior mode (0: no Laplace proposal)", low=0),
     Option("n_adaptive_rounds", int, 2, "adaptive importance-sampling rounds after the first proposals", low=0),

@@ -34,7 +34,7 @@ from .neural import (
     train_estimator,
     untrained_input_statistics,
 )
-from .posterior import PosteriorSamples, sample_posterior, weighted_mean_axis
+from .posterior import PosteriorSamples, effective_sample_size, sample_posterior, weighted_mean_axis
 
 __all__ = ["VariationalEstimator"]
 
@@ -47,16 +47,25 @@ _INFERENCE_BUDGET = 2**24
 #: Prior means of a split component move this many standard deviations apart from the donor's centre.
 _SPLIT_OFFSET = 0.8
 
+#: Share of each voxel's first importance samples drawn from the prior (finds a tissue class that the
+#: encoder does not propose for a noisy voxel, without a mode search).
+_PRIOR_SHARE = 0.25
+
+#: Range of the encoder's latent log-variances (the prior's scale is 1): a voxel unlike the training data
+#: (a noise level never seen) must not get a proposal whose density overflows float32.
+_LOG_VAR_RANGE = (-20.0, 8.0)
+
 
 class VariationalEstimator(Estimator):
     """A VAE whose prior is ``prior_class`` (see :mod:`varmap.estimators.priors`).
 
     The KL weight is 0 for ``warmup_off_epochs`` and rises linearly to ``beta`` over
     ``warmup_ramp_epochs``.  Maps are the posterior mean of each parameter, computed by self-normalised
-    importance sampling: samples from the encoder's widened posterior and from a Laplace approximation
-    at each voxel's posterior mode, then adaptive rounds; their weighted spread gives the posterior
-    standard deviation, and with a mixture prior their component responsibilities give
-    ``cluster_probs``.
+    importance sampling: samples from the encoder's widened posterior, then adaptive rounds; where
+    they leave fewer than ``min_effective_samples`` effective samples (or everywhere with
+    ``inference="exact"``), also from a Laplace approximation at the voxel's posterior mode.  The
+    weighted spread gives the posterior standard deviation, the effective sample size is reported per
+    voxel, and with a mixture prior the component responsibilities give ``cluster_probs``.
 
     With a mixture prior (K > 1), training also keeps every component in use and refines the prior
     after training (see :class:`~varmap.estimators.gmvae.GMVAEEstimator`).
@@ -91,7 +100,7 @@ class VariationalEstimator(Estimator):
         encoded = self.encoder_(encoder_inputs(batch))
         K, L = self.n_components, self.latent_size
         mean, log_var = encoded[..., K:].reshape(*encoded.shape[:-1], K, 2 * L).chunk(2, dim=-1)
-        return encoded[..., :K], mean, log_var
+        return encoded[..., :K], mean, log_var.clamp(*_LOG_VAR_RANGE)
 
     def _head_rows(self, k: int) -> list[int]:
         """Rows of the encoder's output layer that belong to component k, in :meth:`_encode`'s layout:
@@ -189,7 +198,7 @@ class VariationalEstimator(Estimator):
         self.network_.eval()
         with torch.no_grad():
             for _ in range(self.refinement_rounds):
-                parts = [self._posterior(batch, generator) for batch in self._chunks(voxels, "prior refinement")]
+                parts = [self._sample(batch, generator) for batch in self._chunks(voxels, "prior refinement")]
                 evidence += self.prior_.refit(
                     torch.cat([p.z for p in parts], dim=1),
                     torch.cat([p.log_likelihood for p in parts], dim=1),
@@ -204,21 +213,41 @@ class VariationalEstimator(Estimator):
         return inference_chunks(voxels, max(1, min(self.chunk_size, budget)), progress=self.progress,
                                 description=description)
 
-    def _posterior(self, batch: VoxelBatch, generator: torch.Generator) -> PosteriorSamples:
+    def _posterior(self, batch: VoxelBatch, generator: torch.Generator, *, mode_search: bool) -> PosteriorSamples:
+        """Importance samples of the voxels' posteriors; ``mode_search`` adds the Laplace proposal."""
         logits, mean, log_var = self._encode(batch)
         return sample_posterior(
             lambda z: self._log_likelihood(batch, z), self.prior_, logits, mean, log_var,
-            n_samples=self.n_posterior_samples, scale=self.proposal_scale, n_mode_steps=self.n_mode_steps,
-            n_adaptive_rounds=self.n_adaptive_rounds, generator=generator,
+            n_samples=self.n_posterior_samples, scale=self.proposal_scale,
+            n_mode_steps=self.n_mode_steps if mode_search else 0,
+            n_adaptive_rounds=self.n_adaptive_rounds, generator=generator, prior_share=_PRIOR_SHARE,
         )
 
     def _infer(self, data: PreparedData) -> Estimates:
         generator = torch_stream(self.seed, "inference", self.device_)
         self.network_.eval()
         with torch.no_grad():
-            parts = [self._summarise(self._posterior(batch, generator))
+            parts = [self._summarise(self._sample(batch, generator))
                      for batch in self._chunks(voxel_batch(data, self.device_), f"{self.name} inference")]
         return Estimates.concatenate(parts)
+
+    def _sample(self, batch: VoxelBatch, generator: torch.Generator) -> PosteriorSamples:
+        """Importance samples of a chunk's posteriors, for the maps and the prior refinement.
+
+        ``inference="fast"``: from the encoder's proposals and adaptive rounds; the voxels whose
+        effective sample size is below ``min_effective_samples`` (a posterior narrower than, or away
+        from, what the encoder proposes) are sampled again with the mode search.  ``"exact"``, or no
+        adaptive rounds (the mode search then returns more samples than the first pass): the mode
+        search in every voxel.
+        """
+        exact = self.inference == "exact" or not (self.n_mode_steps and self.n_adaptive_rounds)
+        samples = self._posterior(batch, generator, mode_search=exact)
+        if exact:
+            return samples
+        rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < self.min_effective_samples)[:, 0]
+        if rows.numel():
+            samples = samples.with_voxels(rows, self._posterior(batch.select(rows), generator, mode_search=True))
+        return samples
 
     def _summarise(self, samples: PosteriorSamples) -> Estimates:
         """Posterior means, standard deviations and component probabilities of weighted samples."""
@@ -244,6 +273,7 @@ class VariationalEstimator(Estimator):
             S0=(weights * S0.double()[..., 0]).sum(0).cpu().numpy(),
             std=std_maps,
             cluster_probs=cluster_probs,
+            effective_samples=effective_sample_size(weights).cpu().numpy(),
         )
 
     # ------------------------------------------------------------------ checkpoints

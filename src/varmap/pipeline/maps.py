@@ -10,7 +10,7 @@ from ..results import FitResult
 __all__ = ["image_maps", "goodness_of_fit"]
 
 #: Voxels per chunk when computing the goodness of fit.
-_GOF_CHUNK = 65_536
+_GOF_CHUNK = 8_192
 
 
 def image_maps(fit: FitResult, signals: np.ndarray, mask: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -27,8 +27,8 @@ def image_maps(fit: FitResult, signals: np.ndarray, mask: np.ndarray) -> tuple[d
     Returns
     -------
     maps : dict of ndarray
-        float32, shape (X, Y, Z) or (X, Y, Z, k): the parameters, ``S0``, ``<name>_std`` (variational
-        methods), ``cluster_probs`` and ``clusters`` (gmvae), ``rmse``, ``sigma`` (the noise level the
+        float32, shape (X, Y, Z) or (X, Y, Z, k): the parameters, ``S0``, ``<name>_std`` and ``ess``
+        (variational methods: posterior spread, effective sample size), ``cluster_probs`` and ``clusters`` (gmvae), ``rmse``, ``sigma`` (the noise level the
         fit used) and ``mask``; 0 outside the mask and in excluded voxels.
     units : dict of str
         Unit of every map.
@@ -45,6 +45,9 @@ def image_maps(fit: FitResult, signals: np.ndarray, mask: np.ndarray) -> tuple[d
         for name, values in fit.std.items():
             maps[f"{name}_std"] = to_image_space(values, mask)
             units[f"{name}_std"] = "degrees" if name == "n" else model_units.get(name, "")
+    if fit.effective_samples is not None:
+        maps["ess"] = to_image_space(fit.effective_samples, mask)
+        units["ess"] = "samples (effective sample size of the importance weights behind the posterior maps)"
     if fit.cluster_probs is not None:
         maps["cluster_probs"] = to_image_space(fit.cluster_probs, mask)
         units["cluster_probs"] = "probability"
