@@ -96,7 +96,6 @@ def sample_posterior(
     n_mode_steps: int,
     n_adaptive_rounds: int,
     generator: torch.Generator,
-    prior_share: float = 0.0,
 ) -> PosteriorSamples:
     """Importance samples of every voxel's posterior p(z|s) ∝ p(s|z) p(z).
 
@@ -118,18 +117,13 @@ def sample_posterior(
     n_adaptive_rounds : int
         Rounds that refit a Gaussian to the weighted samples and draw the next set from it.
     generator : torch.Generator
-    prior_share : float
-        Share of the first samples drawn from the prior instead of the encoder's posterior (a defensive
-        mixture: a posterior mode that the encoder does not propose, for example a second tissue
-        class of a noisy voxel, is still visited without a mode search).
 
     Returns
     -------
     PosteriorSamples
         ``2 n_samples`` samples with mode search (``n_samples`` after adaptive rounds).
     """
-    z, log_q = encoder_proposal(logits, mean, log_var, n_samples, scale, generator, prior=prior,
-                                prior_share=prior_share)
+    z, log_q = encoder_proposal(logits, mean, log_var, n_samples, scale, generator)
     log_lik = log_likelihood(z)
     if n_mode_steps:
         voxel = torch.arange(z.shape[1], device=z.device)
@@ -158,40 +152,28 @@ def encoder_proposal(
     n_samples: int,
     scale: float,
     generator: torch.Generator,
-    *,
-    prior: nn.Module | None = None,
-    prior_share: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draws from the encoder's mixture posterior with every standard deviation widened by ``scale``.
 
-    With K > 1 components, a fifth of the encoder's draws are spread evenly over them (defensive
-    mixture).  With ``prior`` and ``prior_share`` > 0, that share of the samples comes from the prior
-    instead, and every sample's density is that of the mixture (1 - share) q + share p.
+    With K > 1 components, a fifth of the proposal is spread evenly over them (defensive mixture).
 
     Returns z (n_samples, B, L) and their log proposal densities (n_samples, B).
     """
-    n_prior = min(n_samples - 1, round(prior_share * n_samples)) if prior is not None else 0
-    n_encoder = n_samples - n_prior
     log_var = log_var + 2.0 * math.log(scale)
     n_components = logits.shape[-1]
     if n_components == 1:
-        chosen_mean, chosen_log_var = mean[:, 0].expand(n_encoder, -1, -1), log_var[:, 0].expand(n_encoder, -1, -1)
+        chosen_mean, chosen_log_var = mean[:, 0].expand(n_samples, -1, -1), log_var[:, 0].expand(n_samples, -1, -1)
         log_mix = torch.zeros_like(logits)
     else:
         mix = (1.0 - _DEFENSIVE_SHARE) * torch.softmax(logits, dim=-1) + _DEFENSIVE_SHARE / n_components
-        component = torch.multinomial(mix, n_encoder, replacement=True, generator=generator).T  # (S, B)
+        component = torch.multinomial(mix, n_samples, replacement=True, generator=generator).T  # (S, B)
         index = component[..., None, None].expand(-1, -1, 1, mean.shape[-1])
-        chosen_mean = torch.gather(mean.expand(n_encoder, *mean.shape), 2, index)[:, :, 0]
-        chosen_log_var = torch.gather(log_var.expand(n_encoder, *log_var.shape), 2, index)[:, :, 0]
+        chosen_mean = torch.gather(mean.expand(n_samples, *mean.shape), 2, index)[:, :, 0]
+        chosen_log_var = torch.gather(log_var.expand(n_samples, *log_var.shape), 2, index)[:, :, 0]
         log_mix = torch.log(mix)
     noise = torch.randn(chosen_mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     z = chosen_mean + torch.exp(0.5 * chosen_log_var) * noise
-    if n_prior:
-        z = torch.cat([z, prior.sample((n_prior, mean.shape[0]), generator).to(z.dtype)])
     log_q = torch.logsumexp(log_mix + gaussian_log_density(z[..., None, :], mean, log_var), dim=-1)
-    if n_prior:
-        share = n_prior / n_samples
-        log_q = torch.logaddexp(math.log1p(-share) + log_q, math.log(share) + prior.log_density(z))
     return z, log_q
 
 

@@ -60,10 +60,6 @@ class StandardNormalPrior(nn.Module):
         """log N(z; 0, I), shape (...)."""
         return -0.5 * (z * z + _LOG_2PI).sum(-1)
 
-    def sample(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        """Draws z ~ N(0, I), shape (*shape, L)."""
-        return torch.randn((*shape, self.n_latent), generator=generator, device=self._log_weights.device)
-
     def responsibilities(self, z: torch.Tensor) -> torch.Tensor:
         """Ones, shape (..., 1)."""
         return torch.ones_like(z[..., :1])
@@ -127,14 +123,6 @@ class GaussianMixturePrior(nn.Module):
     def log_density(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) of the mixture, shape (...)."""
         return torch.logsumexp(self.component_log_density(z), dim=-1)
-
-    def sample(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        """Draws z ~ p(z): a component by its weight, then its Gaussian; shape (*shape, L)."""
-        n = math.prod(shape)
-        component = torch.multinomial(self.log_weights().exp(), n, replacement=True, generator=generator)
-        noise = torch.randn((n, self.n_latent, 1), generator=generator, device=self.means.device)
-        z = self.means[component] + (self.scale_tril()[component] @ noise)[..., 0]
-        return z.reshape(*shape, self.n_latent)
 
     def responsibilities(self, z: torch.Tensor) -> torch.Tensor:
         """p(y=k|z), shape (..., K)."""

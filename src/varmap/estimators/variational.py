@@ -47,10 +47,6 @@ _INFERENCE_BUDGET = 2**24
 #: Prior means of a split component move this many standard deviations apart from the donor's centre.
 _SPLIT_OFFSET = 0.8
 
-#: Share of each voxel's first importance samples drawn from the prior (finds a tissue class that the
-#: encoder does not propose for a noisy voxel, without a mode search).
-_PRIOR_SHARE = 0.25
-
 #: Range of the encoder's latent log-variances (the prior's scale is 1): a voxel unlike the training data
 #: (a noise level never seen) must not get a proposal whose density overflows float32.
 _LOG_VAR_RANGE = (-20.0, 8.0)
@@ -220,7 +216,7 @@ class VariationalEstimator(Estimator):
             lambda z: self._log_likelihood(batch, z), self.prior_, logits, mean, log_var,
             n_samples=self.n_posterior_samples, scale=self.proposal_scale,
             n_mode_steps=self.n_mode_steps if mode_search else 0,
-            n_adaptive_rounds=self.n_adaptive_rounds, generator=generator, prior_share=_PRIOR_SHARE,
+            n_adaptive_rounds=self.n_adaptive_rounds, generator=generator,
         )
 
     def _infer(self, data: PreparedData) -> Estimates:
