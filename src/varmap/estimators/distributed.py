@@ -90,6 +90,7 @@ def _process(rank: int, n_proc: int, backend: str, port: int, worker: Callable[.
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=n_proc)
     try:
         worker(*args)
+        dist.barrier()  # no process tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 
