@@ -133,7 +133,7 @@ _VARIATIONAL = (
     Option("inference", str, "fast", "posterior sampling (maps and prior refinement): 'fast' searches a "
            "voxel's posterior mode (Newton steps, Laplace proposal) only where the encoder's proposals and "
            "the adaptive rounds leave fewer than min_effective_samples effective samples; 'exact' searches "
-           "it in every voxel (about 5x slower; also what 'fast' does with no adaptive rounds)",
+           "it in every voxel (about 3x slower inference; also what 'fast' does with no adaptive rounds)",
            choices=("fast", "exact")),
     Option("min_effective_samples", float, 16.0, "effective sample size below which 'fast' inference "
            "searches the voxel's posterior mode", low=0.0),
