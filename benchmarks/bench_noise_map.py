@@ -43,6 +43,9 @@ CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("pseudo_residual_local", {"radius": 1}),
     ("pseudo_residual_local", {"radius": 2}),
     ("pseudo_residual_local", {"radius": 3}),
+    ("fit_residual_local", {"radius": 0}),
+    ("fit_residual_local", {"radius": 1}),
+    ("fit_residual_local", {"radius": 2}),
     ("global_constant", {}),
 )
 

@@ -153,8 +153,8 @@ def test_fit_small_101d(fitted, small_101d, model, method):
         assert mask.sum() == 200 and len(meta["inputs"]["mask"]["sha256"]) == 64
     assert meta["timings"]["total_s"] > 0 and meta["timings"]["fit_s"] > 0
     assert meta["config"]["sigma"] > 0 and "sigma_source" in meta["config"]
-    # small_101D has one b=0 volume: a pseudo-residual noise map, summarised in fit.json and written
-    assert meta["noise"]["method"] == "pseudo_residual_local" and meta["noise"]["parameters"] == {"radius": 2}
+    # small_101D has one b=0 volume: a noise map from the residuals of tensor fits, summarised in fit.json and written
+    assert meta["noise"]["method"] == "fit_residual_local" and meta["noise"]["parameters"] == {"radius": 2}
     assert 0 < meta["noise"]["p5"] <= meta["noise"]["median"] <= meta["noise"]["p95"]
 
 
@@ -497,7 +497,7 @@ def test_bench_and_demo_call_the_study(monkeypatch, tmp_path, capsys):
         "model": "msdki", "snrs": [5.0, 10.0, 20.0, 50.0], "n_voxels": 10000,
         "methods": ["nlls", "selfsup", "vae", "gmvae"], "seed": 0, "output_dir": Path("bench_output/msdki"),
         "n_oracle": 2000, "force": False, "progress": False, "n_jobs": min(4, os.cpu_count() or 1),
-        "noise_variation": 1.0, "S0_range": None, "sigma_known": False,
+        "noise_variation": 1.0, "S0_range": None, "sigma_known": False, "protocol": "hcp",
     }
     calls.clear()
     assert cli.main(["bench", "msdki", "--quiet", "--noise-variation", "4", "--s0-range", "600", "1400",

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     bench.add_argument("--n-oracle", type=int, default=2000, help="voxels on which the oracle runs (default 2000)")
     bench.add_argument("--prior", default=argparse.SUPPRESS, help="simulation prior (default: the model's)")
+    bench.add_argument("--protocol", default="hcp", choices=("hcp", "clinical"),
+                       help="voxel study: acquisition, hcp (18 b=0 + 3 shells x 90 directions; default) or "
+                       "clinical (1 b=0 + 2 shells x 30 directions)")
     bench.add_argument("-o", "--output", dest="output_dir", type=Path, default=None,
                        help="output folder (default bench_output/MODEL)")
     bench.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -271,8 +274,8 @@ def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="brain mask in the DWI's grid (default: computed with median_otsu and saved)")
     parser.add_argument("--noise-map", type=Path, default=None, metavar="FILE",
                         help="noise standard deviation per voxel in raw signal units, in the DWI's grid (e.g. "
-                        "MRtrix dwidenoise -noise); default: estimated from the scan (b=0 repeats, or "
-                        "pseudo-residuals with one b=0) and saved as sigma.nii.gz")
+                        "MRtrix dwidenoise -noise); default: estimated from the scan (b=0 repeats, or the "
+                        "residuals of voxelwise kurtosis/tensor fits with one b=0) and saved as sigma.nii.gz")
     parser.add_argument("-o", "--output", dest="output_dir", required=True, type=Path, metavar="OUTDIR",
                         help="output folder (written atomically; refused if it exists, unless --force)")
     parser.add_argument("--device", default="auto", choices=list(DEVICES),
@@ -318,7 +321,8 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         methods=list(args.methods), seed=int(args.seed), output_dir=Path(output_dir),
         n_oracle=int(args.n_oracle), force=bool(args.force), progress=not args.quiet and args.jobs == 1,
         n_jobs=int(args.jobs), noise_variation=float(args.noise_variation),
-        S0_range=None if args.s0_range is None else tuple(args.s0_range), sigma_known=bool(args.sigma_known), **extra,
+        S0_range=None if args.s0_range is None else tuple(args.s0_range), sigma_known=bool(args.sigma_known),
+        protocol=args.protocol, **extra,
     )
     title = f"{args.model} simulation study: {result.variant}" if result.variant else None
     print(format_markdown(result.rows, title=title))

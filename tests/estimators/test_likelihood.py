@@ -1,5 +1,6 @@
 """Tests of the Gaussian and Rician likelihoods against scipy and Monte Carlo."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -36,3 +37,29 @@ def test_gaussian_nll_matches_scipy_for_averages():
     ours = gaussian_nll(observed, predicted, sigma, counts).item()
     exact = -stats.norm.logpdf([0.5, 0.7], [0.45, 0.72], 0.1 / np.sqrt([4.0, 9.0])).sum()
     assert ours == pytest.approx(exact, rel=1e-12)
+
+
+def test_rician_mean_noise_slope_matches_autograd_and_its_limits():
+    from varmap.estimators.likelihood import rician_mean, rician_mean_noise_slope
+
+    nu = torch.tensor([0.0, 0.3, 1.0, 2.5, 8.0, 40.0], dtype=torch.float64)
+    sigma = torch.full_like(nu, 1.3, requires_grad=True)
+    (slope_autograd,) = torch.autograd.grad(rician_mean(nu, sigma).sum(), sigma)
+    slope = rician_mean_noise_slope(nu, sigma.detach())
+    torch.testing.assert_close(slope, slope_autograd, rtol=1e-6, atol=1e-9)
+    assert float(slope[0]) == pytest.approx(math.sqrt(math.pi / 2.0), rel=1e-9)
+    assert float(slope[-1]) == pytest.approx(1.3 / 40.0, rel=0.01)
+
+
+def test_an_uncertain_noise_level_widens_averages_near_the_floor_only():
+    """With sigma_log_sd the averaged observables' variance grows by (dE[M]/dsigma sigma sd)^2: a lot at
+    the noise floor, hardly at high SNR; 0 leaves the likelihood unchanged."""
+    counts = torch.tensor([90.0])
+    sigma = torch.tensor([[0.1]])
+    for nu, widened in ((0.0, True), (2.0, False)):
+        predicted = torch.tensor([[nu]])
+        observed = predicted + 0.05
+        exact = rician_nll(observed, predicted, sigma, counts)
+        torch.testing.assert_close(rician_nll(observed, predicted, sigma, counts, torch.tensor([[0.0]])), exact)
+        uncertain = rician_nll(observed, predicted, sigma, counts, torch.tensor([[0.1]]))
+        assert (abs(float(uncertain - exact)) > 1.0) is widened

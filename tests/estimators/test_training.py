@@ -94,3 +94,28 @@ def test_two_processes_train_as_one(tmp_path):
     assert ranks[0]["history"]["val_loss"] == pytest.approx(history["val_loss"], rel=1e-5, abs=1e-7)
     for name, value in network.state_dict().items():
         torch.testing.assert_close(ranks[0]["state"][name], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "max_batch_size, n_train, sizes",
+    [(None, 20000, {64}), (64, 20000, {64}), (1024, 20000, {64, 256, 1024}), (1000, 20000, {64, 256}),
+     (1024, 4000, {64})],
+)
+def test_plateaus_grow_the_batch_up_to_its_limit(max_batch_size, n_train, sizes):
+    """Targets that are pure noise: the held-out loss stalls at once, so each plateau grows the batch
+    fourfold while it stays within max_batch_size and an epoch keeps 16 steps (4000 voxels: 250 at
+    most), then the learning rate drops and the batch stays."""
+    network = seeded_linear(2, 1, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(3)
+    noise = _Batch(torch.randn(n_train + 400, 2, generator=generator), torch.randn(n_train + 400, 1, generator=generator))
+
+    def loss_fn(batch: _Batch, epoch: int, training: bool) -> torch.Tensor:
+        return ((network(batch.x) - batch.y) ** 2).sum(-1)
+
+    history = train_network(
+        network, loss_fn, _Batch(noise.x[:n_train], noise.y[:n_train]), _Batch(noise.x[n_train:], noise.y[n_train:]),
+        n_epochs=40, batch_size=64, learning_rate=0.05, patience=8, max_batch_size=max_batch_size,
+        first_stop_epoch=0, generator=torch.Generator().manual_seed(0), progress=False, description="test",
+    )
+    assert set(history["batch_size"]) == sizes
+    assert history["batch_size"] == sorted(history["batch_size"])  # it only grows

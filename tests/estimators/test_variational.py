@@ -230,3 +230,18 @@ def test_new_scan_with_another_noise_level_maps_finitely(fitted):
     for name in ("D", "K"):
         assert np.all(np.isfinite(mapped.params[name]))
     assert np.sqrt(np.mean((mapped.params["D"] - truth["D"]) ** 2)) < 0.15
+
+
+def test_posterior_spread_is_unbiased_and_never_collapses():
+    """Equal weights give the unbiased sample variance; weights collapsed onto one sample give the samples'
+    own spread instead of a zero standard deviation."""
+    from varmap.estimators.variational import _posterior_spread
+
+    values = torch.randn(8, 5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    equal = torch.full((8, 5), 1.0 / 8, dtype=torch.float64)
+    spread = _posterior_spread(values, values.mean(0), equal)
+    torch.testing.assert_close(spread, values.std(0))
+    collapsed = torch.zeros(8, 5, dtype=torch.float64)
+    collapsed[3] = 1.0
+    spread = _posterior_spread(values, values[3], collapsed)
+    torch.testing.assert_close(spread, values.std(0))

@@ -71,3 +71,25 @@ def test_error_table_without_labels_and_errors():
         error_table({"D": np.zeros(3)}, {"K": np.zeros(3)})
     with pytest.raises(ValueError, match="labels"):
         error_table({"K": np.zeros(3)}, {"K": np.ones(3)}, np.zeros(2, dtype=int))
+
+
+def test_calibration_table_of_calibrated_and_overconfident_spreads():
+    """Errors drawn with the reported std give coverage ~0.95 and RMS z ~1; a std 3x too small shows
+    as low coverage, RMS z ~3 and voxels beyond |z| = 4; parameters without a std are left out."""
+    from varmap.evaluation.metrics import calibration_table
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    truth = {"D": rng.uniform(0.5, 3.0, n), "K": rng.uniform(0.0, 1.5, n), "n": rng.normal(size=(n, 3))}
+    std = rng.uniform(0.05, 0.2, n)
+    labels = (np.arange(n) % 2).astype(int)
+    estimates = {"D": truth["D"] + std * rng.standard_normal(n), "K": truth["K"] + std * rng.standard_normal(n)}
+    rows = calibration_table(estimates, {"D": std, "K": std / 3.0}, truth, labels, ("a", "b"))
+    assert [(r["parameter"], r["cluster"]) for r in rows] == [
+        ("D", "all"), ("D", "a"), ("D", "b"), ("K", "all"), ("K", "a"), ("K", "b")]
+    calibrated, overconfident = rows[0], rows[3]
+    assert calibrated["coverage_95"] == pytest.approx(0.95, abs=0.01)
+    assert calibrated["rms_z"] == pytest.approx(1.0, abs=0.03) and calibrated["share_z_over_4"] < 0.001
+    assert overconfident["coverage_95"] < 0.6 and overconfident["rms_z"] == pytest.approx(3.0, rel=0.05)
+    assert overconfident["share_z_over_4"] > 0.1 and overconfident["max_abs_z"] > 8
+    assert calibration_table(estimates, {}, truth) == []

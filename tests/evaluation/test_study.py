@@ -26,7 +26,7 @@ def study(tmp_path_factory):
 def test_study_writes_tables_figure_and_config(study):
     output, result = study
     names = sorted(p.name for p in output.iterdir())
-    assert names == ["results.csv", "results.md", "scatter_snr20.png", "study.json"]
+    assert names == ["calibration.csv", "results.csv", "results.md", "scatter_snr20.png", "study.json"]
     with open(output / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     methods = {row["method"] for row in rows}
@@ -37,7 +37,24 @@ def test_study_writes_tables_figure_and_config(study):
     assert "### SNR 20" in markdown and markdown.startswith("## msdki simulation study: one noise level;")
     config = json.loads((output / "study.json").read_text())
     assert config["noise_variation"] == 1.0 and config["S0_range"] is None and not config["sigma_known"]
+    assert config["protocol"].startswith("HCP-like: 18 b=0")
 
+
+def test_study_reports_the_calibration_of_every_uncertainty(study):
+    """vae and the oracle report a std (nlls too where it does); each gets coverage and z rows per cluster."""
+    output, result = study
+    with open(output / "calibration.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {"vae", "oracle"} <= {row["method"] for row in rows}
+    assert {row["parameter"] for row in rows} == {"D", "K"}
+    for row in result.calibration:
+        assert row["snr"] == 20 and 0.0 <= row["coverage_95"] <= 1.0 and row["rms_z"] > 0, row
+    oracle = [row for row in result.calibration if row["method"] == "oracle" and row["cluster"] == "all"]
+    # the Bayes posterior of the prior the data came from is calibrated up to sampling noise (100 voxels)
+    assert all(0.85 <= row["coverage_95"] and row["rms_z"] < 1.4 for row in oracle), oracle
+    markdown = (output / "results.md").read_text()
+    assert "## Calibration of the reported standard deviations" in markdown
+    assert sum(line.startswith("| vae |") for line in markdown.splitlines()) == 2  # errors and calibration
 
 def test_study_rows_compare_with_the_oracle(study):
     _, result = study
@@ -74,6 +91,7 @@ def test_existing_output_refused_and_untouched(study):
         ({"snrs": (0,)}, "positive"),
         ({"n_jobs": 0}, "n_jobs"),
         ({"prior": "nope"}, "prior"),
+        ({"protocol": "nope"}, "unknown study protocol"),
         ({"noise_variation": 0.5}, "noise_variation"),
         ({"S0_range": (0.0, 1.0)}, "S0_range"),
         ({"model": "ball_stick", "S0_range": (600.0, 1400.0)}, "marginalises S0"),
@@ -131,3 +149,25 @@ def test_study_gives_the_methods_each_voxels_noise_level(monkeypatch):
     assert "methods given each voxel's noise level" in result.variant
     oracle = [row for row in result.rows if row["method"] == "oracle"]
     assert oracle and all(np.isfinite(row["rmse"]) for row in oracle)
+
+
+def test_clinical_protocol_and_physical_prior(tmp_path):
+    """The study's second acquisition (one b=0, two shells): the physical prior is truncated at its
+    largest b, the methods estimate the noise level without b=0 repeats, and the protocol is recorded."""
+    import argparse
+
+    from varmap.cli import build_parser
+    from varmap.simulation import STUDY_PROTOCOLS
+
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flag = next(a for a in subcommands.choices["bench"]._actions if a.dest == "protocol")
+    assert set(flag.choices) == set(STUDY_PROTOCOLS)
+    result = run_study(
+        model="msdki", snrs=(20,), n_voxels=200, methods=("nlls",), n_oracle=30, prior="physical",
+        protocol="clinical", progress=False, output_dir=tmp_path / "clinical",
+    )
+    data = result.data[20]
+    assert data.protocol.n_b0 == 1 and data.protocol.n_measurements == 61
+    assert np.all(data.params["D"] * data.params["K"] * 2.0 < 3.0)
+    config = json.loads((tmp_path / "clinical" / "study.json").read_text())
+    assert config["protocol"].startswith("clinical: 1 b=0") and config["prior"] == "physical"

@@ -47,7 +47,7 @@ def test_default_map_follows_a_varying_noise_level(request, scan):
 
 def test_default_method_per_protocol(ellipsoid_scan, one_b0_scan):
     assert default_method(opened(ellipsoid_scan)[1]) == "b0_local_pooling"
-    assert default_method(opened(one_b0_scan)[1]) == "pseudo_residual_local"
+    assert default_method(opened(one_b0_scan)[1]) == "fit_residual_local"
 
 
 def test_estimator_choice_is_checked(one_b0_scan, monkeypatch):

@@ -95,7 +95,7 @@ def test_fit_image_without_output_writes_nothing(ellipsoid_scan, tmp_path):
 def test_single_b0_passes_the_image_noise_map(one_b0_scan):
     (dwi, bval, bvec), inside, _ = one_b0_scan
     result = varmap.fit_image(dwi, bval, bvec, model="msdki", method="nlls", progress=False, figure=False)
-    assert result.metadata["config"]["sigma_source"] == f"{SIGMA_FROM_IMAGE} (pseudo_residual_local)"
+    assert result.metadata["config"]["sigma_source"] == f"{SIGMA_FROM_IMAGE} (fit_residual_local)"
     fitted = result.fit.valid
     assert np.median(result.fit.sigma[fitted]) == pytest.approx(SIGMA, rel=0.25)
     assert "sigma" not in result.metadata["config"]["options"]

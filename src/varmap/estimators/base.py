@@ -74,8 +74,8 @@ class Estimator(ABC):
     **options
         The method's options, declared in :data:`varmap.estimators.options.OPTIONS` (name, type,
         default, range); each becomes an attribute of the same name.  ``sigma`` is the noise standard
-        deviation of one measurement in raw signal units (estimated from repeated b=0 measurements when
-        not given); ``likelihood`` the noise model of the reconstruction term.
+        deviation of one measurement in raw signal units, one number or one per voxel (each voxel's
+        estimated from its fit residuals when not given: :mod:`varmap.estimators.noise_level`); ``likelihood`` the noise model of the reconstruction term.
 
     Raises
     ------
@@ -148,7 +148,7 @@ class Estimator(ABC):
         """
         self._check_fitted()
         start = time.perf_counter()
-        data = prepare_signals(signals, self.model, sigma=sigma, seed=self.seed)
+        data = prepare_signals(signals, self.model, sigma=sigma)
         estimates = self._infer(data)
         return self._result(data, estimates, {"infer_s": time.perf_counter() - start})
 
@@ -222,7 +222,7 @@ class Estimator(ABC):
         from ..devices import resolve_device
 
         start = time.perf_counter()
-        data = prepare_signals(signals, self.model, sigma=self.sigma, seed=self.seed)
+        data = prepare_signals(signals, self.model, sigma=self.sigma)
         self.device_ = resolve_device(self.device)
         prepared = time.perf_counter()
         self.history_ = self._train(data)

@@ -15,9 +15,10 @@ Units.  Two scales, each used for one thing:
 A voxel's noise level in the units of its observables is therefore ``sigma / (signal_scale · b0_mean)``.
 
 Noise level.  One number for the whole scan, or one per voxel (a noise map: parallel imaging makes the
-noise level vary over the image), in raw units.  When none is given it is estimated from the signals:
-from the repeated b=0 measurements (two or more), else from the residuals of a voxelwise diffusion fit
-(:mod:`varmap.estimators.noise_level`).
+noise level vary over the image), in raw units.  When none is given each voxel's is estimated from its
+own signals, the residuals of a voxelwise diffusion fit shrunk towards the median
+(:mod:`varmap.estimators.noise_level`); a protocol too short for residuals falls back to one level from
+the repeated b=0 measurements.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from .noise_level import estimate_sigma_from_b0, estimate_sigma_from_residuals
+from .noise_level import estimate_sigma_from_b0, estimate_sigma_per_voxel, residual_unknowns
 
 __all__ = ["ValidVoxels", "valid_voxels", "PreparedData", "prepare_signals"]
 
@@ -104,6 +105,8 @@ class PreparedData:
         The model's observables of each valid voxel's signals divided by its mean b=0 signal.
     sigma : ndarray, shape (n_valid,)
         Noise standard deviation of one measurement in each valid voxel, raw units (float64).
+    sigma_log_sd : ndarray, shape (n_valid,)
+        Uncertainty of that noise level, the standard deviation of log σ (0 where it was given).
     sigma_source : str
         Where ``sigma`` came from.
     """
@@ -113,6 +116,7 @@ class PreparedData:
     b0_mean: np.ndarray
     observables: np.ndarray
     sigma: np.ndarray
+    sigma_log_sd: np.ndarray
     sigma_source: str
 
     @property
@@ -127,7 +131,7 @@ class PreparedData:
         return int(self.observables.shape[0])
 
 
-def prepare_signals(signals: np.ndarray, model, *, sigma: float | np.ndarray | None = None, seed: int = 0) -> PreparedData:
+def prepare_signals(signals: np.ndarray, model, *, sigma: float | np.ndarray | None = None) -> PreparedData:
     """Check raw signals, choose the noise level and convert the valid voxels to the estimators' units.
 
     Parameters
@@ -139,10 +143,9 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | np.ndarray | N
         fitted (shell averages for MS-DKI, the measurements themselves for ball-and-stick).
     sigma : float or ndarray of shape (n_voxels,), optional
         Noise standard deviation of one measurement in raw units, for the scan or for each voxel.
-        Default: estimated from the valid voxels' repeated b=0 measurements, or with fewer than two
-        from the residuals of a voxelwise diffusion fit.
-    seed : int
-        Picks the voxels of the residual estimate in very large scans.
+        Default: each valid voxel's from the residuals of a voxelwise diffusion fit
+        (:func:`~varmap.estimators.noise_level.estimate_sigma_per_voxel`); where the protocol is too
+        short for residuals, one level from the repeated b=0 measurements.
 
     Returns
     -------
@@ -165,7 +168,7 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | np.ndarray | N
     if not voxels.valid.any():
         raise ValueError("no voxel has finite signals and a positive mean b=0 signal; check the data and mask.")
     valid_index = np.flatnonzero(voxels.valid)
-    sigma_valid, source = _noise_level(signals, valid_index, protocol, sigma, seed)
+    sigma_valid, sigma_log_sd, source = _noise_level(signals, valid_index, protocol, sigma)
     b0_mean_raw = voxels.b0_mean_raw[valid_index]
     signal_scale = float(np.median(b0_mean_raw))
     parts = []
@@ -179,29 +182,32 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | np.ndarray | N
         b0_mean=b0_mean_raw / signal_scale,
         observables=np.concatenate(parts),
         sigma=sigma_valid,
+        sigma_log_sd=sigma_log_sd,
         sigma_source=source,
     )
 
 
 def _noise_level(
-    signals: np.ndarray, valid_index: np.ndarray, protocol, sigma: float | np.ndarray | None, seed: int
-) -> tuple[np.ndarray, str]:
-    """The noise level of every valid voxel (raw units) and where it came from."""
+    signals: np.ndarray, valid_index: np.ndarray, protocol, sigma: float | np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The noise level of every valid voxel (raw units), its uncertainty (standard deviation of log σ)
+    and where it came from."""
     n_valid = valid_index.size
+    exact = np.zeros(n_valid)
     if sigma is None:
         valid_signals = signals[valid_index]
-        estimate = estimate_sigma_from_b0(valid_signals[:, protocol.b0_mask])
-        source = f"pooled variance of the {protocol.n_b0} b=0 measurements"
-        if estimate is None:
-            estimate = estimate_sigma_from_residuals(valid_signals, protocol, seed=seed)
-            kind = "kurtosis" if protocol.dw_shell_bvals.size >= 2 else "tensor"
-            source = f"residuals of a voxelwise {kind} fit (dipy, {protocol.n_b0} b=0 measurement(s))"
-        return np.full(n_valid, estimate), source
+        fit, n_unknowns = residual_unknowns(protocol)
+        if protocol.n_measurements <= n_unknowns:
+            pooled = estimate_sigma_from_b0(valid_signals[:, protocol.b0_mask])
+            if pooled is not None:  # pooled over every voxel: its uncertainty is negligible
+                return np.full(n_valid, pooled), exact, f"pooled variance of the {protocol.n_b0} b=0 measurements"
+        estimate = estimate_sigma_per_voxel(valid_signals, protocol)  # refuses a protocol too short
+        return estimate.sigma, estimate.log_sd, estimate.describe(fit)
     values = np.asarray(sigma, dtype=np.float64)
     if values.ndim == 0:
         if not (np.isfinite(values) and values > 0):
             raise ValueError(f"sigma must be a positive noise standard deviation; got {sigma!r}.")
-        return np.full(n_valid, float(values)), "given"
+        return np.full(n_valid, float(values)), exact, "given"
     if values.shape != (signals.shape[0],):
         raise ValueError(
             f"sigma must be one number or one value per voxel, shape ({signals.shape[0]},); got shape "
@@ -214,4 +220,4 @@ def _noise_level(
             f"sigma is not a positive finite noise level in {int(bad.sum())} of the {n_valid} fitted voxels; "
             "check the noise map (it must cover every voxel of the mask)."
         )
-    return values, "given per voxel"
+    return values, exact, "given per voxel"

@@ -6,7 +6,10 @@ import math
 
 import torch
 
-__all__ = ["LIKELIHOODS", "gaussian_nll", "rician_nll", "rician_log_pdf", "rician_mean", "check_likelihood"]
+__all__ = [
+    "LIKELIHOODS", "gaussian_nll", "rician_nll", "rician_log_pdf", "rician_mean", "rician_mean_noise_slope",
+    "check_likelihood",
+]
 
 LIKELIHOODS = ("rician", "gaussian")
 
@@ -56,8 +59,33 @@ def rician_mean(nu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return sigma * math.sqrt(math.pi / 2.0) * ((1.0 + 2.0 * t) * torch.special.i0e(t) + 2.0 * t * torch.special.i1e(t))
 
 
+def rician_mean_noise_slope(nu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    r"""Derivative of the Rician mean with respect to the noise level, ∂E[M]/∂σ.
+
+    Notes
+    -----
+    E[M] is homogeneous of degree one in (ν, σ), so ∂E[M]/∂σ = (E[M] − ν ∂E[M]/∂ν) / σ, with
+
+    .. math:: \partial E[M]/\partial\nu = (\nu/\sigma)\sqrt{\pi/8}\,[I^e_0(t) + I^e_1(t)],\quad t = \nu^2/(4\sigma^2).
+
+    It is √(π/2) at ν = 0 (the noise floor moves with σ) and falls as σ/ν for ν ≫ σ.
+    """
+    return _noise_slope(nu, sigma, rician_mean(nu, sigma))
+
+
+def _noise_slope(nu: torch.Tensor, sigma: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """:func:`rician_mean_noise_slope` given the Rician mean already computed."""
+    t = nu * nu / (4.0 * sigma * sigma)
+    slope_nu = (nu / sigma) * math.sqrt(math.pi / 8.0) * (torch.special.i0e(t) + torch.special.i1e(t))
+    return (mean - nu * slope_nu) / sigma
+
+
 def rician_nll(
-    observed: torch.Tensor, predicted: torch.Tensor, sigma: torch.Tensor, counts: torch.Tensor
+    observed: torch.Tensor,
+    predicted: torch.Tensor,
+    sigma: torch.Tensor,
+    counts: torch.Tensor,
+    sigma_log_sd: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rician negative log-likelihood of magnitude observables, summed over the last axis.
 
@@ -72,6 +100,13 @@ def rician_nll(
     sigma : Tensor, shape (..., 1)
         Noise standard deviation of one measurement, normalised by S0.
     counts : Tensor, shape (n_observables,)
+    sigma_log_sd : Tensor, shape (..., 1), optional
+        Uncertainty of ``sigma`` where it was estimated, the standard deviation of log σ.  An average
+        of many measurements is precise enough that its noise floor, σ√(π/2) where the signal has
+        decayed, must be known as precisely: a σ a few per cent off moves that floor by several
+        standard errors of the average and biases the parameters.  The uncertainty is marginalised to
+        first order: the average's variance gains ``(∂E[M]/∂σ · σ · sigma_log_sd)²``
+        (:func:`rician_mean_noise_slope`).  ``None`` or 0: σ is known.
 
     Returns
     -------
@@ -90,6 +125,8 @@ def rician_nll(
         return (torch.log(variance) - _rician_kernel(observed.clamp_min(0.0), nu, variance)).sum(-1)
     mean = rician_mean(nu, sigma)
     avg_variance = (2.0 * variance + nu * nu - mean * mean).clamp_min(1e-3 * variance) / counts
+    if sigma_log_sd is not None and bool(sigma_log_sd.any()):  # known σ: no extra Bessel evaluations
+        avg_variance = avg_variance + (_noise_slope(nu, sigma, mean) * sigma * sigma_log_sd) ** 2
     averaged = 0.5 * (observed - mean) ** 2 / avg_variance + 0.5 * torch.log(avg_variance)
     if not bool(single.any()):
         return averaged.sum(-1)

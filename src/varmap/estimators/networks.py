@@ -42,12 +42,15 @@ class VoxelBatch(NamedTuple):
     noise_level : Tensor, shape (B, 1)
         The same in reference units (``sigma · b0_mean``; the same number in every voxel when one noise
         level holds for the scan).
+    sigma_log_sd : Tensor, shape (B, 1)
+        Uncertainty of the noise level, the standard deviation of log σ (0: known).
     """
 
     observables: torch.Tensor
     b0_mean: torch.Tensor
     sigma: torch.Tensor
     noise_level: torch.Tensor
+    sigma_log_sd: torch.Tensor
 
     @property
     def n_voxels(self) -> int:
@@ -61,7 +64,8 @@ class VoxelBatch(NamedTuple):
 
 def voxel_batch(data: PreparedData, device: torch.device, rows: np.ndarray | None = None) -> VoxelBatch:
     """The valid voxels of ``data`` (or those ``rows`` of them) as float32 tensors on ``device``."""
-    columns = (data.b0_mean.astype(np.float32), data.sigma_normalised, (data.sigma / data.signal_scale).astype(np.float32))
+    columns = (data.b0_mean.astype(np.float32), data.sigma_normalised, (data.sigma / data.signal_scale).astype(np.float32),
+               data.sigma_log_sd.astype(np.float32))
     observables = data.observables
     if rows is not None:
         observables, columns = observables[rows], tuple(column[rows] for column in columns)
@@ -187,15 +191,21 @@ class SignalDecoder(nn.Module):
         ``unconstrained`` has shape (..., B, n_packed + 1) (leading sample or component axes broadcast
         against the batch); returns shape (..., B).
         """
-        return self.nll_of(batch.observables, unconstrained, batch.b0_mean, batch.sigma)
+        return self.nll_of(batch.observables, unconstrained, batch.b0_mean, batch.sigma, batch.sigma_log_sd)
 
     def nll_of(
-        self, observables: torch.Tensor, unconstrained: torch.Tensor, b0_mean: torch.Tensor, sigma: torch.Tensor
+        self,
+        observables: torch.Tensor,
+        unconstrained: torch.Tensor,
+        b0_mean: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_log_sd: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Negative log-likelihood of ``observables`` (..., n_observables) given unconstrained vectors;
-        ``b0_mean`` and ``sigma`` (..., 1) broadcast.  Returns shape (...)."""
+        ``b0_mean``, ``sigma`` and the noise level's uncertainty ``sigma_log_sd`` (..., 1) broadcast.
+        Returns shape (...)."""
         predicted = self.predict(unconstrained, b0_mean)
         counts = self.counts.to(predicted.dtype)
         if self.likelihood == "rician":
-            return rician_nll(observables, predicted, sigma, counts)
+            return rician_nll(observables, predicted, sigma, counts, sigma_log_sd)
         return gaussian_nll(observables, predicted, sigma, counts)

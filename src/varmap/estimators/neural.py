@@ -136,6 +136,7 @@ def train_estimator(
             validation_voxels,
             n_epochs=estimator.n_epochs,
             batch_size=estimator.batch_size,
+            max_batch_size=estimator.max_batch_size,
             learning_rate=estimator.learning_rate,
             patience=estimator.patience,
             min_improvement=estimator.min_improvement,

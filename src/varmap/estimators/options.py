@@ -111,7 +111,10 @@ _NETWORK = (
     Option("n_layers", int, 3, "hidden layers of the encoder", low=1),
     Option("activation", str, "relu", "encoder activation", choices=("relu", "prelu", "softplus", "elu", "silu")),
     Option("n_epochs", int, 500, "most training epochs", low=1),
-    Option("batch_size", int, 128, "voxels per mini-batch", low=1),
+    Option("batch_size", int, 128, "voxels per mini-batch at the start", low=1),
+    Option("max_batch_size", int, None, "largest mini-batch: on a plateau of the held-out loss the batch "
+           "grows fourfold up to this (and an epoch's voxels / 16) before the learning rate is lowered "
+           "(default: batch_size, no growth)", low=1),
     Option("learning_rate", float, 1e-3, "Adam step size", low=0.0),
     Option("validation_fraction", float, 0.1, "fraction of voxels held out for early stopping (still mapped)",
            low=0.0, high=0.99),

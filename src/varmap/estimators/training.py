@@ -16,6 +16,15 @@ from .distributed import data_parallel, gather_shards, rank_and_size, sum_over_p
 
 __all__ = ["train_network", "split_voxels"]
 
+#: Factor by which a plateau grows the mini-batch (up to ``max_batch_size``); the learning-rate drop it
+#: replaces is 0.3, about the same cut in gradient noise.
+_BATCH_GROWTH = 4
+
+#: Fewest steps an epoch keeps when its batch grows: the plateau and early-stopping patiences count
+#: epochs, and with fewer steps an epoch stops being a fair trial (measured: 16 steps of 2048 voxels
+#: per epoch trained as well as 256 of 128 on 40,000 voxels; 4-5 steps per epoch on 9,000 did not).
+_MIN_STEPS_PER_EPOCH = 16
+
 
 def split_voxels(n_voxels: int, validation_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Random disjoint index sets for training and validation (at least one voxel each when possible)."""
@@ -61,6 +70,7 @@ def train_network(
     batch_size: int,
     learning_rate: float,
     patience: int,
+    max_batch_size: int | None = None,
     min_improvement: float = 0.0,
     first_stop_epoch: int,
     voxels_per_epoch: int | None = None,
@@ -85,11 +95,18 @@ def train_network(
     n_epochs : int
         Maximum number of epochs.
     batch_size : int
+        Voxels per mini-batch at the start.
     learning_rate : float
         Adam step size.
     patience : int
-        Stop after this many epochs without a lower validation loss; the learning rate drops by 0.3
-        after a quarter of that.
+        Stop after this many epochs without a lower validation loss.  After a quarter of that without
+        one (a plateau), the mini-batch grows fourfold while it stays within ``max_batch_size``,
+        otherwise the learning rate drops by 0.3.
+    max_batch_size : int, optional
+        Largest mini-batch a plateau may grow to (``None``: ``batch_size``, no growth), and at most an
+        epoch's voxels over 16 so that an epoch keeps 16 steps or more.  A larger batch lowers the
+        gradient noise as a smaller step does, at a lower cost per voxel (a step of a small network
+        costs nearly the same for 128 or 2048 voxels).
     min_improvement : float
         A validation loss counts as lower only when it is at least this much below the best so far (loss
         units per voxel: nats for an evidence bound); 0 counts any decrease.  The best weights are
@@ -114,7 +131,7 @@ def train_network(
     Returns
     -------
     dict
-        ``train_loss`` and ``val_loss`` per epoch, ``best_epoch``, ``stopped_epoch``.
+        ``train_loss``, ``val_loss`` and ``batch_size`` per epoch, ``best_epoch``, ``stopped_epoch``.
 
     Notes
     -----
@@ -139,7 +156,9 @@ def train_network(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=max(1, patience // 4))
     n_train = train_data[0].shape[0]
     epoch_size = n_train if voxels_per_epoch is None else max(1, min(n_train, voxels_per_epoch))
-    history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+    largest_batch = batch_size if max_batch_size is None else max(
+        batch_size, min(max_batch_size, epoch_size // _MIN_STEPS_PER_EPOCH))
+    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "batch_size": []}
     best_loss, best_state, best_epoch, waited = float("inf"), None, -1, 0
     typical_norm = float("inf")
     bar = tqdm(range(n_epochs), desc=description, disable=not progress, unit="epoch", leave=False)
@@ -160,6 +179,7 @@ def train_network(
                 optimizer.step()
             total += float(values.detach().sum())
         history["train_loss"].append(sum_over_processes(total, train_data[0].device) / epoch_size)
+        history["batch_size"].append(batch_size)
         network.eval()
         with torch.no_grad():
             val_loss = (_trimmed_mean(gather_shards(loss_fn(val_shard, epoch, False), n_val)) if n_val
@@ -169,7 +189,12 @@ def train_network(
         changed = after_epoch is not None and after_epoch(epoch)
         if epoch < first_stop_epoch:
             continue
+        learning_rate = optimizer.param_groups[0]["lr"]
         scheduler.step(val_loss)
+        if optimizer.param_groups[0]["lr"] < learning_rate and batch_size * _BATCH_GROWTH <= largest_batch:
+            for group in optimizer.param_groups:  # a plateau: grow the batch instead of shrinking the step
+                group["lr"] = learning_rate
+            batch_size *= _BATCH_GROWTH
         if val_loss < best_loss:
             progressed = val_loss < best_loss - min_improvement
             best_loss, best_epoch = val_loss, epoch

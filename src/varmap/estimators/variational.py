@@ -135,9 +135,9 @@ class VariationalEstimator(Estimator):
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * log_var) * noise  # (B, K, L): one draw per component
         if self.n_components == 1 or self.y_sampler == "enumerate":
-            per_component = (t[:, None, :] for t in (batch.observables, batch.b0_mean, batch.sigma))
-            observables, b0_mean, sigma = per_component
-            nll = self.decoder_.nll_of(observables, self.latent_decoder_(z), b0_mean, sigma)
+            per_component = (t[:, None, :] for t in (batch.observables, batch.b0_mean, batch.sigma, batch.sigma_log_sd))
+            observables, b0_mean, sigma, sigma_log_sd = per_component
+            nll = self.decoder_.nll_of(observables, self.latent_decoder_(z), b0_mean, sigma, sigma_log_sd)
             reconstruction = (q_y * nll).sum(-1)
         else:
             y = _gumbel_softmax(logits, self._temperature(epoch), generator)
@@ -254,7 +254,7 @@ class VariationalEstimator(Estimator):
         n_scalars = self.model.n_scalars
         scalars = packed[..., :n_scalars]
         mean = (w * scalars).sum(0)
-        std = (w * (scalars - mean) ** 2).sum(0).clamp_min(0.0).sqrt()
+        std = _posterior_spread(scalars, mean, weights)
         std_maps = {name: std[:, i].cpu().numpy() for i, name in enumerate(self.model.parameter_names)}
         if self.model.has_direction:
             direction, spread = weighted_mean_axis(packed[..., n_scalars : n_scalars + 3], weights)
@@ -279,6 +279,24 @@ class VariationalEstimator(Estimator):
     def _load_state(self, state: dict) -> None:
         self._build(*untrained_input_statistics(self.model))
         self.network_.load_state_dict(state["network"])
+
+
+def _posterior_spread(values: torch.Tensor, mean: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Posterior standard deviation of ``values`` (S, B, P) from self-normalised weights (S, B).
+
+    The weighted variance underestimates the posterior's by the factor ``1 - Σw²`` (``1 - 1/ESS``; the
+    sample variance without Bessel's correction), which is corrected.  Where fewer than two effective
+    samples are left (the importance weights collapsed onto one sample), the weighted variance says
+    nothing about the width; the spread of the samples themselves (the proposals', wider than the
+    posterior they were fitted to) is reported instead, so no voxel claims a near-zero uncertainty.
+    """
+    w = weights[..., None]
+    weighted = (w * (values - mean) ** 2).sum(0)
+    squared_weights = (weights**2).sum(0)[:, None]
+    corrected = weighted / (1.0 - squared_weights).clamp_min(0.5)
+    collapsed = squared_weights > 0.5
+    unweighted = values.var(0) if values.shape[0] > 1 else torch.zeros_like(weighted)
+    return torch.where(collapsed, torch.maximum(corrected, unweighted), corrected).clamp_min(0.0).sqrt()
 
 
 def _principal_axis(points: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

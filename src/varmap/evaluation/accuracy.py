@@ -14,10 +14,11 @@ import numpy as np
 
 from ..phantom import PARTIAL_VOLUME, TISSUES, Phantom, boundary_distance
 from ..simulation import SimulatedData
-from .metrics import error_table
+from .metrics import calibration_table, error_table
 
 __all__ = [
     "simulation_rows",
+    "simulation_calibration_rows",
     "add_oracle_ratios",
     "PHANTOM_GROUPS",
     "EDGE_GROUPS",
@@ -56,6 +57,15 @@ def simulation_rows(data: SimulatedData, params: dict[str, np.ndarray], n: int) 
     for row in rows:
         row["ratio_to_oracle"] = float("nan")
     return rows
+
+
+def simulation_calibration_rows(
+    data: SimulatedData, params: dict[str, np.ndarray], std: dict[str, np.ndarray], n: int
+) -> list[dict]:
+    """Calibration table of the reported standard deviations of the first ``n`` simulated voxels,
+    overall and per prior cluster (:func:`~varmap.evaluation.metrics.calibration_table`)."""
+    truth = {name: value[:n] for name, value in data.params.items()}
+    return calibration_table(params, std, truth, data.labels[:n], data.prior.cluster_names)
 
 
 def add_oracle_ratios(rows: list[dict], subset_rows: list[dict], oracle_rows: list[dict]) -> None:

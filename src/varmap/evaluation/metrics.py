@@ -6,7 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["rmse", "bias", "angular_error_deg", "error_table"]
+__all__ = ["rmse", "bias", "angular_error_deg", "error_table", "calibration_table", "Z_95"]
+
+#: Half-width, in standard deviations, of the central 95 % interval of a normal distribution.
+Z_95 = 1.959963984540054
+
+#: |z| beyond which a voxel's reported spread is far below its error (counted in calibration tables).
+Z_FAR = 4.0
 
 
 def _paired(estimate: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,15 +101,7 @@ def error_table(
     names = [name for name in truth if name in estimates]
     if not names:
         raise ValueError(f"no parameter is in both estimates {sorted(estimates)} and truth {sorted(truth)}.")
-    n_voxels = len(np.asarray(truth[names[0]]))
-    groups: list[tuple[str, np.ndarray]] = [("all", np.ones(n_voxels, dtype=bool))]
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (n_voxels,):
-            raise ValueError(f"labels has shape {labels.shape}; expected ({n_voxels},), one per voxel.")
-        for k in np.unique(labels):
-            name = cluster_names[k] if k < len(cluster_names) else f"cluster {k}"
-            groups.append((name, labels == k))
+    groups = _groups(len(np.asarray(truth[names[0]])), labels, cluster_names)
     rows = []
     for name in names:
         estimate = np.asarray(estimates[name], dtype=np.float64)
@@ -129,3 +127,71 @@ def error_table(
                 }
             rows.append(row)
     return rows
+
+
+def calibration_table(
+    estimates: dict[str, np.ndarray],
+    std: dict[str, np.ndarray],
+    truth: dict[str, np.ndarray],
+    labels: np.ndarray | None = None,
+    cluster_names: Sequence[str] = (),
+) -> list[dict]:
+    """How well reported standard deviations describe the errors, for all voxels and for each cluster.
+
+    With ``z = (estimate - truth) / std``, a calibrated uncertainty covers the truth with the ±1.96 std
+    interval in 95 % of voxels and has an RMS z near 1; a voxel whose reported std is far below its
+    error shows as a large ``|z|``.
+
+    Parameters
+    ----------
+    estimates, std, truth : dict of ndarray
+        Maps of shape (n_voxels,) by parameter; parameters missing from any of the three (the fibre
+        direction, methods without an uncertainty) are left out.
+    labels : ndarray of int, shape (n_voxels,), optional
+    cluster_names : sequence of str
+        As in :func:`error_table`.
+
+    Returns
+    -------
+    list of dict
+        One row per parameter and group with ``parameter``, ``cluster``, ``n`` (voxels with a finite
+        estimate and a positive finite std), ``coverage_95`` (share with ``|z| <= 1.96``), ``rms_z``,
+        ``max_abs_z`` and ``share_z_over_4`` (share with ``|z| > 4``).
+    """
+    names = [name for name in truth if name in estimates and name in std and name != "n"]
+    if not names:
+        return []
+    groups = _groups(len(np.asarray(truth[names[0]])), labels, cluster_names)
+    rows = []
+    for name in names:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spread = np.asarray(std[name], dtype=np.float64)
+            z = (np.asarray(estimates[name], dtype=np.float64) - np.asarray(truth[name], dtype=np.float64)) / spread
+        usable = np.isfinite(z) & (spread > 0)
+        for group, mask in groups:
+            values = np.abs(z[mask & usable])
+            row = {"parameter": name, "cluster": group, "n": int(values.size)}
+            if values.size:
+                row |= {
+                    "coverage_95": float(np.mean(values <= Z_95)),
+                    "rms_z": float(np.sqrt(np.mean(values**2))),
+                    "max_abs_z": float(values.max()),
+                    "share_z_over_4": float(np.mean(values > Z_FAR)),
+                }
+            else:
+                row |= dict.fromkeys(("coverage_95", "rms_z", "max_abs_z", "share_z_over_4"), float("nan"))
+            rows.append(row)
+    return rows
+
+
+def _groups(n_voxels: int, labels: np.ndarray | None, cluster_names: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    """``("all", every voxel)`` and, with ``labels``, one ``(name, mask)`` per cluster present."""
+    groups: list[tuple[str, np.ndarray]] = [("all", np.ones(n_voxels, dtype=bool))]
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (n_voxels,):
+            raise ValueError(f"labels has shape {labels.shape}; expected ({n_voxels},), one per voxel.")
+        for k in np.unique(labels):
+            name = cluster_names[k] if k < len(cluster_names) else f"cluster {k}"
+            groups.append((name, labels == k))
+    return groups

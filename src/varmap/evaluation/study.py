@@ -19,13 +19,16 @@ from ..estimators import ESTIMATORS, get_estimator
 from ..provenance import environment
 from ..random_streams import stream_seed
 from ..signal_models import SignalModel, get_signal_model
-from ..simulation import ClusterPrior, SimulatedData, get_prior, hcp_protocol, simulate
+from ..simulation import ClusterPrior, SimulatedData, get_prior, simulate, study_protocol
 from ..simulation.datasets import check_noise_variation, check_S0_range
-from .accuracy import add_oracle_ratios, simulation_rows
+from .accuracy import add_oracle_ratios, simulation_calibration_rows, simulation_rows
 from .oracle import ball_stick_oracle, msdki_oracle
 from .runner import format_csv, markdown_table, measure
 
-__all__ = ["StudyResult", "run_study", "run_demo", "format_markdown", "describe_variant", "DEFAULT_PRIORS"]
+__all__ = [
+    "StudyResult", "run_study", "run_demo", "format_markdown", "format_calibration_markdown", "describe_variant",
+    "DEFAULT_PRIORS",
+]
 
 logger = logging.getLogger("varmap")
 
@@ -44,6 +47,8 @@ _TIMING_NOTE = (
 
 #: Columns of ``results.csv``.
 _COLUMNS = ("snr", "method", "parameter", "cluster", "n", "n_nan", "rmse", "bias", "angular_error_deg", "ratio_to_oracle", "time_s")
+#: Columns of ``calibration.csv``.
+_CALIBRATION_COLUMNS = ("snr", "method", "parameter", "cluster", "n", "coverage_95", "rms_z", "max_abs_z", "share_z_over_4")
 
 
 @dataclass
@@ -56,6 +61,10 @@ class StudyResult:
         One row per SNR, method, parameter and cluster: ``rmse``, ``bias``, ``angular_error_deg``,
         ``ratio_to_oracle`` (RMSE, or angular error, divided by the oracle's on the oracle's voxels),
         ``time_s``.
+    calibration : list of dict
+        One row per SNR, method with an uncertainty (and the oracle, on its voxels), parameter and
+        cluster: ``coverage_95``, ``rms_z``, ``max_abs_z``, ``share_z_over_4``
+        (:func:`~varmap.evaluation.metrics.calibration_table`).
     estimates : dict
         ``estimates[snr][method]`` maps each parameter to its estimates (oracle: its voxel subset).
     data : dict
@@ -66,6 +75,7 @@ class StudyResult:
     """
 
     rows: list[dict]
+    calibration: list[dict] = field(default_factory=list)
     estimates: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     variant: str = ""
@@ -89,6 +99,7 @@ def run_study(
     noise_variation: float = 1.0,
     S0_range: tuple[float, float] | None = None,
     sigma_known: bool = False,
+    protocol: str = "hcp",
 ) -> StudyResult:
     """Simulate, fit with every method, compare with the truth and the Bayes oracle.
 
@@ -104,7 +115,8 @@ def run_study(
     seed : int
         Seed of the protocol, the simulated draws (one named stream per SNR) and every estimator.
     output_dir : path, optional
-        Folder for ``results.csv``, ``results.md``, ``study.json`` and one figure per SNR; written
+        Folder for ``results.csv``, ``calibration.csv``, ``results.md`` (errors, then the calibration
+        of the reported standard deviations), ``study.json`` and one figure per SNR; written
         atomically (:func:`varmap.io.atomic_output_dir`).  ``None`` writes nothing.
     n_oracle : int
         Voxels (the first ones) on which the oracle runs; 0 skips it.
@@ -130,6 +142,10 @@ def run_study(
     sigma_known : bool
         Give every method each voxel's true noise level (``sigma=``), as the oracle has it; by
         default the methods estimate it.
+    protocol : str
+        Acquisition (:data:`varmap.simulation.STUDY_PROTOCOLS`): ``"hcp"`` (288 measurements, three
+        shells) or ``"clinical"`` (one b=0, two shells).  The ``"physical"`` MS-DKI prior is truncated
+        at the protocol's largest b-value.
 
     Returns
     -------
@@ -145,14 +161,16 @@ def run_study(
     """
     _check_request(model, snrs, methods, n_jobs)
     _check_variant(model, noise_variation, S0_range)
+    acquisition, protocol_description = study_protocol(protocol, seed=seed)
     if output_dir is not None:
         from ..io import check_output_dir
 
         output_dir = check_output_dir(output_dir, force=force)
     method_options = method_options or {}
     prior_name = prior or DEFAULT_PRIORS[model]
-    signal_model = get_signal_model(model, hcp_protocol(seed=seed))
-    simulation_prior = get_prior(model, prior_name)
+    signal_model = get_signal_model(model, acquisition)
+    truncation = {"b_max": float(acquisition.bvals.max())} if (model, prior_name) == ("msdki", "physical") else {}
+    simulation_prior = get_prior(model, prior_name, **truncation)
     n_sub = min(n_oracle, n_voxels)
     started = time.perf_counter()
     variant = {"noise_variation": float(noise_variation), "S0_range": S0_range}
@@ -164,7 +182,7 @@ def run_study(
     if output_dir is not None:
         config = _config(
             model=model, prior=prior_name, snrs=snrs, n_voxels=n_voxels, n_oracle=n_sub, methods=methods,
-            method_options=method_options, n_jobs=n_jobs, seed=seed,
+            method_options=method_options, n_jobs=n_jobs, seed=seed, protocol=protocol_description,
         )
         config.update(
             variant=result.variant, noise_variation=float(noise_variation),
@@ -294,8 +312,9 @@ def _fit_jobs(
     ]
 
 
-def _run_job(job: _FitJob, progress: bool = False) -> tuple[dict, float]:
-    """Parameters and seconds of one fit."""
+def _run_job(job: _FitJob, progress: bool = False) -> tuple[dict, dict | None, float]:
+    """Parameters, their reported standard deviations (``None`` for a method without) and seconds of
+    one fit."""
     data = job.data
     with measure() as cost:
         if job.method == ORACLE:
@@ -303,13 +322,13 @@ def _run_job(job: _FitJob, progress: bool = False) -> tuple[dict, float]:
             sigma = data.sigma if np.ndim(data.sigma) == 0 else data.sigma[:n]
             S0 = {"S0": data.S0[:n]} if data.S0_range is None else {"S0_range": data.S0_range}
             oracle = _ORACLES[data.model]
-            params = oracle(data.signals[:n], data.protocol, data.prior, sigma=sigma, **S0).params
+            fitted = oracle(data.signals[:n], data.protocol, data.prior, sigma=sigma, **S0)
         else:
             signal_model = get_signal_model(data.model, data.protocol)
             options = job.options | ({"sigma": data.sigma} if job.sigma_known else {})
             estimator = get_estimator(job.method, signal_model, seed=job.seed, progress=progress, **options)
-            params = estimator.fit(data.signals).params
-    return params, cost.seconds
+            fitted = estimator.fit(data.signals)
+    return fitted.params, fitted.std, cost.seconds
 
 
 #: Methods from the slowest to the fastest, for scheduling.
@@ -320,7 +339,7 @@ def _start_worker(n_threads: int) -> None:
     torch.set_num_threads(n_threads)
 
 
-def _run_jobs(jobs: list[_FitJob], *, n_jobs: int, progress: bool) -> dict[tuple[float, str], tuple[dict, float]]:
+def _run_jobs(jobs: list[_FitJob], *, n_jobs: int, progress: bool) -> dict[tuple[float, str], tuple[dict, dict | None, float]]:
     """Run every job, in this process or in ``n_jobs`` worker processes; keyed by (SNR, method)."""
     if n_jobs == 1:
         finished = ((job, _run_job(job, progress)) for job in jobs)
@@ -334,33 +353,41 @@ def _run_jobs(jobs: list[_FitJob], *, n_jobs: int, progress: bool) -> dict[tuple
         return _collect((futures[future], future.result()) for future in as_completed(futures))
 
 
-def _collect(finished: Iterable[tuple[_FitJob, tuple[dict, float]]]) -> dict[tuple[float, str], tuple[dict, float]]:
-    """Key finished (job, (params, seconds)) pairs by (SNR, method), logging each as it arrives."""
+def _collect(
+    finished: Iterable[tuple[_FitJob, tuple[dict, dict | None, float]]],
+) -> dict[tuple[float, str], tuple[dict, dict | None, float]]:
+    """Key finished (job, (params, std, seconds)) pairs by (SNR, method), logging each as it arrives."""
     done = {}
     for job, outcome in finished:
         done[job.data.snr, job.method] = outcome
-        logger.info("SNR %g: %s in %.1f s", job.data.snr, job.method, outcome[1])
+        logger.info("SNR %g: %s in %.1f s", job.data.snr, job.method, outcome[2])
     return done
 
 
 def _tabulate(
     data: dict[float, SimulatedData],
-    fits: dict[tuple[float, str], tuple[dict, float]],
+    fits: dict[tuple[float, str], tuple[dict, dict | None, float]],
     methods: Sequence[str],
     *,
     n_oracle: int,
 ) -> StudyResult:
-    """The study's result: estimates and accuracy rows of every SNR, methods first, the oracle last."""
+    """The study's result: estimates, accuracy and calibration rows of every SNR, methods first, the
+    oracle last."""
     result = StudyResult(rows=[], data=dict(data))
     for snr, simulated in data.items():
         result.estimates[snr] = {}
         oracle_rows: list[dict] = []
+        for method in [*methods, ORACLE] if n_oracle > 0 else methods:
+            params, std, seconds = fits[snr, method]
+            n = n_oracle if method == ORACLE else simulated.n_voxels
+            if std is not None:
+                result.calibration.extend(_labelled(simulation_calibration_rows(simulated, params, std, n), snr, method, seconds))
         if n_oracle > 0:
-            params, seconds = fits[snr, ORACLE]
+            params, _, seconds = fits[snr, ORACLE]
             result.estimates[snr][ORACLE] = params
             oracle_rows = _labelled(simulation_rows(simulated, params, n_oracle), snr, ORACLE, seconds)
         for method in methods:
-            params, seconds = fits[snr, method]
+            params, _, seconds = fits[snr, method]
             result.estimates[snr][method] = params
             rows = _labelled(simulation_rows(simulated, params, simulated.n_voxels), snr, method, seconds)
             if oracle_rows:
@@ -391,6 +418,7 @@ def _config(
     method_options: dict[str, dict],
     n_jobs: int,
     seed: int,
+    protocol: str,
 ) -> dict:
     """Settings and machine of the study (``study.json``), its total time left out."""
     return {
@@ -406,7 +434,7 @@ def _config(
         "timing_note": _TIMING_NOTE,
         "seed": seed,
         "noise": "rician",
-        "protocol": "HCP-like: 18 b=0 + 90 directions at 1000, 2000, 3000 s/mm²",
+        "protocol": protocol,
         "machine": environment(),
     }
 
@@ -444,6 +472,39 @@ def format_markdown(rows: list[dict], *, title: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def format_calibration_markdown(rows: list[dict]) -> str:
+    """One Markdown table per SNR of how the reported standard deviations describe the errors.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :attr:`StudyResult.calibration`.
+
+    Returns
+    -------
+    str
+        A cell reads ``coverage of the ±1.96 std interval / RMS z (largest |z|)``; a calibrated
+        uncertainty gives 0.95 / 1.0.
+    """
+    lines = ["## Calibration of the reported standard deviations",
+             "",
+             "Each cell: share of voxels whose truth lies within ±1.96 std of the estimate / RMS of z = "
+             "(estimate − truth) / std (largest |z|). Calibrated: 0.95 / 1.0.",
+             ""]
+    for snr in dict.fromkeys(r["snr"] for r in rows):
+        at_snr = [r for r in rows if r["snr"] == snr]
+        groups = list(dict.fromkeys((r["parameter"], r["cluster"]) for r in at_snr))
+        table = []
+        for method in dict.fromkeys(r["method"] for r in at_snr):
+            cells = {(r["parameter"], r["cluster"]): r for r in at_snr if r["method"] == method}
+            table.append([method, *("" if key not in cells else
+                                    f"{cells[key]['coverage_95']:.3f} / {cells[key]['rms_z']:.2f} ({cells[key]['max_abs_z']:.1f})"
+                                    for key in groups)])
+        header = ["method", *(f"{parameter} {cluster}" for parameter, cluster in groups)]
+        lines += [f"### SNR {snr:g}", "", *markdown_table(header, table), ""]
+    return "\n".join(lines)
+
+
 def _cell(row: dict) -> str:
     ratio = row["ratio_to_oracle"]
     suffix = "" if not np.isfinite(ratio) or row["method"] == ORACLE else f" [{ratio:.2f}]"
@@ -457,11 +518,16 @@ def _write_outputs(result: StudyResult, config: dict, output_dir: Path, *, force
     from ..io import atomic_output_dir, save_json
     from ..plots import study_scatter_figure
 
-    names = ["results.csv", "results.md"]
+    names = ["results.csv", "calibration.csv", "results.md"]
     with atomic_output_dir(output_dir, force=force) as staging:
         (staging / "results.csv").write_text(format_csv(result.rows, _COLUMNS), encoding="utf-8", newline="")
+        (staging / "calibration.csv").write_text(format_csv(result.calibration, _CALIBRATION_COLUMNS),
+                                                  encoding="utf-8", newline="")
         title = f"{config['model']} simulation study: {result.variant}"
-        (staging / "results.md").write_text(format_markdown(result.rows, title=title), encoding="utf-8")
+        text = format_markdown(result.rows, title=title)
+        if result.calibration:
+            text += "\n" + format_calibration_markdown(result.calibration)
+        (staging / "results.md").write_text(text, encoding="utf-8")
         for snr, data in result.data.items():
             name = f"scatter_snr{snr:g}.png"
             study_scatter_figure(

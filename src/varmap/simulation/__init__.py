@@ -23,7 +23,7 @@ from .datasets import SimulatedData, simulate
 from .noise import NOISE_KINDS, add_noise
 from .prior_registry import PRIORS, ball_stick_prior, get_prior, msdki_paper_prior, msdki_physical_prior
 from .cluster_prior import ClusterPrior
-from .protocols import fibonacci_sphere, hcp_protocol
+from .protocols import STUDY_PROTOCOLS, fibonacci_sphere, hcp_protocol, study_protocol
 
 __all__ = [
     "NOISE_KINDS",
@@ -35,6 +35,8 @@ __all__ = [
     "fibonacci_sphere",
     "get_prior",
     "hcp_protocol",
+    "STUDY_PROTOCOLS",
+    "study_protocol",
     "msdki_paper_prior",
     "msdki_physical_prior",
     "rician_log_pdf",

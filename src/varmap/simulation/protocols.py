@@ -9,7 +9,7 @@ from dipy.core.sphere import HemiSphere, disperse_charges
 
 from ..protocol import Protocol
 
-__all__ = ["fibonacci_sphere", "hcp_protocol"]
+__all__ = ["fibonacci_sphere", "hcp_protocol", "STUDY_PROTOCOLS", "study_protocol"]
 
 # Electrostatic repulsion settings for :func:`hcp_protocol`; with 90 directions per shell they give a
 # smallest angle between any two lines of 12-15 degrees.
@@ -99,3 +99,25 @@ def _hcp_protocol(n_b0: int, n_directions: int, shells: tuple[float, ...], seed:
         bvals.append(np.full(n_directions, b))
         bvecs.append(spread.vertices)
     return Protocol.from_bvals_bvecs(np.concatenate(bvals), np.concatenate(bvecs), units="s/mm2")
+
+
+#: Protocols of the simulation study by name: the :func:`hcp_protocol` settings and a description.
+STUDY_PROTOCOLS: dict[str, tuple[dict, str]] = {
+    "hcp": ({}, "HCP-like: 18 b=0 + 90 directions at 1000, 2000, 3000 s/mm²"),
+    "clinical": ({"n_b0": 1, "n_directions": 30, "shells": (1000.0, 2000.0)},
+                 "clinical: 1 b=0 + 30 directions at 1000, 2000 s/mm²"),
+}
+
+
+def study_protocol(name: str, *, seed: int = 0) -> tuple[Protocol, str]:
+    """The simulation study's protocol ``name`` (:data:`STUDY_PROTOCOLS`) and its description.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the known ones.
+    """
+    if name not in STUDY_PROTOCOLS:
+        raise ValueError(f"unknown study protocol {name!r}; choose one of {sorted(STUDY_PROTOCOLS)}.")
+    settings, description = STUDY_PROTOCOLS[name]
+    return hcp_protocol(seed=seed, **settings), description
