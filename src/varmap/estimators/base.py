@@ -75,7 +75,8 @@ class Estimator(ABC):
         The method's options, declared in :data:`varmap.estimators.options.OPTIONS` (name, type,
         default, range); each becomes an attribute of the same name.  ``sigma`` is the noise standard
         deviation of one measurement in raw signal units, one number or one per voxel (each voxel's
-        estimated from its fit residuals when not given: :mod:`varmap.estimators.noise_level`); ``likelihood`` the noise model of the reconstruction term.
+        estimated from its fit residuals when not given: :mod:`varmap.estimators.noise_level`);
+        ``likelihood`` the noise model of the reconstruction term.
 
     Raises
     ------

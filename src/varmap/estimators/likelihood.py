@@ -59,8 +59,10 @@ def rician_mean(nu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return sigma * math.sqrt(math.pi / 2.0) * ((1.0 + 2.0 * t) * torch.special.i0e(t) + 2.0 * t * torch.special.i1e(t))
 
 
-def rician_mean_noise_slope(nu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def rician_mean_noise_slope(nu: torch.Tensor, sigma: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
     r"""Derivative of the Rician mean with respect to the noise level, ∂E[M]/∂σ.
+
+    ``mean``, when given, is :func:`rician_mean` of the same ``nu`` and ``sigma`` (not computed again).
 
     Notes
     -----
@@ -70,11 +72,8 @@ def rician_mean_noise_slope(nu: torch.Tensor, sigma: torch.Tensor) -> torch.Tens
 
     It is √(π/2) at ν = 0 (the noise floor moves with σ) and falls as σ/ν for ν ≫ σ.
     """
-    return _noise_slope(nu, sigma, rician_mean(nu, sigma))
-
-
-def _noise_slope(nu: torch.Tensor, sigma: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """:func:`rician_mean_noise_slope` given the Rician mean already computed."""
+    if mean is None:
+        mean = rician_mean(nu, sigma)
     t = nu * nu / (4.0 * sigma * sigma)
     slope_nu = (nu / sigma) * math.sqrt(math.pi / 8.0) * (torch.special.i0e(t) + torch.special.i1e(t))
     return (mean - nu * slope_nu) / sigma
@@ -126,7 +125,7 @@ def rician_nll(
     mean = rician_mean(nu, sigma)
     avg_variance = (2.0 * variance + nu * nu - mean * mean).clamp_min(1e-3 * variance) / counts
     if sigma_log_sd is not None and bool(sigma_log_sd.any()):  # known σ: no extra Bessel evaluations
-        avg_variance = avg_variance + (_noise_slope(nu, sigma, mean) * sigma * sigma_log_sd) ** 2
+        avg_variance = avg_variance + (rician_mean_noise_slope(nu, sigma, mean) * sigma * sigma_log_sd) ** 2
     averaged = 0.5 * (observed - mean) ** 2 / avg_variance + 0.5 * torch.log(avg_variance)
     if not bool(single.any()):
         return averaged.sum(-1)

@@ -192,7 +192,8 @@ def residual_variances(signals: np.ndarray, protocol: Protocol) -> tuple[np.ndar
             "unknowns). Pass sigma= (noise standard deviation in signal units)."
         )
     design = _design_matrix(protocol, fit)
-    parts = [_rician_residual_variance(chunk, *_weighted_log_fit(chunk, design))
+    ordinary = np.linalg.pinv(design).T  # the ordinary least-squares solve, the same for every chunk
+    parts = [_rician_residual_variance(chunk, *_weighted_log_fit(chunk, design, ordinary))
              for chunk in (np.asarray(signals[start : start + _CHUNK], dtype=np.float64)
                            for start in range(0, signals.shape[0], _CHUNK))]
     variance, dof, at_floor = (np.concatenate(columns) for columns in zip(*parts))
@@ -219,14 +220,15 @@ def _design_matrix(protocol: Protocol, fit: str) -> np.ndarray:
     return design / np.linalg.norm(design, axis=0)
 
 
-def _weighted_log_fit(signals: np.ndarray, design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _weighted_log_fit(signals: np.ndarray, design: np.ndarray, ordinary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Predicted signals of a weighted least-squares fit of the log signals (weights: the squared
-    signals predicted by an ordinary least-squares fit, as dipy's WLS), batched over voxels, and each
-    measurement's leverage in that fit (the share of its residual's variance the fit absorbs)."""
+    signals predicted by an ordinary least-squares fit, ``log signals @ ordinary``, as dipy's WLS),
+    batched over voxels, and each measurement's leverage in that fit (the share of its residual's
+    variance the fit absorbs)."""
     floor = 1e-3 * np.maximum(np.abs(signals).max(axis=1, keepdims=True), 1e-30)
     log_signal = np.log(np.maximum(signals, floor))
     with np.errstate(over="ignore", invalid="ignore"):
-        ols = log_signal @ np.linalg.pinv(design).T
+        ols = log_signal @ ordinary
         weights = np.exp(np.minimum(2.0 * ols @ design.T, 700.0))
         weights /= weights.max(axis=1, keepdims=True)
         weighted = weights[:, :, None] * design

@@ -189,11 +189,11 @@ def train_network(
         changed = after_epoch is not None and after_epoch(epoch)
         if epoch < first_stop_epoch:
             continue
-        learning_rate = optimizer.param_groups[0]["lr"]
+        step_size = optimizer.param_groups[0]["lr"]
         scheduler.step(val_loss)
-        if optimizer.param_groups[0]["lr"] < learning_rate and batch_size * _BATCH_GROWTH <= largest_batch:
+        if optimizer.param_groups[0]["lr"] < step_size and batch_size * _BATCH_GROWTH <= largest_batch:
             for group in optimizer.param_groups:  # a plateau: grow the batch instead of shrinking the step
-                group["lr"] = learning_rate
+                group["lr"] = step_size
             batch_size *= _BATCH_GROWTH
         if val_loss < best_loss:
             progressed = val_loss < best_loss - min_improvement

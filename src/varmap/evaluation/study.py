@@ -6,7 +6,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -455,20 +455,12 @@ def format_markdown(rows: list[dict], *, title: str | None = None) -> str:
     str
     """
     lines = [] if title is None else [f"## {title}", ""]
-    for snr in dict.fromkeys(r["snr"] for r in rows):
-        at_snr = [r for r in rows if r["snr"] == snr]
-        groups = list(dict.fromkeys((r["parameter"], r["cluster"]) for r in at_snr))
-        header = ["method", "time (s)"]
-        for parameter, cluster in groups:
-            kind = "angle (deg)" if parameter == "n" else "RMSE / bias"
-            header.append(f"{parameter} {cluster} {kind} [×oracle]")
-        table = []
-        for method in dict.fromkeys(r["method"] for r in at_snr):
-            cells = {(r["parameter"], r["cluster"]): r for r in at_snr if r["method"] == method}
-            first = next(iter(cells.values()))
-            scores = ("" if key not in cells else _cell(cells[key]) for key in groups)
-            table.append([method, f"{first['time_s']:.1f}", *scores])
-        lines += [f"### SNR {snr:g}", "", *markdown_table(header, table), ""]
+    lines += _tables_per_snr(
+        rows,
+        lambda parameter, cluster: f"{parameter} {cluster} {'angle (deg)' if parameter == 'n' else 'RMSE / bias'} [×oracle]",
+        _cell,
+        time_column=True,
+    )
     return "\n".join(lines)
 
 
@@ -491,18 +483,31 @@ def format_calibration_markdown(rows: list[dict]) -> str:
              "Each cell: share of voxels whose truth lies within ±1.96 std of the estimate / RMS of z = "
              "(estimate − truth) / std (largest |z|). Calibrated: 0.95 / 1.0.",
              ""]
+    lines += _tables_per_snr(
+        rows,
+        lambda parameter, cluster: f"{parameter} {cluster}",
+        lambda row: f"{row['coverage_95']:.3f} / {row['rms_z']:.2f} ({row['max_abs_z']:.1f})",
+    )
+    return "\n".join(lines)
+
+
+def _tables_per_snr(
+    rows: list[dict], column_title: Callable[[str, str], str], cell: Callable[[dict], str], *, time_column: bool = False
+) -> list[str]:
+    """Markdown lines of one table per SNR: a row per method (with its fit time if ``time_column``), a
+    column per (parameter, cluster) titled ``column_title(parameter, cluster)``, cells ``cell(row)``."""
+    lines: list[str] = []
     for snr in dict.fromkeys(r["snr"] for r in rows):
         at_snr = [r for r in rows if r["snr"] == snr]
         groups = list(dict.fromkeys((r["parameter"], r["cluster"]) for r in at_snr))
+        header = ["method", *(["time (s)"] if time_column else []), *(column_title(*group) for group in groups)]
         table = []
         for method in dict.fromkeys(r["method"] for r in at_snr):
             cells = {(r["parameter"], r["cluster"]): r for r in at_snr if r["method"] == method}
-            table.append([method, *("" if key not in cells else
-                                    f"{cells[key]['coverage_95']:.3f} / {cells[key]['rms_z']:.2f} ({cells[key]['max_abs_z']:.1f})"
-                                    for key in groups)])
-        header = ["method", *(f"{parameter} {cluster}" for parameter, cluster in groups)]
+            time = [f"{next(iter(cells.values()))['time_s']:.1f}"] if time_column else []
+            table.append([method, *time, *("" if key not in cells else cell(cells[key]) for key in groups)])
         lines += [f"### SNR {snr:g}", "", *markdown_table(header, table), ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _cell(row: dict) -> str:

@@ -184,11 +184,8 @@ def pseudo_residual_local(image: DWIImage, protocol: Protocol, mask: np.ndarray,
     robust = np.zeros(mask.shape)
     robust[inner] = 1.4826 * math.sqrt(6.0 / 7.0) * np.median(spread, axis=1)
     del spread
-    size = 2 * int(radius) + 1
-    weight = ndimage.uniform_filter(inner.astype(np.float64), size=size, mode="constant")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        local = ndimage.uniform_filter(robust, size=size, mode="constant") / weight
-    return np.where(mask & (weight > 0), local, 0.0)
+    local = _neighbourhood_mean(robust, inner.astype(np.float64), radius)
+    return np.where(mask & ~np.isnan(local), local, 0.0)
 
 
 def fit_residual_local(image: DWIImage, protocol: Protocol, mask: np.ndarray, *, radius: int = 2) -> np.ndarray:
@@ -217,20 +214,16 @@ def fit_residual_local(image: DWIImage, protocol: Protocol, mask: np.ndarray, *,
     that its signal is a smooth function of the gradient.  The neighbourhood's variances are averaged
     with their degrees of freedom as weights.
     """
-    from scipy import ndimage
-
     from ..estimators.noise_level import residual_variances
 
     variance, dof, _ = residual_variances(image.extract(mask), protocol)
     good = np.isfinite(variance) & (variance > 0)
-    weighted, weight = np.zeros(mask.shape), np.zeros(mask.shape)
-    weighted[mask] = np.where(good, variance * dof, 0.0)
-    weight[mask] = np.where(good, dof, 0.0)
-    size = 2 * int(radius) + 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        local = np.sqrt(ndimage.uniform_filter(weighted, size=size, mode="constant")
-                        / ndimage.uniform_filter(weight, size=size, mode="constant"))
-    return np.where(mask, local, 0.0)  # NaN where a neighbourhood has no usable voxel
+    values, weights = np.zeros(mask.shape), np.zeros(mask.shape)
+    values[mask] = np.where(good, variance, 0.0)
+    weights[mask] = np.where(good, dof, 0.0)
+    with np.errstate(invalid="ignore"):  # NaN where no usable voxel is near (or round-off leaves a mean < 0)
+        local = np.sqrt(_neighbourhood_mean(values, weights, radius))
+    return np.where(mask, local, 0.0)
 
 
 def global_constant(image: DWIImage, protocol: Protocol, mask: np.ndarray) -> np.ndarray:
@@ -375,6 +368,18 @@ def estimate_noise_map(
         logger.warning("noise map (%s): %d mask voxels without a usable estimate get the median of the others",
                        method, n_filled)
     return np.where(usable, sigma, np.where(mask, np.median(sigma[usable]), 0.0))
+
+
+def _neighbourhood_mean(values: np.ndarray, weights: np.ndarray, radius: int) -> np.ndarray:
+    """The ``weights``-weighted mean of ``values`` over the (2 radius + 1)³ box around every voxel (the
+    image's edge pads with zero weight); NaN where the box holds no weight."""
+    from scipy import ndimage
+
+    size = 2 * int(radius) + 1
+    total = ndimage.uniform_filter(values * weights, size=size, mode="constant")
+    weight = ndimage.uniform_filter(weights, size=size, mode="constant")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 0, total / weight, np.nan)
 
 
 def _pseudo_residual_kernel(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
