@@ -54,3 +54,25 @@ def test_too_short_a_protocol_is_refused():
     protocol = hcp_protocol(n_b0=1, n_directions=6, shells=(1000.0, 2000.0), seed=0)
     with pytest.raises(ValueError, match="Pass sigma="):
         estimate_sigma_per_voxel(np.full((5, protocol.n_measurements), 100.0), protocol)
+
+
+def test_batched_residual_fit_predicts_as_dipys_weighted_kurtosis_fit():
+    """The residuals come from a batched weighted log-linear fit; its predictions are dipy's DKI WLS ones."""
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst import dki
+
+    from varmap.estimators.noise_level import _design_matrix, _weighted_log_fit
+
+    protocol = hcp_protocol(n_b0=2, n_directions=30, shells=(1000.0, 2000.0), seed=0)
+    model = get_signal_model("ball_stick", protocol)
+    rng = np.random.default_rng(4)
+    n = rng.normal(size=(300, 3))
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    params = {"f": rng.uniform(0.2, 0.7, 300), "d_par": np.full(300, 1.7), "d_iso": rng.uniform(0.6, 1.2, 300), "n": n}
+    signals = add_noise(model.predict(params, S0=200.0), sigma=5.0, rng=rng).astype(np.float64)
+    design = _design_matrix(protocol, "kurtosis")
+    predicted, leverage = _weighted_log_fit(signals, design, np.linalg.pinv(design).T)
+    gtab = gradient_table(protocol.bvals * 1000.0, bvecs=protocol.bvecs)
+    fit = dki.DiffusionKurtosisModel(gtab, fit_method="WLS", return_S0_hat=True).fit(signals)
+    np.testing.assert_allclose(predicted, fit.predict(gtab, S0=fit.S0_hat), rtol=1e-3)
+    np.testing.assert_allclose(leverage.sum(axis=1), 22.0, rtol=1e-6)  # the trace of the hat matrix: the unknowns
