@@ -22,8 +22,9 @@ def test_phantom_bids_cohort_is_indexed_by_pybids_with_its_truth(tmp_path):
     assert len(layout.get(scope="raw", suffix="dwi", extension=".nii.gz")) == 2
     assert len(layout.get(scope="raw", suffix="dwi", extension=".bval")) == 2
     truth = layout.get(scope="derivatives", subject="02", suffix="dwimap", extension=".nii.gz")
-    assert sorted(f.filename for f in truth) == [
-        f"sub-02_model-msdki_param-{p}_dwimap.nii.gz" for p in ("md", "mk", "s0")]
+    assert sorted(f.filename for f in truth) == sorted(
+        [f"sub-02_model-msdki_param-{p}_dwimap.nii.gz" for p in ("md", "mk", "s0")]
+        + [f"sub-02_model-msdki_param-{p}_desc-mixture_dwimap.nii.gz" for p in ("md", "mk")])
     assert len(layout.get(scope="derivatives", subject="01", suffix="probseg", extension=".nii.gz")) == 3
     record = json.loads((root / "derivatives/truth/sub-01/dwi/sub-01_phantom.json").read_text())
     assert record["subject_settings"] == {**subject_settings("01", seed=4, snr=10.0, crop=(6, 6, 4), voxel_size=4.0),

@@ -27,12 +27,12 @@ def test_write_phantom_files(tmp_path, ball_stick_phantom: Phantom) -> None:
     assert np.loadtxt(out / "dwi.bvec").shape == (3, dwi.shape[3])
     mask = nib.load(out / "mask.nii.gz")
     np.testing.assert_array_equal(np.asarray(mask.dataobj) > 0, ball_stick_phantom.mask)
-    for name in ("f", "d_par", "d_iso", "S0", "fraction_wm", "fraction_gm", "fraction_csf", "labels"):
+    for name in ("f", "d_par", "d_iso", "mixture_f", "mixture_d_par", "mixture_d_iso", "S0", "fraction_wm", "fraction_gm", "fraction_csf", "labels"):
         image = nib.load(out / "truth" / f"{name}.nii.gz")
         assert image.shape == ball_stick_phantom.shape, name
     assert nib.load(out / "truth" / "n.nii.gz").shape == ball_stick_phantom.shape + (3,)
     readme = (out / "truth" / "README.txt").read_text()
-    assert "VOLUME-FRACTION-WEIGHTED MEAN" in readme and "Model: ball_stick." in readme
+    assert "fitted by least squares" in readme and "mixture_<name>.nii.gz" in readme and "Model: ball_stick." in readme
     config = json.loads((out / "phantom.json").read_text())
     assert config["seed"] == 1 and config["model"] == "ball_stick"
     with pytest.raises(FileExistsError, match="--force"):

@@ -29,6 +29,7 @@ import numpy as np
 from .. import __version__
 from ..estimators import ESTIMATORS, get_estimator
 from ..phantom import Phantom, make_phantom
+from ..phantom.apparent import TRUTH_DEFINITION
 from ..phantom.fields import NOISE_FIELD_RANGE
 from ..provenance import environment
 from ..results import FitResult
@@ -298,7 +299,7 @@ def _config(
         "device": device,
         "speed_reference": reference,
         "memory_note": MEMORY_NOTE,
-        "truth_definition": "volume-fraction-weighted mean of the tissue parameters",
+        "truth_definition": TRUTH_DEFINITION,
         "machine": environment(),
     }
 
@@ -341,7 +342,7 @@ def _setup_lines(config: dict) -> list[str]:
         f"Groups: pure (fraction >= {config.get('purity')}) "
         + ", ".join(f"{name} {counts.get(name, 0)}" for name in PHANTOM_GROUPS)
         + f"; boundary (<= {config.get('edge_voxels'):g} voxels from a tissue change) {config.get('boundary_voxels')}.",
-        "Truth of a mixed voxel: volume-fraction-weighted mean of its tissues' parameters.",
+        f"Truth: {config.get('truth_definition', TRUTH_DEFINITION)}.",
         "",
     ]
 

@@ -121,7 +121,8 @@ def write_phantom_cohort(
         ``sub-<label>_desc-brain_mask.nii.gz``; under ``derivatives/truth/``, its
         ``dataset_description.json`` and per subject ``sub-<label>/dwi/``: the true parameter maps
         under their BIDS-Derivatives names (``sub-01_model-msdki_param-md_dwimap.nii.gz``, ...,
-        ``param-s0``; :mod:`varmap.cohort.naming`), the tissue fractions
+        ``param-s0``; :mod:`varmap.cohort.naming`), the volume-fraction-weighted means of the tissue
+        parameters (``..._param-md_desc-mixture_dwimap.nii.gz``, ...), the tissue fractions
         ``sub-<label>_label-WM_probseg.nii.gz`` (``GM``, ``CSF``), the dominant tissue
         ``sub-<label>_dseg.nii.gz`` (0 background, 1 WM, 2 GM, 3 CSF) and ``sub-<label>_phantom.json``
         (the phantom's settings and the subject's draws).
@@ -184,6 +185,8 @@ def _write_subject(phantom: Phantom, label: str, root: Path, settings: dict) -> 
     truth_dir.mkdir(parents=True)
     prefix = BidsPrefix(subject=label)
     names = {f"truth/{name}.nii.gz": output_name(name, phantom.model, prefix) for name in phantom.truth}
+    names.update({f"truth/mixture_{name}.nii.gz": output_name(name, phantom.model, prefix).replace(
+        "_dwimap", "_desc-mixture_dwimap") for name in phantom.mixture_truth})
     names.update({f"truth/fraction_{tissue.lower()}.nii.gz": f"{stem}_label-{tissue}_probseg.nii.gz"
                   for tissue in ("WM", "GM", "CSF")})
     names["truth/labels.nii.gz"] = f"{stem}_dseg.nii.gz"

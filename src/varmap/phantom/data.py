@@ -31,10 +31,9 @@ class Phantom:
     fractions : ndarray, shape (X, Y, Z, 3), float32
         Volume fractions of :data:`TISSUES` (WM, GM, CSF); they sum to 1 in the mask and are 0 outside.
     truth : dict of ndarray
-        Ground truth of the voxel: every scalar parameter of the model, shape (X, Y, Z), as the
-        fraction-weighted mean of the tissue values (see Notes); ``"S0"``, the true b=0 signal; and for
-        directional models ``"n"``, shape (X, Y, Z, 3), the unit fibre direction in voxel axes.  Zero
-        outside the mask.
+        Ground truth of the voxel: every scalar parameter of the model, shape (X, Y, Z), as the model
+        can report it (see Notes); ``"S0"``, the true b=0 signal; and for directional models ``"n"``,
+        shape (X, Y, Z, 3), the unit fibre direction in voxel axes.  Zero outside the mask.
     tissue_params : dict of dict of ndarray
         ``tissue_params[tissue][name]``: the pure-tissue parameter map of each tissue, shape (X, Y, Z),
         defined everywhere in the mask (whatever the tissue's fraction).
@@ -59,6 +58,9 @@ class Phantom:
     noise_field : ndarray, shape (X, Y, Z), float32, or None
         Factor of each voxel's noise level (1 to 3 over the whole brain) when the phantom was built
         with ``noise_field=True``; ``None``: one noise level.
+    mixture_truth : dict of ndarray
+        Every scalar parameter of the model as the volume-fraction-weighted mean of the tissue
+        values, shape (X, Y, Z) (equal to :attr:`truth` in pure voxels).
 
     Notes
     -----
@@ -66,11 +68,14 @@ class Phantom:
 
     .. math:: s = \\sum_t w_t\\, S_{0,t}\\, B(x)\\, \\phi(\\theta_t(x)) + \\text{Rician noise}
 
-    with :math:`S_{0,t}` from :data:`TISSUE_S0` and :math:`B` a smooth multiplicative S0 field.  Its
-    ground truth is the *volume-fraction*-weighted mean :math:`\\theta = \\sum_t w_t \\theta_t`, and its
+    with :math:`S_{0,t}` from :data:`TISSUE_S0` and :math:`B` a smooth multiplicative S0 field; its
     true S0 is :math:`B \\sum_t w_t S_{0,t}`.  A mixed voxel's signal is in general not the model's
-    signal at that mean (two MS-DKI compartments are not one MS-DKI compartment), so errors in
-    partial-volume voxels are partly model error; they are reported apart.
+    signal at any parameter value, nor at the volume-fraction-weighted mean
+    :math:`\\sum_t w_t \\theta_t` (:attr:`mixture_truth`): two MS-DKI compartments are not one, and the
+    apparent kurtosis of a mixture gains the spread of D between them.  The truth of a mixed voxel
+    is therefore the model fitted by least squares to its noiseless signal
+    (:func:`~varmap.phantom.apparent.apparent_parameters`): what a correct estimator of the model
+    converges to as the noise vanishes.  Pure voxels (one fraction 1) hold their tissue's values.
     """
 
     dwi: np.ndarray | None
@@ -90,6 +95,7 @@ class Phantom:
     config: dict = field(default_factory=dict)
     masked_signals: np.ndarray | None = field(default=None, repr=False)
     noise_field: np.ndarray | None = field(default=None, repr=False)
+    mixture_truth: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:

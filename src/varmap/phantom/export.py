@@ -44,12 +44,18 @@ tissues' signals weighted by volume fraction:
 
     s(x) = sum_t w_t(x) * S0_t * B(x) * phi(theta_t(x))   (+ Rician noise)
 
-and its ground-truth parameter maps are the VOLUME-FRACTION-WEIGHTED MEAN of the tissue parameters:
+A mixed signal is in general not the model's signal at any parameter value, nor at the
+volume-fraction-weighted mean of the tissue parameters (two MS-DKI compartments are not one: the
+apparent kurtosis of a mixture gains the spread of D between them).  The ground-truth parameter maps
+are therefore what the model reports for the voxel without noise:
 
-    theta(x) = sum_t w_t(x) * theta_t(x).
+    pure voxels (one fraction 1):  theta(x) = theta_t(x) of that tissue;
+    mixed voxels:                  theta(x) = the model fitted by least squares (every measurement,
+                                   equal weights) to the noiseless signal s(x) above.
 
-(Not the S0-weighted mean, and the mixed signal is generally not the model's signal at theta(x):
-errors in partial-volume voxels include this model mismatch.)  Maps are 0 outside the brain mask.
+This depends on the protocol's b-values, as every estimate of the model does.  The
+volume-fraction-weighted means sum_t w_t(x) * theta_t(x) are in mixture_<name>.nii.gz.
+Maps are 0 outside the brain mask.
 
 Tissue values (mean, standard deviation of the smooth spatial variation):
 {tissue_lines}
@@ -123,6 +129,8 @@ def phantom_images(phantom: Phantom) -> dict[str, np.ndarray]:
     images = {"mask.nii.gz": np.asarray(phantom.mask, dtype=np.uint8)}
     for name, value in phantom.truth.items():
         images[f"truth/{name}.nii.gz"] = np.asarray(value, dtype=np.float32)
+    for name, value in phantom.mixture_truth.items():
+        images[f"truth/mixture_{name}.nii.gz"] = np.asarray(value, dtype=np.float32)
     for t, tissue in enumerate(TISSUES):
         images[f"truth/fraction_{tissue.lower()}.nii.gz"] = np.asarray(phantom.fractions[..., t], dtype=np.float32)
     images["truth/labels.nii.gz"] = np.asarray(phantom.labels.astype(np.int16) + 1, dtype=np.uint8)
@@ -145,7 +153,8 @@ def readme_text(phantom: Phantom) -> str:
     names = phantom.parameter_names
     model = get_signal_model(phantom.model, phantom.protocol)
     param_lines = "\n".join(
-        f"{p.name + '.nii.gz':<21} {p.description} ({p.unit}), fraction-weighted mean of the tissue values"
+        f"{p.name + '.nii.gz':<21} {p.description} ({p.unit}), the model fitted to the noiseless signal\n"
+        f"{'mixture_' + p.name + '.nii.gz':<21} volume-fraction-weighted mean of the tissues' {p.name}"
         for p in model.parameters
     )
     direction_line = ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from ..protocol import Protocol
 from ..random_streams import numpy_stream
 from ..signal_models import SignalModel, get_signal_model
 from ..simulation import add_noise, hcp_protocol
+from .apparent import TRUTH_DEFINITION, apparent_parameters
 from .data import Phantom
 from .fields import (
     NOISE_FIELD_COILS,
@@ -40,6 +42,8 @@ logger = logging.getLogger("varmap")
 # Voxels simulated at once: bounds memory to a few hundred MB at 288 measurements.  Part of the noise
 # stream's definition (changing it changes the noise of a seed), hence a constant.
 _CHUNK = 32_768
+#: A voxel with a tissue fraction of at least 1 minus this is pure: its truth is that tissue's values.
+_PURE_FRACTION_TOL = 1e-6
 #: Named random stream (:mod:`varmap.random_streams`) of the noise-level field's coils.
 _NOISE_FIELD_STREAM = "phantom noise field"
 
@@ -72,7 +76,8 @@ def make_phantom(
     crop : (nx, ny, nz) or (slice, slice, slice), optional
         Simulate only a region: sizes of a box around the centre of the brain mask, or slices of the
         resampled template grid.  Truth maps of a crop equal the same region of the uncropped phantom
-        (the fields are drawn on the whole grid); the noise is drawn for the crop only.
+        (the fields are drawn on the whole grid; mixed voxels' truth to the precision of its fit, about
+        1e-6); the noise is drawn for the crop only.
     protocol : Protocol, optional
         The acquisition; default :func:`varmap.simulation.hcp_protocol` (18 b=0 and 90 directions at
         b = 1000, 2000, 3000 s/mm²).
@@ -117,8 +122,10 @@ def make_phantom(
     inhomogeneity), then Rician noise of standard deviation ``sigma`` per channel
     (:func:`varmap.simulation.add_noise`).  Background voxels hold noise only.
 
-    Ground truth of a voxel: the volume-fraction-weighted mean of its tissues' parameters (see
-    :class:`Phantom`).
+    Ground truth of a voxel (see :class:`Phantom`): in a pure voxel its tissue's parameters; in a
+    mixed voxel the model fitted (least squares) to its noiseless signal
+    (:mod:`~varmap.phantom.apparent`), which is what the model can report there.  The
+    volume-fraction-weighted mean of the tissues' parameters is kept as :attr:`Phantom.mixture_truth`.
 
     Random streams: ``np.random.SeedSequence(seed).spawn(3)`` gives one generator for the fields, one
     for the noise of the brain voxels and one for the background noise; the noise-level field's coils
@@ -150,14 +157,15 @@ def make_phantom(
     tissue_params = tissue_parameter_maps(model, fields, b_max=float(protocol.bvals.max()), mask=geometry.mask)
     del fields
     truth = _ground_truth(signal_model.parameter_names, geometry, tissue_params, bias, direction)
+    brain = _NoiselessBrain(signal_model, geometry, tissue_params, bias, direction)
+    mixture_truth = {name: truth[name].copy() for name in signal_model.parameter_names}
+    _fit_mixed_voxels(truth, brain)
 
     sigma = TISSUE_S0["WM"] / float(snr)
     level = None
     if noise_field:
         level = _noise_field(templates[2], region, voxel_size, seed)
-    signals = _brain_signals(
-        signal_model, geometry, tissue_params, bias, direction, sigma=sigma, noise_field=level, rng=noise_rng
-    )
+    signals = _brain_signals(brain, sigma=sigma, noise_field=level, rng=noise_rng)
     dwi = None
     if image:
         dwi = _brain_image(signals, geometry.mask)
@@ -171,6 +179,7 @@ def make_phantom(
         mask=geometry.mask,
         fractions=geometry.fractions.astype(np.float32),
         truth=truth,
+        mixture_truth=mixture_truth,
         tissue_params=tissue_params,
         sigma=sigma,
         labels=geometry.labels,
@@ -214,7 +223,10 @@ def _ground_truth(
     bias: np.ndarray,
     direction: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
-    """Fraction-weighted mean of the tissue parameters, true S0 and fibre direction; 0 outside the mask."""
+    """Fraction-weighted mean of the tissue parameters, true S0 and fibre direction; 0 outside the mask.
+
+    The scalar parameters of mixed voxels are then replaced by :func:`_fit_mixed_voxels`.
+    """
     fractions, mask = geometry.fractions, geometry.mask
     truth: dict[str, np.ndarray] = {}
     for name in names:
@@ -228,44 +240,69 @@ def _ground_truth(
     return truth
 
 
+@dataclass(frozen=True)
+class _NoiselessBrain:
+    """What the noiseless signal of a brain voxel depends on: the model, the tissues' fractions and
+    values, the S0 field and the fibre direction."""
+
+    signal_model: SignalModel
+    geometry: TissueGeometry
+    tissue_params: dict[str, dict[str, np.ndarray]]
+    bias: np.ndarray
+    direction: np.ndarray | None
+
+    def signals(self, at: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Noiseless signals (n, n_measurements) float64 of the voxels ``at``: the tissues' signals, each
+        weighted by its volume fraction, its S0 and the S0 field, summed."""
+        clean = np.zeros((at[0].size, self.signal_model.protocol.n_measurements))
+        voxel_bias = self.bias[at].astype(np.float64)
+        for t, tissue in enumerate(TISSUES):
+            weight = self.geometry.fractions[at + (t,)].astype(np.float64)
+            if not np.any(weight > 0):
+                continue
+            params = {name: self.tissue_params[tissue][name][at] for name in self.signal_model.parameter_names}
+            if self.direction is not None:
+                params["n"] = self.direction[at]
+            clean += self.signal_model.predict(params, S0=weight * TISSUE_S0[tissue] * voxel_bias)
+        return clean
+
+
 def _brain_signals(
-    signal_model: SignalModel,
-    geometry: TissueGeometry,
-    tissue_params: dict[str, dict[str, np.ndarray]],
-    bias: np.ndarray,
-    direction: np.ndarray | None,
-    *,
-    sigma: float,
-    noise_field: np.ndarray | None,
-    rng: np.random.Generator,
+    brain: _NoiselessBrain, *, sigma: float, noise_field: np.ndarray | None, rng: np.random.Generator
 ) -> np.ndarray:
     """Noisy signals of the brain voxels, (n_voxels, n_measurements) float32 in ``np.nonzero(mask)`` order.
 
-    Each voxel sums its tissues' signals weighted by volume fraction, tissue S0 and the S0 field, then
-    gets Rician noise of standard deviation ``sigma`` (times ``noise_field`` there, when given); chunks
-    of :data:`_CHUNK` voxels draw from ``rng`` one after the other.
+    The noiseless signals plus Rician noise of standard deviation ``sigma`` (times ``noise_field``
+    there, when given); chunks of :data:`_CHUNK` voxels draw from ``rng`` one after the other.
     """
-    names = signal_model.parameter_names
-    index = np.nonzero(geometry.mask)
+    index = np.nonzero(brain.geometry.mask)
     n_voxels = index[0].size
-    n_meas = signal_model.protocol.n_measurements
+    n_meas = brain.signal_model.protocol.n_measurements
     signals = np.empty((n_voxels, n_meas), dtype=np.float32)
     logger.info("phantom: simulating %d brain voxels x %d measurements", n_voxels, n_meas)
     for start in range(0, n_voxels, _CHUNK):
         at = tuple(axis[start : start + _CHUNK] for axis in index)
-        clean = np.zeros((at[0].size, n_meas))
-        voxel_bias = bias[at].astype(np.float64)
-        for t, tissue in enumerate(TISSUES):
-            weight = geometry.fractions[at + (t,)].astype(np.float64)
-            if not np.any(weight > 0):
-                continue
-            params = {name: tissue_params[tissue][name][at] for name in names}
-            if direction is not None:
-                params["n"] = direction[at]
-            clean += signal_model.predict(params, S0=weight * TISSUE_S0[tissue] * voxel_bias)
         level = _noise_level(sigma, noise_field, at)
-        signals[start : start + _CHUNK] = add_noise(clean, sigma=level, kind="rician", rng=rng)
+        signals[start : start + _CHUNK] = add_noise(brain.signals(at), sigma=level, kind="rician", rng=rng)
     return signals
+
+
+def _fit_mixed_voxels(truth: dict[str, np.ndarray], brain: _NoiselessBrain) -> None:
+    """Replace, in place, the truth of every mixed voxel by the model fitted to its noiseless signal.
+
+    Mixed: no tissue fraction of at least ``1 - _PURE_FRACTION_TOL``
+    (:func:`~varmap.phantom.apparent.apparent_parameters`).  Pure voxels keep their tissue's values,
+    which the fit would return; the fibre direction and S0 stay as they are.
+    """
+    fractions = brain.geometry.fractions
+    mixed = np.nonzero(brain.geometry.mask & (fractions.max(axis=-1) < 1.0 - _PURE_FRACTION_TOL))
+    logger.info("phantom: fitting the model to the noiseless signals of %d mixed voxels", mixed[0].size)
+    names = brain.signal_model.parameter_names
+    for start in range(0, mixed[0].size, _CHUNK):
+        at = tuple(axis[start : start + _CHUNK] for axis in mixed)
+        for name, value in apparent_parameters(brain.signal_model, brain.signals(at)).items():
+            if name in names:
+                truth[name][at] = value
 
 
 def _brain_image(signals: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -298,6 +335,7 @@ def _config(phantom: Phantom, *, grid_shape: tuple[int, ...], field_fwhm_mm: flo
         "snr_definition": "b=0 SNR of pure white matter: sigma = S0_WM / snr",
         "sigma": phantom.sigma,
         "noise": "rician",
+        "truth": TRUTH_DEFINITION,
         "seed": phantom.seed,
         "crop": None if phantom.crop is None else [[s.start, s.stop] for s in phantom.crop],
         "template_grid_shape": list(grid_shape),
