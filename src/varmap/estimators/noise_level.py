@@ -42,8 +42,11 @@ _MIN_SIGNAL_TO_NOISE = 2.0
 #: Fewest such measurements a voxel needs; with fewer it uses all its measurements.
 _MIN_MEASUREMENTS = 10
 
-#: Voxels fitted at once (a chunk's weighted design is chunk x measurements x unknowns float64).
-_CHUNK = 1024
+#: Voxels fitted at once (a chunk holds a few chunk x measurements float64 arrays).
+_CHUNK = 4096
+
+#: Spacing (in mean / σ) of the tabulated Rician variance ratio.
+_RICIAN_TABLE_STEP = 0.002
 
 #: Fixed-point iterations of each voxel's Rician-corrected estimate.
 _N_ITERATIONS = 6
@@ -201,12 +204,28 @@ def residual_variances(signals: np.ndarray, protocol: Protocol) -> tuple[np.ndar
 
 
 @functools.cache
-def _rician_variance_table() -> tuple[np.ndarray, np.ndarray]:
-    """Mean / σ and variance / σ² of a Rician variable, tabulated over its signal-to-noise ratio."""
+def _rician_variance_table() -> tuple[float, np.ndarray]:
+    """Variance / σ² of a Rician variable on a uniform grid of its mean / σ: (grid step, values).
+
+    The grid starts at 0 (means below the noise floor σ√(π/2) read the floor's value) and ends where
+    the variance ratio is 1 to within 1e-4; a uniform grid makes the lookup an index, not a search.
+    """
     snr = np.concatenate([np.linspace(0.0, 10.0, 4001), np.linspace(10.01, 60.0, 2000)])
     t = snr**2 / 4.0
     mean = np.sqrt(np.pi / 2.0) * ((1.0 + 2.0 * t) * special.ive(0, t) + 2.0 * t * special.ive(1, t))
-    return mean, 2.0 + snr**2 - mean**2
+    grid = np.arange(0.0, mean[-1], _RICIAN_TABLE_STEP)
+    return _RICIAN_TABLE_STEP, np.interp(grid, mean, 2.0 + snr**2 - mean**2)
+
+
+def _rician_variance_ratio(mean_to_sigma: np.ndarray) -> np.ndarray:
+    """Variance / σ² of Rician variables of mean ``mean_to_sigma`` · σ (linear interpolation; 1 beyond
+    the table, NaN where the input is NaN)."""
+    step, table = _rician_variance_table()
+    position = np.clip(np.nan_to_num(mean_to_sigma), 0.0, (table.size - 1) * step) / step
+    index = np.minimum(position.astype(np.intp), table.size - 2)
+    value = table[index] + (position - index) * (table[index + 1] - table[index])
+    value = np.where(mean_to_sigma > (table.size - 1) * step, 1.0, value)
+    return np.where(np.isnan(mean_to_sigma), np.nan, value)
 
 
 def _design_matrix(protocol: Protocol, fit: str) -> np.ndarray:
@@ -224,20 +243,25 @@ def _weighted_log_fit(signals: np.ndarray, design: np.ndarray, ordinary: np.ndar
     """Predicted signals of a weighted least-squares fit of the log signals (weights: the squared
     signals predicted by an ordinary least-squares fit, ``log signals @ ordinary``, as dipy's WLS),
     batched over voxels, and each measurement's leverage in that fit (the share of its residual's
-    variance the fit absorbs)."""
+    variance the fit absorbs).
+
+    The voxels' normal matrices and leverages are two matrix products over the whole chunk with
+    ``outer``, every measurement's design row times itself, (n_measurements, n_unknowns²).
+    """
+    (n_voxels, n_measurements), n_unknowns = signals.shape, design.shape[1]
+    outer = (design[:, :, None] * design[:, None, :]).reshape(n_measurements, -1)
     floor = 1e-3 * np.maximum(np.abs(signals).max(axis=1, keepdims=True), 1e-30)
     log_signal = np.log(np.maximum(signals, floor))
     with np.errstate(over="ignore", invalid="ignore"):
         ols = log_signal @ ordinary
         weights = np.exp(np.minimum(2.0 * ols @ design.T, 700.0))
         weights /= weights.max(axis=1, keepdims=True)
-        weighted = weights[:, :, None] * design
-        normal = np.swapaxes(weighted, 1, 2) @ design
-        normal += 1e-10 * np.trace(normal, axis1=1, axis2=2)[:, None, None] * np.eye(design.shape[1])
+        normal = (weights @ outer).reshape(n_voxels, n_unknowns, n_unknowns)
+        normal += 1e-10 * np.trace(normal, axis1=1, axis2=2)[:, None, None] * np.eye(n_unknowns)
         inverse = np.linalg.inv(normal)
-        projected = weighted @ inverse  # (voxels, measurements, unknowns)
-        coefficients = (np.swapaxes(projected, 1, 2) @ log_signal[:, :, None])[..., 0]
-        leverage = (projected * design).sum(axis=2)
+        coefficients = (inverse @ ((weights * log_signal) @ design)[:, :, None])[..., 0]
+        # leverage of measurement m: w_m d_mᵀ (DᵀWD)⁻¹ d_m
+        leverage = weights * (inverse.reshape(n_voxels, -1) @ outer.T)
         return np.exp(np.minimum(coefficients @ design.T, 700.0)), leverage
 
 
@@ -246,7 +270,6 @@ def _rician_residual_variance(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """σ² of every voxel from its residuals, Rician-corrected, its effective degrees of freedom, and
     whether it had too few measurements above the noise floor."""
-    mean_table, variance_table = _rician_variance_table()
     squared = (signals - predicted) ** 2
     residual_share = np.clip(1.0 - leverage, 0.0, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -256,7 +279,7 @@ def _rician_residual_variance(
             used = ratio >= _MIN_SIGNAL_TO_NOISE
             at_floor = used.sum(axis=1) < _MIN_MEASUREMENTS
             used[at_floor] = True
-            expected = np.interp(ratio, mean_table, variance_table, right=1.0) * residual_share
+            expected = _rician_variance_ratio(ratio) * residual_share
             expected = np.where(used, expected, 0.0).sum(axis=1)
             variance = np.where(used, squared, 0.0).sum(axis=1) / expected
     return variance, expected, at_floor
