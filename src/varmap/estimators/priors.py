@@ -115,8 +115,12 @@ class GaussianMixturePrior(nn.Module):
 
     def component_log_density(self, z: torch.Tensor) -> torch.Tensor:
         """log π_k + log N(z; μ_k, Σ_k), shape (..., K)."""
-        whitened = torch.einsum("kij,...kj->...ki", self._inverse_scale(), z[..., None, :] - self.means)
-        n_latent = self.means.shape[-1]
+        n_components, n_latent = self.means.shape
+        inverse = self._inverse_scale()
+        # L_k⁻¹ (z - μ_k) for every k at once: z times the K blocks L_k⁻ᵀ side by side, minus L_k⁻¹ μ_k
+        blocks = inverse.transpose(-1, -2).permute(1, 0, 2).reshape(n_latent, n_components * n_latent)
+        offsets = (inverse @ self.means[..., None]).reshape(n_components * n_latent)
+        whitened = (z @ blocks - offsets).unflatten(-1, (n_components, n_latent))
         log_normal = -0.5 * ((whitened**2).sum(-1) + self.log_vars.sum(-1) + n_latent * _LOG_2PI)
         return self.log_weights() + log_normal
 
