@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..memory import release_freed_memory
 from ..random_streams import numpy_stream, torch_stream
 from .base import Estimates, Estimator
 from .data import PreparedData
@@ -223,8 +224,10 @@ class VariationalEstimator(Estimator):
         generator = torch_stream(self.seed, "inference", self.device_)
         self.network_.eval()
         with torch.no_grad():
-            parts = [self._summarise(self._sample(batch, generator))
-                     for batch in self._chunks(voxel_batch(data, self.device_), f"{self.name} inference")]
+            parts = []
+            for batch in self._chunks(voxel_batch(data, self.device_), f"{self.name} inference"):
+                parts.append(self._summarise(self._sample(batch, generator)))
+                release_freed_memory()  # the chunks' temporaries otherwise fragment the heap
         return Estimates.concatenate(parts)
 
     def _sample(self, batch: VoxelBatch, generator: torch.Generator) -> PosteriorSamples:
