@@ -76,3 +76,16 @@ def test_batched_residual_fit_predicts_as_dipys_weighted_kurtosis_fit():
     fit = dki.DiffusionKurtosisModel(gtab, fit_method="WLS", return_S0_hat=True).fit(signals)
     np.testing.assert_allclose(predicted, fit.predict(gtab, S0=fit.S0_hat), rtol=1e-3)
     np.testing.assert_allclose(leverage.sum(axis=1), 22.0, rtol=1e-6)  # the trace of the hat matrix: the unknowns
+
+
+def test_tabulated_rician_variance_ratio_matches_scipy():
+    """The residual estimate divides by each measurement's Rician variance ratio, looked up by mean / σ."""
+    from scipy import stats
+
+    from varmap.estimators.noise_level import _rician_variance_ratio
+
+    nu = np.array([0.0, 0.3, 1.0, 2.0, 3.5, 8.0, 30.0])
+    mean, variance = stats.rice.stats(nu, moments="mv")
+    np.testing.assert_allclose(_rician_variance_ratio(mean), variance, rtol=1e-3)  # the grid step near the floor
+    np.testing.assert_allclose(_rician_variance_ratio(np.array([0.5, 1e3, np.inf])), [variance[0], 1.0, 1.0], rtol=1e-6)
+    assert np.isnan(_rician_variance_ratio(np.array([np.nan])))[0]
