@@ -16,17 +16,23 @@ def test_sigma_from_b0_repeats():
     assert estimate_sigma_from_b0(b0[:0]) is None
 
 
+def _ball_stick_signals(protocol, n_voxels: int, *, sigma: float, seed: int) -> np.ndarray:
+    """Anisotropic signals (S0 200): random fibre directions, stick fractions and ball diffusivities, Rician noise."""
+    model = get_signal_model("ball_stick", protocol)
+    rng = np.random.default_rng(seed)
+    n = rng.normal(size=(n_voxels, 3))
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    params = {"f": rng.uniform(0.2, 0.7, n_voxels), "d_par": np.full(n_voxels, 1.7),
+              "d_iso": rng.uniform(0.6, 1.2, n_voxels), "n": n}
+    return add_noise(model.predict(params, S0=200.0), sigma=sigma, rng=rng)
+
+
 @pytest.mark.parametrize("sigma", [2.0, 10.0])
 def test_per_voxel_sigma_of_anisotropic_signals(sigma):
     """Stick-and-ball signals are anisotropic; the kurtosis fit absorbs that, the residuals are the noise.
     One noise level everywhere: every voxel's estimate is close to it (shrunk towards the median)."""
     protocol = hcp_protocol(n_b0=1, n_directions=30, shells=(1000.0, 2000.0), seed=0)
-    model = get_signal_model("ball_stick", protocol)
-    rng = np.random.default_rng(0)
-    n = rng.normal(size=(4000, 3))
-    n /= np.linalg.norm(n, axis=1, keepdims=True)
-    params = {"f": rng.uniform(0.2, 0.7, 4000), "d_par": np.full(4000, 1.7), "d_iso": rng.uniform(0.6, 1.2, 4000), "n": n}
-    signals = add_noise(model.predict(params, S0=200.0), sigma=sigma, rng=rng)
+    signals = _ball_stick_signals(protocol, 4000, sigma=sigma, seed=0)
     estimate = estimate_sigma_per_voxel(signals, protocol)
     assert estimate.typical == pytest.approx(sigma, rel=0.1)
     assert np.quantile(np.abs(np.log(estimate.sigma / sigma)), 0.9) < 0.15
@@ -64,12 +70,7 @@ def test_batched_residual_fit_predicts_as_dipys_weighted_kurtosis_fit():
     from varmap.estimators.noise_level import _design_matrix, _weighted_log_fit
 
     protocol = hcp_protocol(n_b0=2, n_directions=30, shells=(1000.0, 2000.0), seed=0)
-    model = get_signal_model("ball_stick", protocol)
-    rng = np.random.default_rng(4)
-    n = rng.normal(size=(300, 3))
-    n /= np.linalg.norm(n, axis=1, keepdims=True)
-    params = {"f": rng.uniform(0.2, 0.7, 300), "d_par": np.full(300, 1.7), "d_iso": rng.uniform(0.6, 1.2, 300), "n": n}
-    signals = add_noise(model.predict(params, S0=200.0), sigma=5.0, rng=rng).astype(np.float64)
+    signals = _ball_stick_signals(protocol, 300, sigma=5.0, seed=4).astype(np.float64)
     design = _design_matrix(protocol, "kurtosis")
     predicted, leverage = _weighted_log_fit(signals, design, np.linalg.pinv(design).T)
     gtab = gradient_table(protocol.bvals * 1000.0, bvecs=protocol.bvecs)

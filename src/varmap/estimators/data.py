@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from .noise_level import estimate_sigma_from_b0, estimate_sigma_per_voxel, residual_unknowns
+from .noise_level import estimate_sigma_from_b0, estimate_sigma_per_voxel, has_residuals, residual_unknowns
 
 __all__ = ["ValidVoxels", "valid_voxels", "PreparedData", "prepare_signals"]
 
@@ -196,13 +196,12 @@ def _noise_level(
     exact = np.zeros(n_valid)
     if sigma is None:
         valid_signals = signals[valid_index]
-        fit, n_unknowns = residual_unknowns(protocol)
-        if protocol.n_measurements <= n_unknowns:
+        if not has_residuals(protocol):
             pooled = estimate_sigma_from_b0(valid_signals[:, protocol.b0_mask])
             if pooled is not None:  # pooled over every voxel: its uncertainty is negligible
                 return np.full(n_valid, pooled), exact, f"pooled variance of the {protocol.n_b0} b=0 measurements"
         estimate = estimate_sigma_per_voxel(valid_signals, protocol)  # refuses a protocol too short
-        return estimate.sigma, estimate.log_sd, estimate.describe(fit)
+        return estimate.sigma, estimate.log_sd, estimate.describe(residual_unknowns(protocol)[0])
     values = np.asarray(sigma, dtype=np.float64)
     if values.ndim == 0:
         if not (np.isfinite(values) and values > 0):

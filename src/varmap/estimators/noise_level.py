@@ -31,7 +31,10 @@ from scipy import special, stats
 
 from ..protocol import Protocol
 
-__all__ = ["VoxelNoise", "estimate_sigma_from_b0", "estimate_sigma_per_voxel", "residual_variances", "residual_unknowns"]
+__all__ = [
+    "VoxelNoise", "estimate_sigma_from_b0", "estimate_sigma_per_voxel", "has_residuals", "residual_variances",
+    "residual_unknowns",
+]
 
 #: Unknowns of the kurtosis and tensor fits, S0 included.
 _DKI_UNKNOWNS, _DTI_UNKNOWNS = 22, 7
@@ -135,6 +138,12 @@ def residual_unknowns(protocol: Protocol) -> tuple[str, int]:
     return "tensor", _DTI_UNKNOWNS
 
 
+def has_residuals(protocol: Protocol) -> bool:
+    """Whether the protocol has more measurements than its residual fit (:func:`residual_unknowns`) has
+    unknowns, so that the fit leaves residuals to estimate the noise level from."""
+    return protocol.n_measurements > residual_unknowns(protocol)[1]
+
+
 def estimate_sigma_per_voxel(signals: np.ndarray, protocol: Protocol) -> VoxelNoise:
     """Noise standard deviation of every voxel from the residuals of a voxelwise diffusion fit, each
     voxel's estimate shrunk towards the median by empirical Bayes.
@@ -187,11 +196,10 @@ def residual_variances(signals: np.ndarray, protocol: Protocol) -> tuple[np.ndar
         If the protocol has too few measurements for a residual.
     """
     fit, n_unknowns = residual_unknowns(protocol)
-    n_measurements = protocol.n_measurements
-    if n_measurements - n_unknowns < 1:
+    if not has_residuals(protocol):
         raise ValueError(
             f"cannot estimate the noise level: the protocol has {protocol.n_b0} b=0 measurement(s) and only "
-            f"{n_measurements} measurements in all, too few for the residuals of a {fit} fit ({n_unknowns} "
+            f"{protocol.n_measurements} measurements in all, too few for the residuals of a {fit} fit ({n_unknowns} "
             "unknowns). Pass sigma= (noise standard deviation in signal units)."
         )
     design = _design_matrix(protocol, fit)

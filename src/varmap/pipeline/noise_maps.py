@@ -325,11 +325,11 @@ def default_method(protocol: Protocol) -> str:
     pseudo-residuals, which also assume the anatomy is locally linear), else
     :func:`pseudo_residual_local`.
     """
-    from ..estimators.noise_level import residual_unknowns
+    from ..estimators.noise_level import has_residuals
 
     if protocol.n_b0 >= 2:
         return "b0_local_pooling"
-    return "fit_residual_local" if protocol.n_measurements > residual_unknowns(protocol)[1] else "pseudo_residual_local"
+    return "fit_residual_local" if has_residuals(protocol) else "pseudo_residual_local"
 
 
 def estimate_noise_map(
