@@ -176,43 +176,55 @@ def test_ball_stick_vae_runs_and_gives_unit_directions():
 
 
 
-def test_fast_inference_searches_modes_only_where_few_effective_samples(fitted, monkeypatch):
-    """``inference="fast"`` reports each voxel's effective sample size and sends exactly the voxels below
-    ``min_effective_samples`` through the mode search, keeping the other voxels' samples; with the
-    threshold above the sample count every voxel is searched, and the maps of the default agree with
-    ``inference="exact"`` within Monte Carlo error."""
+def test_fast_inference_spends_work_only_where_few_effective_samples(fitted, monkeypatch):
+    """``inference="fast"`` reports each voxel's effective sample size; it runs the adaptive rounds on
+    exactly the voxels whose encoder proposals leave fewer than ``target_effective_samples`` and the
+    mode search on exactly those still below ``min_effective_samples``, keeping the other voxels'
+    samples; with a threshold above the sample count every voxel gets the work, and the maps of the
+    default agree with ``inference="exact"`` within Monte Carlo error."""
     model, signals, truth, _, results = fitted
     estimator, result = copy.deepcopy(results["gmvae"][0]), results["gmvae"][1]
     assert result.effective_samples.shape == (signals.shape[0],)
     assert np.all((result.effective_samples >= 1.0 - 1e-9)
                   & (result.effective_samples <= estimator.n_posterior_samples + 1e-6))
-    searched = []
+    calls = {"adaptive": [], "mode": []}
     real_posterior = type(estimator)._posterior
 
-    def counting(self, batch, generator, *, mode_search):
+    def counting(self, batch, generator, *, mode_search, adaptive=True):
         if mode_search:
-            searched.append(batch.n_voxels)
-        return real_posterior(self, batch, generator, mode_search=mode_search)
+            calls["mode"].append(batch.n_voxels)
+        elif adaptive:
+            calls["adaptive"].append(batch.n_voxels)
+        return real_posterior(self, batch, generator, mode_search=mode_search, adaptive=adaptive)
+
+    def transform(**thresholds):
+        for key in calls:
+            calls[key].clear()
+        for name, value in thresholds.items():
+            setattr(estimator, name, value)
+        return estimator.transform(signals, sigma=estimator.fitted_sigma_)
 
     monkeypatch.setattr(type(estimator), "_posterior", counting)
-    estimator.min_effective_samples = 0.0  # the first pass only (one chunk: the same draws every time)
-    first_pass = estimator.transform(signals, sigma=estimator.fitted_sigma_)
-    assert not searched
-    threshold = float(np.quantile(first_pass.effective_samples, 0.3))
-    estimator.min_effective_samples = threshold
-    fast = estimator.transform(signals, sigma=estimator.fitted_sigma_)
-    low = first_pass.effective_samples < threshold
-    assert sum(searched) == int(low.sum()) > 0
-    assert np.array_equal(fast.effective_samples[~low], first_pass.effective_samples[~low])
-    assert np.array_equal(fast.params["D"][~low], first_pass.params["D"][~low])
-    searched.clear()
-    estimator.min_effective_samples = estimator.n_posterior_samples + 1.0
-    estimator.transform(signals, sigma=estimator.fitted_sigma_)
-    assert sum(searched) == signals.shape[0]
-    searched.clear()
+    # the encoder's proposals only (one chunk: the same draws every time)
+    encoder_only = transform(target_effective_samples=0.0, min_effective_samples=0.0)
+    assert not calls["adaptive"] and not calls["mode"]
+    target = float(np.quantile(encoder_only.effective_samples, 0.4))
+    adapted = transform(target_effective_samples=target)
+    below_target = encoder_only.effective_samples < target
+    assert sum(calls["adaptive"]) == int(below_target.sum()) > 0 and not calls["mode"]
+    assert np.array_equal(adapted.params["D"][~below_target], encoder_only.params["D"][~below_target])
+    threshold = float(np.quantile(adapted.effective_samples, 0.3))
+    fast = transform(min_effective_samples=threshold)
+    low = adapted.effective_samples < threshold
+    assert sum(calls["mode"]) == int(low.sum()) > 0
+    assert np.array_equal(fast.effective_samples[~low], adapted.effective_samples[~low])
+    assert np.array_equal(fast.params["D"][~low], adapted.params["D"][~low])
+    transform(target_effective_samples=estimator.n_posterior_samples + 1.0,
+              min_effective_samples=estimator.n_posterior_samples + 1.0)
+    assert sum(calls["adaptive"]) == sum(calls["mode"]) == signals.shape[0]
     estimator.inference = "exact"
-    exact = estimator.transform(signals, sigma=estimator.fitted_sigma_)
-    assert sum(searched) == signals.shape[0]
+    exact = transform()
+    assert sum(calls["mode"]) == signals.shape[0]
     for name in ("D", "K"):
         rmse_default = np.sqrt(np.mean((result.params[name] - truth[name]) ** 2))
         rmse_exact = np.sqrt(np.mean((exact.params[name] - truth[name]) ** 2))

@@ -119,9 +119,9 @@ _NETWORK = (
     Option("validation_fraction", float, 0.1, "fraction of voxels held out for early stopping (still mapped)",
            low=0.0, high=0.99),
     Option("patience", int, 30, "epochs without a better held-out loss before training stops", low=1),
-    Option("min_improvement", float, 0.0, "decrease of the held-out loss (per voxel; nats for vae/gmvae) "
-           "that counts as better for early stopping", low=0.0),
-    Option("voxels_per_epoch", int, 32768, "most training voxels one epoch visits (a fresh random subset "
+    Option("min_improvement", float, 0.01, "decrease of the held-out loss (per voxel, nats) that counts as "
+           "better for early stopping (0: any decrease)", low=0.0),
+    Option("voxels_per_epoch", int, 8192, "most training voxels one epoch visits (a fresh random subset "
            "each epoch) and most held-out voxels checked", low=1),
     Option("chunk_size", int, 4096, "most voxels per inference chunk", low=1, cli=False),
     Option("n_threads", int, None, "CPU threads for training (default 1: mini-batches gain nothing from more)",
@@ -133,11 +133,14 @@ _VARIATIONAL = (
     Option("beta", float, 1.0, "final KL weight (1: the evidence lower bound)", low=0.0),
     Option("warmup_off_epochs", int, 5, "epochs without the KL term at the start", low=0),
     Option("warmup_ramp_epochs", int, 20, "epochs over which the KL weight rises to beta", low=0),
-    Option("inference", str, "fast", "posterior sampling (maps and prior refinement): 'fast' searches a "
-           "voxel's posterior mode (Newton steps, Laplace proposal) only where the encoder's proposals and "
-           "the adaptive rounds leave fewer than min_effective_samples effective samples; 'exact' searches "
-           "it in every voxel (about 3x slower inference; also what 'fast' does with no adaptive rounds)",
+    Option("inference", str, "fast", "posterior sampling (maps and prior refinement): 'fast' runs the "
+           "adaptive rounds only where the encoder's proposals leave fewer than target_effective_samples "
+           "effective samples and searches a voxel's posterior mode (Newton steps, Laplace proposal) only "
+           "where those rounds leave fewer than min_effective_samples; 'exact' does both in every voxel "
+           "(about 5x slower inference; also what 'fast' does with no adaptive rounds)",
            choices=("fast", "exact")),
+    Option("target_effective_samples", float, 32.0, "effective sample size of the encoder's proposals "
+           "below which 'fast' inference runs the adaptive rounds in a voxel", low=0.0),
     Option("min_effective_samples", float, 16.0, "effective sample size below which 'fast' inference "
            "searches the voxel's posterior mode", low=0.0),
     Option("n_posterior_samples", int, 64, "importance samples per voxel and proposal at inference", low=1),

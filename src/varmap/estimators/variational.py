@@ -58,9 +58,10 @@ class VariationalEstimator(Estimator):
 
     The KL weight is 0 for ``warmup_off_epochs`` and rises linearly to ``beta`` over
     ``warmup_ramp_epochs``.  Maps are the posterior mean of each parameter, computed by self-normalised
-    importance sampling: samples from the encoder's widened posterior, then adaptive rounds; where
-    they leave fewer than ``min_effective_samples`` effective samples (or everywhere with
-    ``inference="exact"``), also from a Laplace approximation at the voxel's posterior mode.  The
+    importance sampling: samples from the encoder's widened posterior; where they leave fewer than
+    ``target_effective_samples`` effective samples, adaptive rounds; where those leave fewer than
+    ``min_effective_samples`` (or everywhere with ``inference="exact"``), also a Laplace approximation at
+    the voxel's posterior mode.  The
     weighted spread gives the posterior standard deviation, the effective sample size is reported per
     voxel, and with a mixture prior the component responsibilities give ``cluster_probs``.
 
@@ -210,14 +211,17 @@ class VariationalEstimator(Estimator):
         return inference_chunks(voxels, max(1, min(self.chunk_size, budget)), progress=self.progress,
                                 description=description)
 
-    def _posterior(self, batch: VoxelBatch, generator: torch.Generator, *, mode_search: bool) -> PosteriorSamples:
-        """Importance samples of the voxels' posteriors; ``mode_search`` adds the Laplace proposal."""
+    def _posterior(
+        self, batch: VoxelBatch, generator: torch.Generator, *, mode_search: bool, adaptive: bool = True
+    ) -> PosteriorSamples:
+        """Importance samples of the voxels' posteriors; ``mode_search`` adds the Laplace proposal,
+        ``adaptive=False`` skips the adaptive rounds (the encoder's proposals only)."""
         logits, mean, log_var = self._encode(batch)
         return sample_posterior(
             lambda z: self._log_likelihood(batch, z), self.prior_, logits, mean, log_var,
             n_samples=self.n_posterior_samples, scale=self.proposal_scale,
             n_mode_steps=self.n_mode_steps if mode_search else 0,
-            n_adaptive_rounds=self.n_adaptive_rounds, generator=generator,
+            n_adaptive_rounds=self.n_adaptive_rounds if adaptive else 0, generator=generator,
         )
 
     def _infer(self, data: PreparedData) -> Estimates:
@@ -233,19 +237,21 @@ class VariationalEstimator(Estimator):
     def _sample(self, batch: VoxelBatch, generator: torch.Generator) -> PosteriorSamples:
         """Importance samples of a chunk's posteriors, for the maps and the prior refinement.
 
-        ``inference="fast"``: from the encoder's proposals and adaptive rounds; the voxels whose
-        effective sample size is below ``min_effective_samples`` (a posterior narrower than, or away
-        from, what the encoder proposes) are sampled again with the mode search.  ``"exact"``, or no
-        adaptive rounds (the mode search then returns more samples than the first pass): the mode
-        search in every voxel.
+        ``inference="fast"`` spends work where a voxel's samples need it: a voxel whose samples from the
+        encoder's proposals leave at least ``target_effective_samples`` effective samples keeps them;
+        the others are sampled again with the adaptive rounds, and those still below
+        ``min_effective_samples`` (a posterior narrower than, or away from, what the encoder proposes)
+        once more with the mode search.  ``"exact"``, or no adaptive rounds (the mode search then returns
+        more samples than the first pass): the mode search and the adaptive rounds in every voxel.
         """
         exact = self.inference == "exact" or not (self.n_mode_steps and self.n_adaptive_rounds)
-        samples = self._posterior(batch, generator, mode_search=exact)
         if exact:
-            return samples
-        rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < self.min_effective_samples)[:, 0]
-        if rows.numel():
-            samples = samples.with_voxels(rows, self._posterior(batch.select(rows), generator, mode_search=True))
+            return self._posterior(batch, generator, mode_search=True)
+        samples = self._posterior(batch, generator, mode_search=False, adaptive=False)
+        for threshold, mode_search in ((self.target_effective_samples, False), (self.min_effective_samples, True)):
+            rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < threshold)[:, 0]
+            if rows.numel():
+                samples = samples.with_voxels(rows, self._posterior(batch.select(rows), generator, mode_search=mode_search))
         return samples
 
     def _summarise(self, samples: PosteriorSamples) -> Estimates:
