@@ -7,10 +7,12 @@ a noise level:
 
 - degrees of freedom: the fit absorbs ``n_unknowns`` of the ``n_measurements`` residual dimensions,
   most of them from the measurements it weights most (each measurement's leverage in the weighted fit);
-- Rician noise: a magnitude signal near the noise floor varies less than σ (down to 0.43 σ² for no
-  signal at all), so only measurements predicted at least 2 σ above zero are used, each counted with
-  the variance ratio of a Rician variable of that mean; voxels with fewer than 10 such measurements use
-  them all;
+- Rician noise: the log fit predicts each measurement's geometric mean exp E[log M], which near the
+  noise floor lies below its mean E[M] (1.06 σ against 1.25 σ where no signal is left), and a
+  magnitude near the floor varies less than σ (0.43 σ² with no signal).  The Rician signal whose
+  geometric mean is the prediction (E[log M/σ] = log(ν/σ) + E₁(ν²/2σ²)/2) gives each measurement's
+  mean, about which its residual is taken, and its variance ratio, which it is counted with; every
+  measurement is used, those at the floor included;
 - sampling noise: a voxel's estimate from ``k`` residual degrees of freedom scatters by about
   ``sqrt(1 / 2k)`` in log σ, so the log variances are shrunk towards their median by empirical Bayes
   (the spread between voxels beyond the sampling noise, estimated robustly, decides how far).  Noise
@@ -39,17 +41,11 @@ __all__ = [
 #: Unknowns of the kurtosis and tensor fits, S0 included.
 _DKI_UNKNOWNS, _DTI_UNKNOWNS = 22, 7
 
-#: Measurements used only where their predicted signal is at least this many σ above zero.
-_MIN_SIGNAL_TO_NOISE = 2.0
-
-#: Fewest such measurements a voxel needs; with fewer it uses all its measurements.
-_MIN_MEASUREMENTS = 10
-
 #: Voxels fitted at once (a chunk holds a few chunk x measurements float64 arrays).
 _CHUNK = 4096
 
-#: Spacing (in mean / σ) of the tabulated Rician variance ratio (interpolation error below 1e-3 relative).
-_RICIAN_TABLE_STEP = 0.002
+#: Spacing of the tabulated Rician moments in E[log(M/σ)] (interpolation error below 1e-4 relative).
+_RICIAN_TABLE_STEP = 5e-4
 
 #: Fixed-point iterations of each voxel's Rician-corrected estimate.
 _N_ITERATIONS = 6
@@ -58,12 +54,6 @@ _N_ITERATIONS = 6
 #: per tissue cluster measured on simulated MS-DKI data (1-4x noise variation, SNR 5-50, Rician) was
 #: 0.04; half of that is taken as the standard deviation of what the corrections leave over.
 _SYSTEMATIC_LOG_SD = 0.02
-
-#: The same for voxels with fewer than ``_MIN_MEASUREMENTS`` measurements 2 σ above zero, whose
-#: estimate rests on the Rician correction of the fit at the noise floor: the spread of log σ̂/σ
-#: measured in such voxels (b=0 SNR 1.25-2, HCP-like protocol) was 0.16, against 0.07 from their
-#: degrees of freedom alone.
-_FLOOR_LOG_SD = 0.15
 
 
 @dataclass(frozen=True)
@@ -164,14 +154,14 @@ def estimate_sigma_per_voxel(signals: np.ndarray, protocol: Protocol) -> VoxelNo
         If the protocol has too few measurements for a residual (give ``sigma`` then), or the fit
         failed in every voxel.
     """
-    variance, dof, at_floor = residual_variances(signals, protocol)
+    variance, dof = residual_variances(signals, protocol)
     good = np.isfinite(variance) & (variance > 0)
     if not good.any():
         raise ValueError("cannot estimate the noise level: the diffusion fit failed in every voxel. Pass sigma=.")
-    return _shrink(variance, dof, good, np.where(at_floor, _FLOOR_LOG_SD, _SYSTEMATIC_LOG_SD))
+    return _shrink(variance, dof, good, _SYSTEMATIC_LOG_SD)
 
 
-def residual_variances(signals: np.ndarray, protocol: Protocol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def residual_variances(signals: np.ndarray, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
     """Each voxel's noise variance from the residuals of its own diffusion fit, before any pooling.
 
     Parameters
@@ -186,9 +176,6 @@ def residual_variances(signals: np.ndarray, protocol: Protocol) -> tuple[np.ndar
         σ² in squared signal units (NaN where the fit failed).
     dof : ndarray, shape (n_voxels,)
         Its effective residual degrees of freedom (what the variance of the estimate scales with).
-    at_floor : ndarray of bool, shape (n_voxels,)
-        Voxels with too few measurements 2 σ above zero, whose estimate rests on the Rician correction of
-        every measurement (less certain than the degrees of freedom say).
 
     Raises
     ------
@@ -207,33 +194,50 @@ def residual_variances(signals: np.ndarray, protocol: Protocol) -> tuple[np.ndar
     parts = [_rician_residual_variance(chunk, *_weighted_log_fit(chunk, design, ordinary))
              for chunk in (np.asarray(signals[start : start + _CHUNK], dtype=np.float64)
                            for start in range(0, signals.shape[0], _CHUNK))]
-    variance, dof, at_floor = (np.concatenate(columns) for columns in zip(*parts))
-    return variance, dof, at_floor
+    variance, dof = (np.concatenate(columns) for columns in zip(*parts))
+    return variance, dof
 
 
 @functools.cache
-def _rician_variance_table() -> tuple[float, np.ndarray]:
-    """Variance / σ² of a Rician variable on a uniform grid of its mean / σ: (grid step, values).
+def _rician_moment_table() -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean / σ and variance / σ² of a Rician variable on a uniform grid of its log geometric mean
+    E[log(M/σ)], from no signal (E[log(M/σ)] = (log 2 - γ)/2) to ν = 60 σ: (first grid value, means,
+    variance ratios); the grid step is :data:`_RICIAN_TABLE_STEP`.
 
-    The grid starts at 0 (means below the noise floor σ√(π/2) read the floor's value) and ends where
-    the variance ratio is 1 to within 2e-4; a uniform grid makes the lookup an index, not a search.
+    Notes
+    -----
+    M²/σ² is non-central χ² with 2 degrees of freedom and non-centrality a² = ν²/σ², whose mean log is
+    log a² + E₁(a²/2), so :math:`E[\\log(M/σ)] = \\log a + E_1(a^2/2)/2`, increasing in a.
     """
-    snr = np.concatenate([np.linspace(0.0, 10.0, 4001), np.linspace(10.01, 60.0, 2000)])
-    t = snr**2 / 4.0
+    a = np.concatenate([np.linspace(0.0, 10.0, 20001), np.linspace(10.0005, 60.0, 20000)])
+    with np.errstate(divide="ignore"):
+        log_mean = np.log(a) + 0.5 * special.exp1(0.5 * a * a)
+    log_mean[0] = 0.5 * (np.log(2.0) - np.euler_gamma)
+    t = a * a / 4.0
     mean = np.sqrt(np.pi / 2.0) * ((1.0 + 2.0 * t) * special.ive(0, t) + 2.0 * t * special.ive(1, t))
-    grid = np.arange(0.0, mean[-1], _RICIAN_TABLE_STEP)
-    return _RICIAN_TABLE_STEP, np.interp(grid, mean, 2.0 + snr**2 - mean**2)
+    grid = np.arange(log_mean[0], log_mean[-1], _RICIAN_TABLE_STEP)
+    return float(log_mean[0]), np.interp(grid, log_mean, mean), np.interp(grid, log_mean, 2.0 + a * a - mean * mean)
 
 
-def _rician_variance_ratio(mean_to_sigma: np.ndarray) -> np.ndarray:
-    """Variance / σ² of Rician variables of mean ``mean_to_sigma`` · σ (linear interpolation; 1 beyond
-    the table, NaN where the input is NaN)."""
-    step, table = _rician_variance_table()
-    position = np.clip(np.nan_to_num(mean_to_sigma), 0.0, (table.size - 1) * step) / step
-    index = np.minimum(position.astype(np.intp), table.size - 2)
-    value = table[index] + (position - index) * (table[index + 1] - table[index])
-    value = np.where(mean_to_sigma > (table.size - 1) * step, 1.0, value)
-    return np.where(np.isnan(mean_to_sigma), np.nan, value)
+def _rician_moments(log_geometric_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean / σ and variance / σ² of the Rician variables whose E[log(M/σ)] is ``log_geometric_mean``
+    (linear interpolation in :func:`_rician_moment_table`).  Below the table (no signal) they are the noise
+    floor's, √(π/2) and 2 - π/2; beyond it (ν > 60 σ) the mean is the geometric mean and the variance
+    ratio 1; NaN stays NaN."""
+    start, means, ratios = _rician_moment_table()
+    last = (means.size - 1) * _RICIAN_TABLE_STEP
+    offset = np.nan_to_num(log_geometric_mean - start, nan=0.0, posinf=last, neginf=0.0)
+    position = np.clip(offset, 0.0, last) / _RICIAN_TABLE_STEP
+    index = np.minimum(position.astype(np.intp), means.size - 2)
+    fraction = position - index
+    mean = means[index] + fraction * (means[index + 1] - means[index])
+    ratio = ratios[index] + fraction * (ratios[index + 1] - ratios[index])
+    beyond = offset > last
+    with np.errstate(over="ignore"):
+        mean = np.where(beyond, np.exp(np.minimum(log_geometric_mean, 700.0)), mean)
+    ratio = np.where(beyond, 1.0, ratio)
+    missing = np.isnan(log_geometric_mean)
+    return np.where(missing, np.nan, mean), np.where(missing, np.nan, ratio)
 
 
 def _design_matrix(protocol: Protocol, fit: str) -> np.ndarray:
@@ -275,22 +279,25 @@ def _weighted_log_fit(signals: np.ndarray, design: np.ndarray, ordinary: np.ndar
 
 def _rician_residual_variance(
     signals: np.ndarray, predicted: np.ndarray, leverage: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """σ² of every voxel from its residuals, Rician-corrected, its effective degrees of freedom, and
-    whether it had too few measurements above the noise floor."""
-    squared = (signals - predicted) ** 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """σ² of every voxel from its residuals about each measurement's Rician mean, and its effective
+    degrees of freedom.
+
+    ``predicted`` is the log fit's prediction, a geometric mean; given the current σ it names the
+    Rician variable of each measurement (:func:`_rician_moments`), whose mean the residual is taken
+    about and whose variance ratio (times the share of the residual the fit leaves) the squared residual
+    is expected to be.  A fixed point in σ.
+    """
     residual_share = np.clip(1.0 - leverage, 0.0, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        variance = squared.sum(axis=1) / residual_share.sum(axis=1)
+        log_predicted = np.log(predicted)
+        variance = ((signals - predicted) ** 2).sum(axis=1) / residual_share.sum(axis=1)
         for _ in range(_N_ITERATIONS):
-            ratio = predicted / np.sqrt(variance)[:, None]
-            used = ratio >= _MIN_SIGNAL_TO_NOISE
-            at_floor = used.sum(axis=1) < _MIN_MEASUREMENTS
-            used[at_floor] = True
-            expected = _rician_variance_ratio(ratio) * residual_share
-            expected = np.where(used, expected, 0.0).sum(axis=1)
-            variance = np.where(used, squared, 0.0).sum(axis=1) / expected
-    return variance, expected, at_floor
+            log_sigma = 0.5 * np.log(variance)[:, None]
+            mean_ratio, variance_ratio = _rician_moments(log_predicted - log_sigma)
+            expected = (variance_ratio * residual_share).sum(axis=1)
+            variance = ((signals - mean_ratio * np.exp(log_sigma)) ** 2).sum(axis=1) / expected
+    return variance, expected
 
 
 def _shrink(variance: np.ndarray, dof: np.ndarray, good: np.ndarray, systematic_log_sd: np.ndarray) -> VoxelNoise:
