@@ -137,7 +137,7 @@ _VARIATIONAL = (
            "adaptive rounds only where the encoder's proposals leave fewer than target_effective_samples "
            "effective samples and searches a voxel's posterior mode (Newton steps, Laplace proposal) only "
            "where those rounds leave fewer than min_effective_samples; 'exact' does both in every voxel "
-           "(about 5x slower inference; also what 'fast' does with no adaptive rounds)",
+           "(about 7x slower inference; also what 'fast' does with no adaptive rounds)",
            choices=("fast", "exact")),
     Option("target_effective_samples", float, 32.0, "effective sample size of the encoder's proposals "
            "below which 'fast' inference runs the adaptive rounds in a voxel", low=0.0),
