@@ -177,11 +177,11 @@ def test_ball_stick_vae_runs_and_gives_unit_directions():
 
 
 def test_fast_inference_spends_work_only_where_few_effective_samples(fitted, monkeypatch):
-    """``inference="fast"`` reports each voxel's effective sample size; it runs the adaptive rounds on
-    exactly the voxels whose encoder proposals leave fewer than ``target_effective_samples`` and the
-    mode search on exactly those still below ``min_effective_samples``, keeping the other voxels'
-    samples; with a threshold above the sample count every voxel gets the work, and the maps of the
-    default agree with ``inference="exact"`` within Monte Carlo error."""
+    """``inference="fast"`` reports each voxel's effective sample size; by default it runs the adaptive
+    rounds in every voxel, with ``target_effective_samples`` set on exactly the voxels whose encoder
+    proposals leave fewer, and the mode search on exactly those still below ``min_effective_samples``,
+    keeping the other voxels' samples; with thresholds above the sample count every voxel gets the work,
+    and the maps of the default agree with ``inference="exact"`` within Monte Carlo error."""
     model, signals, truth, _, results = fitted
     estimator, result = copy.deepcopy(results["gmvae"][0]), results["gmvae"][1]
     assert result.effective_samples.shape == (signals.shape[0],)
@@ -205,6 +205,8 @@ def test_fast_inference_spends_work_only_where_few_effective_samples(fitted, mon
         return estimator.transform(signals, sigma=estimator.fitted_sigma_)
 
     monkeypatch.setattr(type(estimator), "_posterior", counting)
+    transform(min_effective_samples=0.0)
+    assert calls["adaptive"] == [signals.shape[0]] and not calls["mode"]
     # the encoder's proposals only (one chunk: the same draws every time)
     encoder_only = transform(target_effective_samples=0.0, min_effective_samples=0.0)
     assert not calls["adaptive"] and not calls["mode"]

@@ -58,10 +58,10 @@ class VariationalEstimator(Estimator):
 
     The KL weight is 0 for ``warmup_off_epochs`` and rises linearly to ``beta`` over
     ``warmup_ramp_epochs``.  Maps are the posterior mean of each parameter, computed by self-normalised
-    importance sampling: samples from the encoder's widened posterior; where they leave fewer than
-    ``target_effective_samples`` effective samples, adaptive rounds; where those leave fewer than
-    ``min_effective_samples`` (or everywhere with ``inference="exact"``), also a Laplace approximation at
-    the voxel's posterior mode.  The
+    importance sampling: samples from the encoder's widened posterior, then adaptive rounds (with
+    ``target_effective_samples`` set, only where the encoder's samples leave fewer effective samples);
+    where they leave fewer than ``min_effective_samples`` (or everywhere with ``inference="exact"``), also
+    from a Laplace approximation at the voxel's posterior mode.  The
     weighted spread gives the posterior standard deviation, the effective sample size is reported per
     voxel, and with a mixture prior the component responsibilities give ``cluster_probs``.
 
@@ -237,18 +237,21 @@ class VariationalEstimator(Estimator):
     def _sample(self, batch: VoxelBatch, generator: torch.Generator) -> PosteriorSamples:
         """Importance samples of a chunk's posteriors, for the maps and the prior refinement.
 
-        ``inference="fast"`` spends work where a voxel's samples need it: a voxel whose samples from the
-        encoder's proposals leave at least ``target_effective_samples`` effective samples keeps them;
-        the others are sampled again with the adaptive rounds, and those still below
-        ``min_effective_samples`` (a posterior narrower than, or away from, what the encoder proposes)
-        once more with the mode search.  ``"exact"``, or no adaptive rounds (the mode search then returns
-        more samples than the first pass): the mode search and the adaptive rounds in every voxel.
+        ``inference="fast"``: samples from the encoder's proposals and the adaptive rounds; the voxels
+        left with fewer than ``min_effective_samples`` effective samples (a posterior narrower than, or
+        away from, what the encoder proposes) are sampled again with the mode search.  With
+        ``target_effective_samples`` set, a voxel whose samples from the encoder's proposals alone leave
+        at least that many effective samples keeps them and skips the adaptive rounds.  ``"exact"``, or
+        no adaptive rounds (the mode search then returns more samples than the first pass): the mode
+        search and the adaptive rounds in every voxel.
         """
         exact = self.inference == "exact" or not (self.n_mode_steps and self.n_adaptive_rounds)
         if exact:
             return self._posterior(batch, generator, mode_search=True)
-        samples = self._posterior(batch, generator, mode_search=False, adaptive=False)
-        for threshold, mode_search in ((self.target_effective_samples, False), (self.min_effective_samples, True)):
+        gated = self.target_effective_samples is not None
+        samples = self._posterior(batch, generator, mode_search=False, adaptive=not gated)
+        steps = ((self.target_effective_samples, False),) if gated else ()
+        for threshold, mode_search in (*steps, (self.min_effective_samples, True)):
             rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < threshold)[:, 0]
             if rows.numel():
                 samples = samples.with_voxels(rows, self._posterior(batch.select(rows), generator, mode_search=mode_search))
