@@ -55,14 +55,11 @@ def rician_mean(nu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     with the exponentially scaled Bessel functions :math:`I^e_k(t) = e^{-t} I_k(t)`.  It tends to ν for
     ν ≫ σ and to the noise floor σ√(π/2) for ν → 0.
     """
-    t = nu * nu / (4.0 * sigma * sigma)
-    return sigma * math.sqrt(math.pi / 2.0) * ((1.0 + 2.0 * t) * torch.special.i0e(t) + 2.0 * t * torch.special.i1e(t))
+    return _mean_of(sigma, *_scaled_bessels(nu, sigma))
 
 
-def rician_mean_noise_slope(nu: torch.Tensor, sigma: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+def rician_mean_noise_slope(nu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     r"""Derivative of the Rician mean with respect to the noise level, ∂E[M]/∂σ.
-
-    ``mean``, when given, is :func:`rician_mean` of the same ``nu`` and ``sigma`` (not computed again).
 
     Notes
     -----
@@ -72,10 +69,25 @@ def rician_mean_noise_slope(nu: torch.Tensor, sigma: torch.Tensor, mean: torch.T
 
     It is √(π/2) at ν = 0 (the noise floor moves with σ) and falls as σ/ν for ν ≫ σ.
     """
-    if mean is None:
-        mean = rician_mean(nu, sigma)
+    bessels = _scaled_bessels(nu, sigma)
+    return _noise_slope_of(nu, sigma, _mean_of(sigma, *bessels), *bessels[1:])
+
+
+def _scaled_bessels(nu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """t = ν²/(4σ²) and I₀ᵉ(t), I₁ᵉ(t), which the Rician mean and its noise slope share (the Bessel
+    evaluations are the costly part of the likelihood)."""
     t = nu * nu / (4.0 * sigma * sigma)
-    slope_nu = (nu / sigma) * math.sqrt(math.pi / 8.0) * (torch.special.i0e(t) + torch.special.i1e(t))
+    return t, torch.special.i0e(t), torch.special.i1e(t)
+
+
+def _mean_of(sigma: torch.Tensor, t: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor) -> torch.Tensor:
+    """:func:`rician_mean` from :func:`_scaled_bessels`."""
+    return sigma * math.sqrt(math.pi / 2.0) * ((1.0 + 2.0 * t) * i0 + 2.0 * t * i1)
+
+
+def _noise_slope_of(nu: torch.Tensor, sigma: torch.Tensor, mean: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor) -> torch.Tensor:
+    """:func:`rician_mean_noise_slope` from the mean and the Bessel terms of :func:`_scaled_bessels`."""
+    slope_nu = (nu / sigma) * math.sqrt(math.pi / 8.0) * (i0 + i1)
     return (mean - nu * slope_nu) / sigma
 
 
@@ -122,10 +134,11 @@ def rician_nll(
     single = counts <= 1
     if bool(single.all()):  # only the branch the observables need (ball_stick: every one is single)
         return (torch.log(variance) - _rician_kernel(observed.clamp_min(0.0), nu, variance)).sum(-1)
-    mean = rician_mean(nu, sigma)
+    bessels = _scaled_bessels(nu, sigma)
+    mean = _mean_of(sigma, *bessels)
     avg_variance = (2.0 * variance + nu * nu - mean * mean).clamp_min(1e-3 * variance) / counts
-    if sigma_log_sd is not None and bool(sigma_log_sd.any()):  # known σ: no extra Bessel evaluations
-        avg_variance = avg_variance + (rician_mean_noise_slope(nu, sigma, mean) * sigma * sigma_log_sd) ** 2
+    if sigma_log_sd is not None and bool(sigma_log_sd.any()):  # known σ: the slope is not needed
+        avg_variance = avg_variance + (_noise_slope_of(nu, sigma, mean, *bessels[1:]) * sigma * sigma_log_sd) ** 2
     averaged = 0.5 * (observed - mean) ** 2 / avg_variance + 0.5 * torch.log(avg_variance)
     if not bool(single.any()):
         return averaged.sum(-1)
