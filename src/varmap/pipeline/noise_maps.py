@@ -216,7 +216,7 @@ def fit_residual_local(image: DWIImage, protocol: Protocol, mask: np.ndarray, *,
     """
     from ..estimators.noise_level import residual_variances
 
-    variance, dof = residual_variances(image.extract(mask), protocol)
+    variance, dof, _ = residual_variances(image.extract(mask), protocol)
     good = np.isfinite(variance) & (variance > 0)
     values, weights = np.zeros(mask.shape), np.zeros(mask.shape)
     values[mask] = np.where(good, variance, 0.0)
