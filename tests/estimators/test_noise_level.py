@@ -111,3 +111,17 @@ def test_per_voxel_sigma_uses_the_noise_floor():
     for cluster in np.unique(truth.labels):
         assert abs(np.mean(raw[truth.labels == cluster])) < 0.08
     assert np.std(raw) < 0.12
+
+
+def test_short_protocols_do_not_count_the_noise_floor():
+    """With fewer than 6 measurements per unknown of the residual fit the fit follows the noise at the
+    floor, so only measurements 2σ above zero count (voxels with fewer than 10 of them are flagged);
+    the 288-measurement protocol counts every measurement and flags none."""
+    prior = get_prior("msdki", "paper")
+    for protocol, flagged in ((hcp_protocol(n_b0=1, n_directions=30, shells=(1000.0, 2000.0), seed=0), True),
+                              (hcp_protocol(seed=0), False)):
+        model = get_signal_model("msdki", protocol)
+        truth = simulate(model, prior, n_voxels=500, snr=1.5, seed=2)
+        variance, dof, at_floor = residual_variances(truth.signals, protocol)
+        assert bool(at_floor.any()) is flagged
+        assert np.all(np.isfinite(variance)) and np.all(dof > 0)

@@ -12,7 +12,9 @@ a noise level:
   magnitude near the floor varies less than σ (0.43 σ² with no signal).  The Rician signal whose
   geometric mean is the prediction (E[log M/σ] = log(ν/σ) + E₁(ν²/2σ²)/2) gives each measurement's
   mean, about which its residual is taken, and its variance ratio, which it is counted with; every
-  measurement is used, those at the floor included;
+  measurement is used, those at the floor included, where the fit has at least 6 measurements per
+  unknown; with fewer, the fit follows the noise at the floor, and only measurements predicted 2 σ
+  above zero count (about the prediction, with the variance ratio of a Rician variable of that mean);
 - sampling noise: a voxel's estimate from ``k`` residual degrees of freedom scatters by about
   ``sqrt(1 / 2k)`` in log σ, so the log variances are shrunk towards their median by empirical Bayes
   (the spread between voxels beyond the sampling noise, estimated robustly, decides how far).  Noise
