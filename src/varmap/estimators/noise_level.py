@@ -215,8 +215,8 @@ def residual_variances(signals: np.ndarray, protocol: Protocol) -> tuple[np.ndar
         )
     design = _design_matrix(protocol, fit)
     ordinary = np.linalg.pinv(design).T  # the ordinary least-squares solve, the same for every chunk
-    min_signal_to_noise = 0.0 if protocol.n_measurements >= _FLOOR_MEASUREMENTS_PER_UNKNOWN * n_unknowns else _MIN_SIGNAL_TO_NOISE
-    parts = [_rician_residual_variance(chunk, *_weighted_log_fit(chunk, design, ordinary), min_signal_to_noise)
+    count_floor = protocol.n_measurements >= _FLOOR_MEASUREMENTS_PER_UNKNOWN * n_unknowns
+    parts = [_rician_residual_variance(chunk, *_weighted_log_fit(chunk, design, ordinary), count_floor)
              for chunk in (np.asarray(signals[start : start + _CHUNK], dtype=np.float64)
                            for start in range(0, signals.shape[0], _CHUNK))]
     variance, dof, at_floor = (np.concatenate(columns) for columns in zip(*parts))
@@ -310,32 +310,35 @@ def _rician_variance_ratio_of_mean(mean_to_sigma: np.ndarray) -> np.ndarray:
 
 
 def _rician_residual_variance(
-    signals: np.ndarray, predicted: np.ndarray, leverage: np.ndarray, min_signal_to_noise: float
+    signals: np.ndarray, predicted: np.ndarray, leverage: np.ndarray, count_floor: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """σ² of every voxel from its residuals about each measurement's Rician mean, its effective degrees
-    of freedom, and whether it had to fall back on measurements at the floor.
+    """σ² of every voxel from its Rician-corrected residuals, its effective degrees of freedom, and
+    whether it had to fall back on measurements at the floor.  A fixed point in σ.
 
-    ``predicted`` is the log fit's prediction, a geometric mean; given the current σ it names the
-    Rician variable of each measurement (:func:`_rician_moments`), whose mean the residual is taken
-    about and whose variance ratio (times the share of the residual the fit leaves) the squared residual
-    is expected to be.  Only measurements predicted ``min_signal_to_noise`` σ or more above zero count
-    (all of them where a voxel has fewer than ``_MIN_MEASUREMENTS``).  A fixed point in σ.
+    ``count_floor``: ``predicted``, the log fit's prediction, is a geometric mean; given the current σ
+    it names the Rician variable of each measurement (:func:`_rician_moments`), whose mean the residual
+    is taken about and whose variance ratio (times the share of the residual the fit leaves) the squared
+    residual is expected to be; every measurement counts.  Otherwise only measurements predicted
+    ``_MIN_SIGNAL_TO_NOISE`` σ or more above zero count (all of them where a voxel has fewer than
+    ``_MIN_MEASUREMENTS``), where the prediction is close to the mean: residuals about the prediction,
+    with the variance ratio of a Rician variable of that mean.
     """
     residual_share = np.clip(1.0 - leverage, 0.0, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         log_predicted = np.log(predicted)
-        variance = ((signals - predicted) ** 2).sum(axis=1) / residual_share.sum(axis=1)
+        squared = (signals - predicted) ** 2
+        variance = squared.sum(axis=1) / residual_share.sum(axis=1)
         for _ in range(_N_ITERATIONS):
             log_sigma = 0.5 * np.log(variance)[:, None]
-            used = log_predicted - log_sigma >= np.log(min_signal_to_noise) if min_signal_to_noise > 0 else np.ones_like(predicted, dtype=bool)
-            at_floor = used.sum(axis=1) < _MIN_MEASUREMENTS
-            used[at_floor] = True
-            if min_signal_to_noise == 0.0:
+            if count_floor:
                 mean_ratio, variance_ratio = _rician_moments(log_predicted - log_sigma)
                 squared = (signals - mean_ratio * np.exp(log_sigma)) ** 2
-            else:  # the counted measurements lie where the prediction is close to the mean
+                used = np.ones(predicted.shape, dtype=bool)
+            else:
                 variance_ratio = _rician_variance_ratio_of_mean(np.exp(log_predicted - log_sigma))
-                squared = (signals - predicted) ** 2
+                used = log_predicted - log_sigma >= np.log(_MIN_SIGNAL_TO_NOISE)
+            at_floor = used.sum(axis=1) < _MIN_MEASUREMENTS
+            used[at_floor] = True
             expected = np.where(used, variance_ratio * residual_share, 0.0).sum(axis=1)
             variance = np.where(used, squared, 0.0).sum(axis=1) / expected
     return variance, expected, at_floor

@@ -254,7 +254,8 @@ class VariationalEstimator(Estimator):
         for threshold, mode_search in (*steps, (self.min_effective_samples, True)):
             rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < threshold)[:, 0]
             if rows.numel():
-                samples = samples.with_voxels(rows, self._posterior(batch.select(rows), generator, mode_search=mode_search))
+                again = self._posterior(batch.select(rows), generator, mode_search=mode_search)
+                samples = samples.with_voxels(rows, again)
         return samples
 
     def _summarise(self, samples: PosteriorSamples) -> Estimates:
