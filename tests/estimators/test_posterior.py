@@ -2,7 +2,7 @@
 
 import torch
 
-from varmap.estimators.posterior import cholesky_with_jitter, laplace_proposal
+from varmap.estimators.posterior import cholesky_with_jitter, laplace_proposal, refit_proposal
 
 
 def test_laplace_samples_have_the_density_of_their_gaussian():
@@ -17,6 +17,23 @@ def test_laplace_samples_have_the_density_of_their_gaussian():
     centred = z - mode
     empirical = torch.einsum("sbi,sbj->bij", centred, centred) / z.shape[0]
     torch.testing.assert_close(empirical, covariance, rtol=0.05, atol=1e-6)
+
+
+def test_refit_samples_have_the_density_of_the_fitted_gaussian():
+    generator = torch.Generator().manual_seed(1)
+    samples = torch.randn(50, 6, 3, generator=generator, dtype=torch.float64) * torch.tensor([1.0, 0.1, 1e-3],
+                                                                                              dtype=torch.float64)
+    weights = torch.softmax(torch.randn(50, 6, generator=generator, dtype=torch.float64), dim=0)
+    z, log_q = refit_proposal(samples, weights, 4000, 1.2, generator)
+    mean = (weights[..., None] * samples).sum(0)
+    centred, plain = samples - mean, samples - samples.mean(0)
+    covariance = (1.2**2 * torch.einsum("sb,sbi,sbj->bij", weights, centred, centred)
+                  + 0.1 * torch.einsum("sbi,sbj->bij", plain, plain) / 49 + 1e-8 * torch.eye(3, dtype=torch.float64))
+    expected = torch.distributions.MultivariateNormal(mean, covariance_matrix=covariance)
+    torch.testing.assert_close(log_q, expected.log_prob(z))
+    whitened = torch.linalg.solve_triangular(torch.linalg.cholesky(covariance), (z - mean)[..., None], upper=False)[..., 0]
+    empirical = torch.einsum("sbi,sbj->bij", whitened, whitened) / z.shape[0]  # scales 1 to 1e-3 apart
+    torch.testing.assert_close(empirical, torch.eye(3, dtype=torch.float64).expand(6, 3, 3), rtol=0.0, atol=0.1)
 
 
 def test_cholesky_with_jitter_factors_near_singular_covariances():

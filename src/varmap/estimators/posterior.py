@@ -215,10 +215,12 @@ def refit_proposal(
     previous_cov = torch.einsum("sbi,sbj->bij", plain, plain) / max(z.shape[0] - 1, 1)
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
     cov = scale**2 * weighted_cov + 0.1 * previous_cov + 1e-8 * eye
-    proposal = torch.distributions.MultivariateNormal(mean, scale_tril=cholesky_with_jitter(cov))
+    scale_tril = cholesky_with_jitter(cov)
     noise = torch.randn((n_samples, *mean.shape), generator=generator, device=z.device, dtype=z.dtype)
-    new_z = mean + torch.einsum("bij,sbj->sbi", proposal.scale_tril, noise)
-    return new_z, proposal.log_prob(new_z)
+    new_z = mean + torch.einsum("bij,sbj->sbi", scale_tril, noise)
+    # log N(new_z; mean, LLᵀ) from the standard normal draws: no triangular solve
+    log_det = 2.0 * torch.log(scale_tril.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    return new_z, -0.5 * ((noise**2).sum(-1) + log_det + z.shape[-1] * _LOG_2PI)
 
 
 def cholesky_with_jitter(covariance: torch.Tensor) -> torch.Tensor:
