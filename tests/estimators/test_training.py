@@ -1,5 +1,6 @@
 """Tests of the mini-batch training loop."""
 
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from varmap.estimators.distributed import launch, rank_and_size
 from varmap.estimators.networks import seeded_linear
-from varmap.estimators.training import split_voxels, train_network
+from varmap.estimators.training import _clip_gradients, split_voxels, train_network
 
 
 class _Batch(NamedTuple):
@@ -119,3 +120,23 @@ def test_plateaus_grow_the_batch_up_to_its_limit(max_batch_size, n_train, sizes)
     )
     assert set(history["batch_size"]) == sizes
     assert history["batch_size"] == sorted(history["batch_size"])  # it only grows
+
+
+def test_clip_gradients_does_what_clip_grad_norm_does():
+    def network_with_gradients(scale: float) -> nn.Module:
+        network = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+        torch.manual_seed(0)
+        for parameter in network.parameters():
+            parameter.grad = scale * torch.randn_like(parameter)
+        return network
+
+    for scale, max_norm in ((1.0, 1e3), (1.0, 0.5), (1e4, 2.0), (1.0, float("inf"))):
+        mine, reference = network_with_gradients(scale), network_with_gradients(scale)
+        norm = _clip_gradients(list(mine.parameters()), max_norm)
+        expected = float(nn.utils.clip_grad_norm_(reference.parameters(), max_norm))
+        assert norm == pytest.approx(expected, rel=1e-6)
+        for a, b in zip(mine.parameters(), reference.parameters()):
+            torch.testing.assert_close(a.grad, b.grad)
+    broken = network_with_gradients(1.0)
+    next(broken.parameters()).grad[0, 0] = float("nan")
+    assert not math.isfinite(_clip_gradients(list(broken.parameters()), 1.0))

@@ -259,3 +259,21 @@ def test_posterior_spread_is_unbiased_and_never_collapses():
     collapsed[3] = 1.0
     spread = _posterior_spread(values, values[3], collapsed)
     torch.testing.assert_close(spread, values.std(0))
+
+
+def test_maps_do_not_depend_on_how_many_chunks_run_at_once(fitted):
+    """Chunks mapped in parallel threads draw from streams of their own: the same maps with one torch
+    thread (one chunk at a time) and with two (two chunks at once), over several chunks."""
+    from varmap.estimators.neural import torch_threads
+
+    _, signals, _, _, results = fitted
+    estimator = copy.deepcopy(results["gmvae"][0])
+    estimator.chunk_size = 256  # 6 chunks
+    maps = []
+    for n_threads in (1, 2):
+        with torch_threads(n_threads):
+            maps.append(estimator.transform(signals, sigma=estimator.fitted_sigma_))
+    for name in ("D", "K"):
+        np.testing.assert_array_equal(maps[0].params[name], maps[1].params[name])
+        np.testing.assert_array_equal(maps[0].std[name], maps[1].std[name])
+    np.testing.assert_array_equal(maps[0].cluster_probs, maps[1].cluster_probs)

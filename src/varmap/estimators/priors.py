@@ -145,8 +145,11 @@ class GaussianMixturePrior(nn.Module):
         Tensor, shape (B, K)
         """
         inverse = self._inverse_scale()
-        mahalanobis = (torch.einsum("kij,bkj->bki", inverse, mean - self.means) ** 2).sum(-1)
-        trace = torch.einsum("kij,bkj->bk", inverse**2, torch.exp(log_var))
+        # as batched matrix products rather than einsums: the same sums in a third of the operations
+        # (training steps on small batches cost what their operations' overhead costs)
+        whitened = torch.bmm((mean - self.means).transpose(0, 1), inverse.transpose(-1, -2))  # (K, B, L)
+        mahalanobis = (whitened**2).sum(-1).T
+        trace = (torch.exp(log_var) * (inverse**2).sum(-2)).sum(-1)
         log_det_ratio = self.log_vars.sum(-1) - log_var.sum(-1)
         return 0.5 * (trace + mahalanobis - mean.shape[-1] + log_det_ratio)
 

@@ -16,7 +16,8 @@ Maps are posterior means under the trained generative model, by importance sampl
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -29,8 +30,8 @@ from .data import PreparedData
 from .networks import SignalDecoder, VoxelBatch, encoder_inputs, seeded_linear, start_at_typical_values, voxel_batch
 from .neural import (
     build_encoder,
-    inference_chunks,
     input_statistics,
+    map_chunks,
     network_state,
     train_estimator,
     untrained_input_statistics,
@@ -41,6 +42,8 @@ __all__ = ["VariationalEstimator"]
 
 #: Training voxels on which component usage is measured after each epoch.
 _USAGE_VOXELS = 4096
+
+T = TypeVar("T")
 
 #: Elements (samples × voxels × observables) one inference chunk may hold.
 _INFERENCE_BUDGET = 2**24
@@ -191,12 +194,11 @@ class VariationalEstimator(Estimator):
             return []
         rows = np.sort(numpy_stream(self.seed, "refinement_voxels").permutation(data.n_valid)[: self.refinement_voxels])
         voxels = voxel_batch(data, self.device_, rows)
-        generator = torch_stream(self.seed, "refinement", self.device_)
         evidence: list[float] = []
         self.network_.eval()
         with torch.no_grad():
-            for _ in range(self.refinement_rounds):
-                parts = [self._sample(batch, generator) for batch in self._chunks(voxels, "prior refinement")]
+            for round_ in range(self.refinement_rounds):
+                parts = self._map_chunks(self._sample, voxels, f"refinement/{round_}", "prior refinement")
                 evidence += self.prior_.refit(
                     torch.cat([p.z for p in parts], dim=1),
                     torch.cat([p.log_likelihood for p in parts], dim=1),
@@ -206,10 +208,16 @@ class VariationalEstimator(Estimator):
         return evidence
 
     # ------------------------------------------------------------------ inference
-    def _chunks(self, voxels: VoxelBatch, description: str):
+    def _map_chunks(
+        self, function: Callable[[VoxelBatch, torch.Generator], T], voxels: VoxelBatch, stream: str, description: str
+    ) -> list[T]:
+        """``function(chunk, generator)`` over chunks of ``voxels`` (:func:`.neural.map_chunks`), each chunk
+        drawing from its own random stream ``stream/<chunk>``."""
         budget = _INFERENCE_BUDGET // (self.n_posterior_samples * max(self.model.n_observables, 8))
-        return inference_chunks(voxels, max(1, min(self.chunk_size, budget)), progress=self.progress,
-                                description=description)
+        return map_chunks(
+            lambda index, chunk: function(chunk, torch_stream(self.seed, f"{stream}/{index}", self.device_)),
+            voxels, max(1, min(self.chunk_size, budget)), progress=self.progress, description=description,
+        )
 
     def _posterior(
         self, batch: VoxelBatch, generator: torch.Generator, *, mode_search: bool, adaptive: bool = True
@@ -225,13 +233,14 @@ class VariationalEstimator(Estimator):
         )
 
     def _infer(self, data: PreparedData) -> Estimates:
-        generator = torch_stream(self.seed, "inference", self.device_)
+        def estimates(batch: VoxelBatch, generator: torch.Generator) -> Estimates:
+            summary = self._summarise(self._sample(batch, generator))
+            release_freed_memory()  # the chunks' temporaries otherwise fragment the heap
+            return summary
+
         self.network_.eval()
         with torch.no_grad():
-            parts = []
-            for batch in self._chunks(voxel_batch(data, self.device_), f"{self.name} inference"):
-                parts.append(self._summarise(self._sample(batch, generator)))
-                release_freed_memory()  # the chunks' temporaries otherwise fragment the heap
+            parts = self._map_chunks(estimates, voxel_batch(data, self.device_), "inference", f"{self.name} inference")
         return Estimates.concatenate(parts)
 
     def _sample(self, batch: VoxelBatch, generator: torch.Generator) -> PosteriorSamples:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -56,17 +57,22 @@ class Parameter:
         scale = max(abs(self.low), abs(self.high)) / (self.high - self.low)
         return max(1e-6, 8.0 * torch.finfo(dtype).eps * scale)
 
+    def bounded_affine(self, dtype: torch.dtype = torch.float64) -> tuple[float, float]:
+        """``(offset, scale)`` of :meth:`to_bounded`, ``offset + scale · sigmoid(u)``."""
+        edge, width = self.edge_fraction(dtype), self.high - self.low
+        return self.low + width * edge, width * (1.0 - 2.0 * edge)
+
     def to_bounded(self, unconstrained: torch.Tensor) -> torch.Tensor:
         """Map an unconstrained value strictly into ``(low, high)`` by a scaled sigmoid.
 
         Notes
         -----
         ``low + (high - low) * (e + (1 - 2e) * sigmoid(u))`` with ``e`` from :meth:`edge_fraction`, so
-        even saturated inputs (``u = ±50``) stay strictly inside the bounds; ``u = 0`` maps to the middle.
+        even saturated inputs (``u = ±50``) stay strictly inside the bounds (the margin is several
+        roundings wide); ``u = 0`` maps to the middle.  Evaluated as :meth:`bounded_affine`.
         """
-        edge = self.edge_fraction(unconstrained.dtype)
-        unit = edge + (1.0 - 2.0 * edge) * torch.sigmoid(unconstrained)
-        return self.low + (self.high - self.low) * unit
+        offset, scale = self.bounded_affine(unconstrained.dtype)
+        return offset + scale * torch.sigmoid(unconstrained)
 
     def to_unconstrained(self, value: torch.Tensor, margin: float = 1e-4) -> torch.Tensor:
         """Inverse of :meth:`to_bounded`; values at or beyond the bounds are pulled inside by ``margin``."""
@@ -154,8 +160,10 @@ class SignalModel(ABC):
 
         Scalars pass through scaled sigmoids; the direction part is normalised to unit length.
         """
-        scalars = [p.to_bounded(unconstrained[..., i]) for i, p in enumerate(self.parameters)]
-        packed = torch.stack(scalars, dim=-1)
+        # every scalar's Parameter.to_bounded at once (the same float operations, a few instead of a few per
+        # parameter: on a small batch, each operation's overhead is what a training step costs)
+        offset, scale = _bounded_affines(self.parameters, unconstrained.dtype, unconstrained.device)
+        packed = offset + scale * torch.sigmoid(unconstrained[..., : self.n_scalars])
         if self.has_direction:
             vector = unconstrained[..., self.n_scalars : self.n_scalars + 3]
             direction = vector / vector.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -223,3 +231,12 @@ class SignalModel(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.protocol!r})"
+
+
+@functools.lru_cache(maxsize=64)
+def _bounded_affines(
+    parameters: tuple[Parameter, ...], dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offsets and scales of :meth:`Parameter.bounded_affine` of ``parameters``, as two tensors."""
+    offsets, scales = zip(*(p.bounded_affine(dtype) for p in parameters))
+    return torch.tensor(offsets, dtype=dtype, device=device), torch.tensor(scales, dtype=dtype, device=device)
