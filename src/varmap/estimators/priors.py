@@ -56,10 +56,6 @@ class StandardNormalPrior(nn.Module):
         """log N(z; 0, I), shape (..., 1)."""
         return self.log_density(z)[..., None]
 
-    def sample(self, n_samples: int, generator: torch.Generator) -> torch.Tensor:
-        """Draws z ~ N(0, I), shape (n_samples, L)."""
-        return torch.randn(n_samples, self.n_latent, generator=generator, device=self._log_weights.device)
-
     def log_density(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; 0, I), shape (...)."""
         return -0.5 * (z * z + _LOG_2PI).sum(-1)
@@ -135,13 +131,6 @@ class GaussianMixturePrior(nn.Module):
     def responsibilities(self, z: torch.Tensor) -> torch.Tensor:
         """p(y=k|z), shape (..., K)."""
         return torch.softmax(self.component_log_density(z), dim=-1)
-
-    def sample(self, n_samples: int, generator: torch.Generator) -> torch.Tensor:
-        """Draws z ~ p(z), shape (n_samples, L)."""
-        component = torch.multinomial(self.log_weights().exp(), n_samples, replacement=True, generator=generator)
-        noise = torch.randn(n_samples, self.n_latent, 1, generator=generator, device=self.means.device,
-                            dtype=self.means.dtype)
-        return self.means[component] + (self.scale_tril()[component] @ noise)[..., 0]
 
     def kl_divergence(self, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
         """KL(N(mean, diag exp(log_var)) ‖ N(μ_k, Σ_k)) for every component, closed form.

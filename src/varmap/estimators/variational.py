@@ -16,7 +16,6 @@ Maps are posterior means under the trained generative model, by importance sampl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
@@ -45,18 +44,6 @@ __all__ = ["VariationalEstimator"]
 _USAGE_VOXELS = 4096
 
 T = TypeVar("T")
-
-#: Effective sample size below which a voxel's importance weights count as collapsed onto one sample.
-_COLLAPSED_ESS = 1.5
-
-#: Prior draws from whose best a collapsed voxel searches its posterior mode again.
-_PRIOR_RESTARTS = 1024
-
-#: Collapsed voxels restarted at once (the draws hold restarts x voxels x observables).
-_RESTART_VOXELS = 256
-
-#: Standard deviation (latent units) of the first proposal around the best prior draw.
-_RESTART_SPREAD = 0.05
 
 #: Elements (samples × voxels × observables) one inference chunk may hold.
 _INFERENCE_BUDGET = 2**24
@@ -269,42 +256,15 @@ class VariationalEstimator(Estimator):
         """
         exact = self.inference == "exact" or not (self.n_mode_steps and self.n_adaptive_rounds)
         if exact:
-            samples = self._posterior(batch, generator, mode_search=True)
-        else:
-            gated = self.target_effective_samples is not None
-            samples = self._posterior(batch, generator, mode_search=False, adaptive=not gated)
-            steps = ((self.target_effective_samples, False),) if gated else ()
-            for threshold, mode_search in (*steps, (self.min_effective_samples, True)):
-                rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < threshold)[:, 0]
-                if rows.numel():
-                    again = self._posterior(batch.select(rows), generator, mode_search=mode_search)
-                    samples = samples.with_voxels(rows, again)
-        return self._restart_collapsed(batch, samples, generator)
-
-    def _restart_collapsed(self, batch: VoxelBatch, samples: PosteriorSamples, generator: torch.Generator) -> PosteriorSamples:
-        """Voxels whose importance weights collapsed onto one sample (effective sample size below
-        :data:`_COLLAPSED_ESS`: every proposal missed a posterior narrower than they are, and the std
-        would be near 0 whatever the error) search again from the best of :data:`_PRIOR_RESTARTS` draws
-        of the prior: mode search, Laplace proposal and adaptive rounds from there.  A voxel keeps the new
-        samples where their best log posterior is higher than its old samples' best."""
-        if not self.n_mode_steps:
-            return samples
-        rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < _COLLAPSED_ESS)[:, 0]
-        for part in rows.split(_RESTART_VOXELS):
-            voxels = batch.select(part)
-            draws = self.prior_.sample(_PRIOR_RESTARTS, generator)[:, None, :].expand(-1, part.numel(), -1)
-            log_joint = self._log_likelihood(voxels, draws) + self.prior_.log_density(draws)
-            start = draws[log_joint.argmax(0), torch.arange(part.numel(), device=draws.device)]
-            again = sample_posterior(
-                lambda z: self._log_likelihood(voxels, z), self.prior_, torch.zeros_like(start[:, :1]), start[:, None, :],
-                torch.full_like(start[:, None, :], 2.0 * math.log(_RESTART_SPREAD)), n_samples=self.n_posterior_samples,
-                scale=self.proposal_scale, n_mode_steps=self.n_mode_steps, n_adaptive_rounds=self.n_adaptive_rounds,
-                generator=generator,
-            )
-            old = samples.select_voxels(part)
-            better = torch.nonzero(again.best_log_joint(self.prior_) > old.best_log_joint(self.prior_))[:, 0]
-            if better.numel():
-                samples = samples.with_voxels(part[better], again.select_voxels(better))
+            return self._posterior(batch, generator, mode_search=True)
+        gated = self.target_effective_samples is not None
+        samples = self._posterior(batch, generator, mode_search=False, adaptive=not gated)
+        steps = ((self.target_effective_samples, False),) if gated else ()
+        for threshold, mode_search in (*steps, (self.min_effective_samples, True)):
+            rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < threshold)[:, 0]
+            if rows.numel():
+                again = self._posterior(batch.select(rows), generator, mode_search=mode_search)
+                samples = samples.with_voxels(rows, again)
         return samples
 
     def _summarise(self, samples: PosteriorSamples) -> Estimates:
