@@ -29,7 +29,6 @@ __all__ = [
     "input_statistics",
     "untrained_input_statistics",
     "train_estimator",
-    "inference_chunks",
     "map_chunks",
     "network_state",
     "torch_threads",
@@ -154,13 +153,6 @@ def train_estimator(
             progress=estimator.progress,
             description=f"{estimator.name} training",
         )
-
-
-def inference_chunks(voxels: VoxelBatch, chunk_size: int, *, progress: bool, description: str) -> Iterator[VoxelBatch]:
-    """Consecutive chunks of ``chunk_size`` voxels, with a tqdm bar when ``progress``."""
-    starts = range(0, voxels.n_voxels, chunk_size)
-    for start in tqdm(starts, desc=description, disable=not progress, leave=False):
-        yield voxels.select(slice(start, start + chunk_size))
 
 
 def map_chunks(

@@ -12,8 +12,8 @@ from .data import PreparedData
 from .networks import SignalDecoder, VoxelBatch, encoder_inputs, start_at_typical_values, voxel_batch
 from .neural import (
     build_encoder,
-    inference_chunks,
     input_statistics,
+    map_chunks,
     network_state,
     train_estimator,
     untrained_input_statistics,
@@ -53,13 +53,14 @@ class SelfSupervisedEstimator(Estimator):
         return train_estimator(self, voxels, self._loss)
 
     def _infer(self, data: PreparedData) -> Estimates:
+        def estimates(_: int, batch: VoxelBatch) -> Estimates:
+            packed, S0 = self.decoder_.parameters_of(self.encoder_(encoder_inputs(batch)))
+            return Estimates(packed=packed.double().cpu().numpy(), S0=S0[:, 0].double().cpu().numpy())
+
         self.network_.eval()
-        parts = []
         with torch.no_grad():
-            for batch in inference_chunks(voxel_batch(data, self.device_), self.chunk_size,
-                                          progress=self.progress, description="selfsup inference"):
-                packed, S0 = self.decoder_.parameters_of(self.encoder_(encoder_inputs(batch)))
-                parts.append(Estimates(packed=packed.double().cpu().numpy(), S0=S0[:, 0].double().cpu().numpy()))
+            parts = map_chunks(estimates, voxel_batch(data, self.device_), self.chunk_size, progress=self.progress,
+                               description="selfsup inference")
         return Estimates.concatenate(parts)
 
     def _state(self) -> dict:
