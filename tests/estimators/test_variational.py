@@ -205,6 +205,8 @@ def test_fast_inference_spends_work_only_where_few_effective_samples(fitted, mon
         return estimator.transform(signals, sigma=estimator.fitted_sigma_)
 
     monkeypatch.setattr(type(estimator), "_posterior", counting)
+    # the restart of collapsed voxels has its own test; here it would change the ESS the gates read
+    monkeypatch.setattr(type(estimator), "_restart_collapsed", lambda self, batch, samples, generator: samples)
     transform(min_effective_samples=0.0)
     assert calls["adaptive"] == [signals.shape[0]] and not calls["mode"]
     # the encoder's proposals only (one chunk: the same draws every time)
@@ -277,3 +279,49 @@ def test_maps_do_not_depend_on_how_many_chunks_run_at_once(fitted):
         np.testing.assert_array_equal(maps[0].params[name], maps[1].params[name])
         np.testing.assert_array_equal(maps[0].std[name], maps[1].std[name])
     np.testing.assert_array_equal(maps[0].cluster_probs, maps[1].cluster_probs)
+
+
+def test_voxels_whose_weights_collapse_search_again_from_their_least_squares_fit(fitted):
+    """Samples whose importance weights sit on one sample far from the posterior (every proposal missed
+    it: the std would be near 0 whatever the error) are replaced by a search from the voxel's
+    least-squares fit, which finds the posteriors again; voxels with healthy weights keep their samples."""
+    from varmap.estimators.posterior import PosteriorSamples, effective_sample_size
+
+    _, signals, truth, _, results = fitted
+    estimator, good = results["gmvae"]
+    rows = np.arange(0, signals.shape[0], 10)
+    sigma = estimator.fitted_sigma_ if np.ndim(estimator.fitted_sigma_) == 0 else estimator.fitted_sigma_[rows]
+    batch = voxel_batch(prepare_signals(signals[rows], estimator.model, sigma=sigma), estimator.device_)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        far = torch.full((estimator.n_posterior_samples, rows.size, estimator.latent_size), 3.0)
+        far = far + 1e-3 * torch.randn(far.shape, generator=generator)
+        log_proposal = torch.zeros(far.shape[:2])
+        log_proposal[1:] = 1e3  # all the weight on the first sample
+        collapsed = PosteriorSamples(far, estimator._log_likelihood(batch, far), log_proposal)
+        healthy = estimator._sample(batch, generator)
+        mixed = healthy.with_voxels(torch.arange(0, rows.size, 2), collapsed.select_voxels(torch.arange(0, rows.size, 2)))
+        assert float(effective_sample_size(mixed.weights(estimator.prior_))[::2].max()) < 1.5
+        restarted = estimator._restart_collapsed(batch, mixed, generator)
+        maps = estimator._summarise(restarted)
+    torch.testing.assert_close(restarted.z[:, 1::2], healthy.z[:, 1::2])  # untouched
+    assert np.median(maps.effective_samples[::2]) > 1.5
+    params = estimator.model.unpack(maps.packed)
+    for name in ("D", "K"):
+        error = np.sqrt(np.mean((params[name][::2] - truth[name][rows][::2]) ** 2))
+        reference = np.sqrt(np.mean((good.params[name][rows][::2] - truth[name][rows][::2]) ** 2))
+        assert error < 1.5 * reference + 0.01, (name, error, reference)
+
+
+@pytest.mark.parametrize("method", ["vae", "gmvae"])
+def test_latent_codes_decode_back_to_the_parameters_they_were_made_from(fitted, method):
+    """The restart's start: codes whose decoded parameters and S0 are the ones asked for (the latent
+    decoder is linear and as wide as the latent space, so the least-squares inverse is exact)."""
+    model, _, truth, _, results = fitted
+    estimator = results[method][0]
+    packed = torch.as_tensor(model.pack({name: truth[name][:20] for name in ("D", "K")}))
+    S0 = torch.linspace(0.5, 2.0, 20, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        decoded, decoded_S0 = estimator.decoder_.parameters_of(estimator.latent_decoder_(estimator._latent_codes_of(packed, S0)))
+    torch.testing.assert_close(decoded.double(), packed, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(decoded_S0.double(), S0, rtol=1e-3, atol=1e-4)

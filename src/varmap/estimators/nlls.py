@@ -281,6 +281,25 @@ class NLLSEstimator(Estimator):
         self.objective_ = torch.cat([s.objective for s in solutions]).cpu().numpy()
         return Estimates(packed=packed.cpu().numpy(), S0=S0_per_b0[:, 0].cpu().numpy() * data.b0_mean)
 
+    def fit_observables(self, observables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit one chunk of normalised observables (each voxel's signals over its mean b=0 signal).
+
+        Parameters
+        ----------
+        observables : Tensor, shape (n_voxels, n_observables)
+
+        Returns
+        -------
+        packed : Tensor, shape (n_voxels, n_packed)
+            Fitted parameters, float64 on the observables' device.
+        S0_per_b0 : Tensor, shape (n_voxels, 1)
+            S0 relative to each voxel's mean b=0 signal.
+        """
+        observables = observables.double()
+        counts = torch.as_tensor(self.model.observation_counts, dtype=torch.float64, device=observables.device)
+        with torch.no_grad():
+            return decode_unconstrained(self.model, self._fit_chunk(observables, counts).unconstrained, S0_PER_B0)
+
     def _residual(
         self, unconstrained: torch.Tensor, observables: torch.Tensor, sqrt_counts: torch.Tensor
     ) -> torch.Tensor:

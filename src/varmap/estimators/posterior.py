@@ -66,6 +66,14 @@ class PosteriorSamples:
         log_weights = self.log_likelihood.double() + prior.log_density(self.z).double() - self.log_proposal.double()
         return torch.softmax(log_weights, dim=0)
 
+    def best_log_joint(self, prior: nn.Module) -> torch.Tensor:
+        """Each voxel's highest log p(s|z) + log p(z) among its samples, shape (B,)."""
+        return (self.log_likelihood + prior.log_density(self.z)).max(0).values
+
+    def select_voxels(self, rows: torch.Tensor) -> "PosteriorSamples":
+        """The samples of voxels ``rows``."""
+        return PosteriorSamples(self.z[:, rows], self.log_likelihood[:, rows], self.log_proposal[:, rows])
+
     def with_voxels(self, rows: torch.Tensor, other: "PosteriorSamples") -> "PosteriorSamples":
         """These samples with those of voxels ``rows`` replaced by ``other``'s (as many samples, one voxel
         of ``other`` per row, in order)."""

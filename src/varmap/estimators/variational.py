@@ -16,6 +16,7 @@ Maps are posterior means under the trained generative model, by importance sampl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
@@ -36,6 +37,8 @@ from .neural import (
     train_estimator,
     untrained_input_statistics,
 )
+from .nlls import INITIALISERS, NLLSEstimator
+from .parametrisation import S0_PER_SCALE
 from .posterior import PosteriorSamples, effective_sample_size, sample_posterior, weighted_mean_axis
 
 __all__ = ["VariationalEstimator"]
@@ -44,6 +47,12 @@ __all__ = ["VariationalEstimator"]
 _USAGE_VOXELS = 4096
 
 T = TypeVar("T")
+
+#: Effective sample size below which a voxel's importance weights count as collapsed onto one sample.
+_COLLAPSED_ESS = 2.0
+
+#: Standard deviation (latent units) of the first proposal around a collapsed voxel's classical fit.
+_RESTART_SPREAD = 0.05
 
 #: Elements (samples × voxels × observables) one inference chunk may hold.
 _INFERENCE_BUDGET = 2**24
@@ -256,16 +265,48 @@ class VariationalEstimator(Estimator):
         """
         exact = self.inference == "exact" or not (self.n_mode_steps and self.n_adaptive_rounds)
         if exact:
-            return self._posterior(batch, generator, mode_search=True)
-        gated = self.target_effective_samples is not None
-        samples = self._posterior(batch, generator, mode_search=False, adaptive=not gated)
-        steps = ((self.target_effective_samples, False),) if gated else ()
-        for threshold, mode_search in (*steps, (self.min_effective_samples, True)):
-            rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < threshold)[:, 0]
-            if rows.numel():
-                again = self._posterior(batch.select(rows), generator, mode_search=mode_search)
-                samples = samples.with_voxels(rows, again)
-        return samples
+            samples = self._posterior(batch, generator, mode_search=True)
+        else:
+            gated = self.target_effective_samples is not None
+            samples = self._posterior(batch, generator, mode_search=False, adaptive=not gated)
+            steps = ((self.target_effective_samples, False),) if gated else ()
+            for threshold, mode_search in (*steps, (self.min_effective_samples, True)):
+                rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < threshold)[:, 0]
+                if rows.numel():
+                    again = self._posterior(batch.select(rows), generator, mode_search=mode_search)
+                    samples = samples.with_voxels(rows, again)
+        return self._restart_collapsed(batch, samples, generator)
+
+    def _restart_collapsed(self, batch: VoxelBatch, samples: PosteriorSamples, generator: torch.Generator) -> PosteriorSamples:
+        """Voxels whose importance weights collapsed (effective sample size below :data:`_COLLAPSED_ESS`:
+        every proposal and the mode search missed a posterior narrower than they are, and the std would be
+        near 0 whatever the error) search again from their voxelwise least-squares fit
+        (:meth:`.NLLSEstimator.fit_observables`) mapped into the latent space: mode search, Laplace
+        proposal and adaptive rounds from there.  A voxel keeps the new samples where their best log
+        posterior is higher than its old samples' best; a model without a least-squares starting rule
+        keeps its samples."""
+        rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < _COLLAPSED_ESS)[:, 0]
+        if not (rows.numel() and self.n_mode_steps and self.model.name in INITIALISERS):
+            return samples
+        voxels = batch.select(rows)
+        packed, S0_per_b0 = NLLSEstimator(self.model).fit_observables(voxels.observables)
+        start = self._latent_codes_of(packed, S0_per_b0 * voxels.b0_mean.double())
+        again = sample_posterior(
+            lambda z: self._log_likelihood(voxels, z), self.prior_, torch.zeros_like(start[:, :1]), start[:, None, :],
+            torch.full_like(start[:, None, :], 2.0 * math.log(_RESTART_SPREAD)), n_samples=self.n_posterior_samples,
+            scale=self.proposal_scale, n_mode_steps=self.n_mode_steps, n_adaptive_rounds=self.n_adaptive_rounds,
+            generator=generator,
+        )
+        better = torch.nonzero(again.best_log_joint(self.prior_) > samples.select_voxels(rows).best_log_joint(self.prior_))[:, 0]
+        return samples.with_voxels(rows[better], again.select_voxels(better)) if better.numel() else samples
+
+    def _latent_codes_of(self, packed: torch.Tensor, S0: torch.Tensor) -> torch.Tensor:
+        """Latent codes (B, L) that the linear latent decoder maps closest (least squares, unconstrained
+        space) to packed parameters (B, n_packed) and S0 in reference units (B, 1)."""
+        target = torch.cat([self.model.unconstrain(packed), S0_PER_SCALE.to_unconstrained(S0)], dim=-1)
+        weight, bias = self.latent_decoder_.weight.double(), self.latent_decoder_.bias.double()
+        codes = torch.linalg.lstsq(weight, (target - bias).T).solution.T
+        return codes.to(self.latent_decoder_.weight.dtype)
 
     def _summarise(self, samples: PosteriorSamples) -> Estimates:
         """Posterior means, standard deviations and component probabilities of weighted samples."""
