@@ -265,7 +265,9 @@ def test_posterior_spread_is_unbiased_and_never_collapses():
 
 def test_maps_do_not_depend_on_how_many_chunks_run_at_once(fitted):
     """Chunks mapped in parallel threads draw from streams of their own: the same maps with one torch
-    thread (one chunk at a time) and with two (two chunks at once), over several chunks."""
+    thread (one chunk at a time) and with two (two chunks at once), over several chunks, up to float32
+    rounding (a pass of one chunk, such as the mode search of the few voxels that need it, runs with
+    every thread; one generator shared between chunks would differ by Monte Carlo error, ~1e-3)."""
     from varmap.estimators.neural import torch_threads
 
     _, signals, _, _, results = fitted
@@ -276,9 +278,9 @@ def test_maps_do_not_depend_on_how_many_chunks_run_at_once(fitted):
         with torch_threads(n_threads):
             maps.append(estimator.transform(signals, sigma=estimator.fitted_sigma_))
     for name in ("D", "K"):
-        np.testing.assert_array_equal(maps[0].params[name], maps[1].params[name])
-        np.testing.assert_array_equal(maps[0].std[name], maps[1].std[name])
-    np.testing.assert_array_equal(maps[0].cluster_probs, maps[1].cluster_probs)
+        np.testing.assert_allclose(maps[0].params[name], maps[1].params[name], rtol=1e-5)
+        np.testing.assert_allclose(maps[0].std[name], maps[1].std[name], rtol=1e-4)
+    np.testing.assert_allclose(maps[0].cluster_probs, maps[1].cluster_probs, atol=1e-5)
 
 
 def test_voxels_whose_weights_collapse_search_again_from_their_least_squares_fit(fitted):

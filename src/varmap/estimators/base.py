@@ -58,6 +58,26 @@ class Estimates:
         )
 
 
+    def with_rows(self, rows: np.ndarray, other: "Estimates") -> "Estimates":
+        """These estimates with those of voxels ``rows`` replaced by ``other``'s (one voxel of ``other``
+        per row, in order)."""
+
+        def replaced(mine: np.ndarray | None, theirs: np.ndarray | None) -> np.ndarray | None:
+            if mine is None:
+                return None
+            mine = mine.copy()
+            mine[rows] = theirs
+            return mine
+
+        return Estimates(
+            packed=replaced(self.packed, other.packed),
+            S0=replaced(self.S0, other.S0),
+            std=None if self.std is None else {k: replaced(v, other.std[k]) for k, v in self.std.items()},
+            cluster_probs=replaced(self.cluster_probs, other.cluster_probs),
+            effective_samples=replaced(self.effective_samples, other.effective_samples),
+        )
+
+
 class Estimator(ABC):
     """Base class of every estimator.
 

@@ -142,8 +142,8 @@ _VARIATIONAL = (
            "whose encoder proposals alone leave at least this many effective samples (about 2.5x faster "
            "inference, the same RMSE, but more voxels with a std far below their error; default: the "
            "rounds in every voxel)", low=0.0),
-    Option("min_effective_samples", float, 16.0, "effective sample size below which 'fast' inference "
-           "searches the voxel's posterior mode", low=0.0),
+    Option("min_effective_samples", float, 32.0, "effective sample size below which 'fast' inference "
+           "searches the voxel's posterior mode (voxels of all chunks together, after the first pass)", low=0.0),
     Option("n_posterior_samples", int, 64, "importance samples per voxel and proposal at inference", low=1),
     Option("proposal_scale", float, 1.2, "widening of the proposals' spread", low=1e-3),
     Option("n_mode_steps", int, 10, "Newton steps to each voxel's posterior mode (0: no Laplace proposal)", low=0),

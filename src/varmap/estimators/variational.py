@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import ClassVar, TypeVar
 
 import numpy as np
@@ -242,40 +243,63 @@ class VariationalEstimator(Estimator):
         )
 
     def _infer(self, data: PreparedData) -> Estimates:
-        def estimates(batch: VoxelBatch, generator: torch.Generator) -> Estimates:
-            summary = self._summarise(self._sample(batch, generator))
-            release_freed_memory()  # the chunks' temporaries otherwise fragment the heap
-            return summary
+        """Maps of every voxel, in two passes over chunks: the proposals of :meth:`_sample` without the
+        mode search, then the mode search (:meth:`_search_again`) on the voxels of all chunks left with
+        fewer than ``min_effective_samples`` effective samples, gathered into chunks of their own (a few
+        such voxels in every chunk would otherwise pay the search's fixed cost once per chunk)."""
+        def summarised(sampler: Callable[[VoxelBatch, torch.Generator], PosteriorSamples]) -> Callable:
+            def estimates(batch: VoxelBatch, generator: torch.Generator) -> Estimates:
+                summary = self._summarise(sampler(batch, generator))
+                release_freed_memory()  # the chunks' temporaries otherwise fragment the heap
+                return summary
+            return estimates
 
         self.network_.eval()
+        voxels = voxel_batch(data, self.device_)
         with torch.no_grad():
-            parts = self._map_chunks(estimates, voxel_batch(data, self.device_), "inference", f"{self.name} inference")
-        return Estimates.concatenate(parts)
+            first = partial(self._sample, search=False)
+            estimates = Estimates.concatenate(
+                self._map_chunks(summarised(first), voxels, "inference", f"{self.name} inference"))
+            rows = np.flatnonzero(estimates.effective_samples < self.min_effective_samples)
+            if rows.size and not self._exact:
+                again = self._map_chunks(summarised(self._search_again), voxels.select(torch.as_tensor(rows)),
+                                         "inference/search", f"{self.name} mode search")
+                estimates = estimates.with_rows(rows, Estimates.concatenate(again))
+        return estimates
 
-    def _sample(self, batch: VoxelBatch, generator: torch.Generator) -> PosteriorSamples:
+    @property
+    def _exact(self) -> bool:
+        """Whether every voxel gets the mode search and the adaptive rounds (see :meth:`_sample`)."""
+        return self.inference == "exact" or not (self.n_mode_steps and self.n_adaptive_rounds)
+
+    def _sample(self, batch: VoxelBatch, generator: torch.Generator, *, search: bool = True) -> PosteriorSamples:
         """Importance samples of a chunk's posteriors, for the maps and the prior refinement.
 
-        ``inference="fast"``: samples from the encoder's proposals and the adaptive rounds; the voxels
-        left with fewer than ``min_effective_samples`` effective samples (a posterior narrower than, or
-        away from, what the encoder proposes) are sampled again with the mode search.  With
-        ``target_effective_samples`` set, a voxel whose samples from the encoder's proposals alone leave
-        at least that many effective samples keeps them and skips the adaptive rounds.  ``"exact"``, or
-        no adaptive rounds (the mode search then returns more samples than the first pass): the mode
-        search and the adaptive rounds in every voxel.
+        ``inference="fast"``: samples from the encoder's proposals and the adaptive rounds; with
+        ``search``, the voxels left with fewer than ``min_effective_samples`` effective samples (a
+        posterior narrower than, or away from, what the encoder proposes) are sampled again by
+        :meth:`_search_again`.  With ``target_effective_samples`` set, a voxel whose samples from the
+        encoder's proposals alone leave at least that many effective samples keeps them and skips the
+        adaptive rounds.  ``"exact"``, or no adaptive rounds (the mode search then returns more samples
+        than the first pass): :meth:`_search_again` in every voxel.
         """
-        exact = self.inference == "exact" or not (self.n_mode_steps and self.n_adaptive_rounds)
-        if exact:
-            samples = self._posterior(batch, generator, mode_search=True)
-        else:
-            gated = self.target_effective_samples is not None
-            samples = self._posterior(batch, generator, mode_search=False, adaptive=not gated)
-            steps = ((self.target_effective_samples, False),) if gated else ()
-            for threshold, mode_search in (*steps, (self.min_effective_samples, True)):
-                rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < threshold)[:, 0]
-                if rows.numel():
-                    again = self._posterior(batch.select(rows), generator, mode_search=mode_search)
-                    samples = samples.with_voxels(rows, again)
-        return self._restart_collapsed(batch, samples, generator)
+        if self._exact:
+            return self._search_again(batch, generator)
+        gated = self.target_effective_samples is not None
+        samples = self._posterior(batch, generator, mode_search=False, adaptive=not gated)
+        steps = ((self.target_effective_samples, partial(self._posterior, mode_search=False)),) if gated else ()
+        if search:
+            steps = (*steps, (self.min_effective_samples, self._search_again))
+        for threshold, sampler in steps:
+            rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < threshold)[:, 0]
+            if rows.numel():
+                samples = samples.with_voxels(rows, sampler(batch.select(rows), generator))
+        return samples
+
+    def _search_again(self, batch: VoxelBatch, generator: torch.Generator) -> PosteriorSamples:
+        """Samples from the encoder's proposals, a Laplace approximation at each voxel's posterior mode and
+        the adaptive rounds; voxels whose weights still collapse restart (:meth:`_restart_collapsed`)."""
+        return self._restart_collapsed(batch, self._posterior(batch, generator, mode_search=True), generator)
 
     def _restart_collapsed(self, batch: VoxelBatch, samples: PosteriorSamples, generator: torch.Generator) -> PosteriorSamples:
         """Voxels whose importance weights collapsed (effective sample size below :data:`_COLLAPSED_ESS`:
