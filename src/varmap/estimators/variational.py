@@ -169,7 +169,9 @@ class VariationalEstimator(Estimator):
         if mixture:
             history["reseeded_epochs"] = list(self.reseeded_epochs_)
         if self.prior_.learnable:
+            self.split_merge_rounds_: list[int] = []
             history["refinement_log_evidence"] = self._refine_prior(data)
+            history["split_merge_rounds"] = list(self.split_merge_rounds_)
         return history
 
     def _reseed_unused_component(self, epoch: int, train_voxels: VoxelBatch) -> bool:
@@ -199,7 +201,9 @@ class VariationalEstimator(Estimator):
 
     def _refine_prior(self, data: PreparedData) -> list[float]:
         """Empirical-Bayes refinement of the trained prior from importance-sampled posteriors of a random
-        subset of voxels; returns the log-evidence trace."""
+        subset of voxels: EM steps, then a split-and-merge move kept where it raises the evidence
+        (:meth:`.GaussianMixturePrior.split_merge`; the rounds that kept one go to
+        ``split_merge_rounds_``); returns the log-evidence trace."""
         if not (self.refinement_rounds and self.refinement_steps):
             return []
         rows = np.sort(numpy_stream(self.seed, "refinement_voxels").permutation(data.n_valid)[: self.refinement_voxels])
@@ -209,12 +213,11 @@ class VariationalEstimator(Estimator):
         with torch.no_grad():
             for round_ in range(self.refinement_rounds):
                 parts = self._map_chunks(self._sample, voxels, f"refinement/{round_}", "prior refinement")
-                evidence += self.prior_.refit(
-                    torch.cat([p.z for p in parts], dim=1),
-                    torch.cat([p.log_likelihood for p in parts], dim=1),
-                    torch.cat([p.log_proposal for p in parts], dim=1),
-                    self.refinement_steps,
-                )
+                samples = (torch.cat([p.z for p in parts], dim=1), torch.cat([p.log_likelihood for p in parts], dim=1),
+                           torch.cat([p.log_proposal for p in parts], dim=1))
+                evidence += self.prior_.refit(*samples, self.refinement_steps)
+                if self.prior_.split_merge(*samples, self.refinement_steps):
+                    self.split_merge_rounds_.append(round_)
         return evidence
 
     # ------------------------------------------------------------------ inference
