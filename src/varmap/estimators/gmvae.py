@@ -36,10 +36,11 @@ class GMVAEEstimator(VariationalEstimator):
     importance sampling (as at inference) and ``refinement_steps`` EM steps set the mixture weights, means
     and full covariances to the maximum-marginal-likelihood values for those samples
     (:meth:`~varmap.estimators.priors.GaussianMixturePrior.refit`); encoder and decoder stay fixed.  After
-    each draw's steps a split-and-merge move
+    the first draw's steps a split-and-merge move
     (:meth:`~varmap.estimators.priors.GaussianMixturePrior.split_merge`) is kept where it raises the
-    evidence (the draws that kept one are in ``history["split_merge_rounds"]``).  The importance-sampling estimate of the mean log evidence per
-    voxel before each EM step is in ``history["refinement_log_evidence"]``.  Maps and cluster probabilities are posterior means and
+    evidence (``history["split_merge_kept"]``: 1.0 if it was).  The importance-sampling estimate of
+    the mean log evidence per voxel before each EM step is in ``history["refinement_log_evidence"]``.
+    Maps and cluster probabilities are posterior means and
     posterior component probabilities under the refined prior.
     """
 
