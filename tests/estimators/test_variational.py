@@ -114,7 +114,6 @@ def test_gmvae_prior_refinement_runs_its_em_steps(fitted):
     assert np.all(np.isfinite(evidence))
     within_round = np.diff(evidence.reshape(estimator.refinement_rounds, -1), axis=1)
     assert np.all(within_round > -1e-3)  # EM on fixed samples does not lower their evidence
-    assert result.history["split_merge_kept"] in ([0.0], [1.0])  # the move was tried after the first draw
 
 
 @pytest.mark.parametrize("method", ["vae", "gmvae"])

@@ -35,12 +35,9 @@ class GMVAEEstimator(VariationalEstimator):
     Bayes: ``refinement_rounds`` times, the posteriors of ``refinement_voxels`` random voxels are drawn by
     importance sampling (as at inference) and ``refinement_steps`` EM steps set the mixture weights, means
     and full covariances to the maximum-marginal-likelihood values for those samples
-    (:meth:`~varmap.estimators.priors.GaussianMixturePrior.refit`); encoder and decoder stay fixed.  After
-    the first draw's steps a split-and-merge move
-    (:meth:`~varmap.estimators.priors.GaussianMixturePrior.split_merge`) is kept where it raises the
-    evidence (``history["split_merge_kept"]``: 1.0 if it was).  The importance-sampling estimate of
-    the mean log evidence per voxel before each EM step is in ``history["refinement_log_evidence"]``.
-    Maps and cluster probabilities are posterior means and
+    (:meth:`~varmap.estimators.priors.GaussianMixturePrior.refit`); encoder and decoder stay fixed.  The
+    importance-sampling estimate of the mean log evidence per voxel before each step is in
+    ``history["refinement_log_evidence"]``.  Maps and cluster probabilities are posterior means and
     posterior component probabilities under the refined prior.
     """
 

@@ -25,10 +25,6 @@ _LOG_2PI = math.log(2.0 * math.pi)
 #: mean variance (keeps a direction that the data pin down, e.g. an S0 shared by all voxels, invertible).
 _RELATIVE_VARIANCE_FLOOR = 1e-6
 
-#: A split-and-merge move places the two new components this many standard deviations (of the merger,
-#: along its principal axis) either side of the merger's centre.
-_SPLIT_SPREAD = 0.8
-
 
 class StandardNormalPrior(nn.Module):
     """p(z) = N(0, I): one fixed component (the VAE-UniG prior).
@@ -198,8 +194,9 @@ class GaussianMixturePrior(nn.Module):
         eye = torch.eye(n_latent, dtype=torch.float64, device=z.device)
         evidence = []
         for _ in range(n_steps):
-            components, log_weights = self._posterior_terms(z, log_likelihood, log_proposal)
-            evidence.append(_mean_log_evidence(log_weights))
+            components = self.component_log_density(z).double()
+            log_weights = log_likelihood.double() + torch.logsumexp(components, -1) - log_proposal.double()
+            evidence.append(float((torch.logsumexp(log_weights, 0) - math.log(n_samples)).mean()))
             posterior = torch.softmax(log_weights, dim=0)[..., None] * torch.softmax(components, dim=-1)
             posterior = posterior.reshape(-1, posterior.shape[-1])  # (S·B, K), sums to B
             mass = posterior.sum(0)
@@ -216,105 +213,6 @@ class GaussianMixturePrior(nn.Module):
             self.log_vars[update] = (2.0 * torch.log(tril[update].diagonal(dim1=-2, dim2=-1))).to(self.log_vars.dtype)
             self.lower[update] = torch.tril(tril[update], diagonal=-1).to(self.lower.dtype)
         return evidence
-
-    @torch.no_grad()
-    def log_evidence(self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor) -> float:
-        """Importance-sampling estimate of the mean log evidence per voxel under this prior (as :meth:`refit`)."""
-        return _mean_log_evidence(self._posterior_terms(z, log_likelihood, log_proposal)[1])
-
-    def _posterior_terms(
-        self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Components' log densities (S, B, K) and log importance weights (S, B) of the samples, float64."""
-        components = self.component_log_density(z).double()
-        return components, log_likelihood.double() + torch.logsumexp(components, -1) - log_proposal.double()
-
-    @torch.no_grad()
-    def split_merge(
-        self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor, n_steps: int
-    ) -> bool:
-        """Try to move a component that duplicates another to where the prior lacks one (split-and-merge
-        EM, Ueda et al. 2000).  EM alone keeps two components that share one cluster of voxels while
-        another cluster shares one component with a third.  The two components whose responsibilities
-        over the samples overlap most are merged by moment matching, and one component (the merger or
-        another) is split in two along its principal axis into the freed place; ``n_steps`` EM steps
-        (:meth:`refit`) follow each candidate.  The candidate of highest log evidence of the samples is
-        kept if it beats the prior before the move; otherwise the prior is restored.  Returns whether a
-        move was kept.
-
-        Ueda N, Nakano R, Ghahramani Z, Hinton GE (2000) SMEM algorithm for mixture models. Neural
-        Comput. 12:2109-2128.
-        """
-        if self.n_components < 2:
-            return False
-        before = self._parameters_copy()
-        best_evidence, best = self.log_evidence(z, log_likelihood, log_proposal), None
-        components, log_weights = self._posterior_terms(z, log_likelihood, log_proposal)
-        posterior = torch.softmax(log_weights, dim=0)[..., None] * torch.softmax(components, dim=-1)
-        responsibility = posterior.reshape(-1, self.n_components)
-        unit = responsibility / responsibility.norm(dim=0).clamp_min(1e-300)
-        overlap = torch.triu(unit.T @ unit, diagonal=1)
-        first, second = divmod(int(overlap.argmax()), self.n_components)
-        for target in (k for k in range(self.n_components) if k != second):
-            self._load_parameters(before)
-            self._merge(first, second)
-            self._split(target, second)
-            self.refit(z, log_likelihood, log_proposal, n_steps)
-            evidence = self.log_evidence(z, log_likelihood, log_proposal)
-            if evidence > best_evidence:
-                best_evidence, best = evidence, self._parameters_copy()
-        self._load_parameters(before if best is None else best)
-        return best is not None
-
-    def _parameters_copy(self) -> dict[str, torch.Tensor]:
-        return {name: tensor.detach().clone() for name, tensor in self.named_parameters()}
-
-    def _load_parameters(self, values: dict[str, torch.Tensor]) -> None:
-        for name, tensor in self.named_parameters():
-            tensor.copy_(values[name])
-
-    def _moments(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Weight, mean (L,) and covariance (L, L) of component ``index``, float64."""
-        tril = self.scale_tril()[index].double()
-        return self.log_weights()[index].exp().double(), self.means[index].double(), tril @ tril.T
-
-    def _set_component(self, index: int, weight: torch.Tensor, mean: torch.Tensor, covariance: torch.Tensor) -> None:
-        """Set component ``index`` (the other components keep their weights; the logits are renormalised)."""
-        weights = self.log_weights().exp().double()
-        weights[index] = weight
-        eye = torch.eye(covariance.shape[0], dtype=covariance.dtype, device=covariance.device)
-        factor = torch.linalg.cholesky(covariance + 1e-9 * covariance.diagonal().mean().clamp_min(1e-30) * eye)
-        self.logits.copy_(torch.log(weights).to(self.logits.dtype))
-        self.means[index] = mean.to(self.means.dtype)
-        self.log_vars[index] = (2.0 * torch.log(factor.diagonal())).to(self.log_vars.dtype)
-        self.lower[index] = torch.tril(factor, diagonal=-1).to(self.lower.dtype)
-
-    def _merge(self, first: int, second: int) -> None:
-        """Moment-matched merger of components ``first`` and ``second`` in place of ``first``; ``second``
-        keeps a weight of 0 until :meth:`_split` fills it."""
-        (w1, m1, c1), (w2, m2, c2) = self._moments(first), self._moments(second)
-        weight = w1 + w2
-        mean = (w1 * m1 + w2 * m2) / weight
-        covariance = (w1 * (c1 + torch.outer(m1 - mean, m1 - mean)) + w2 * (c2 + torch.outer(m2 - mean, m2 - mean))) / weight
-        self._set_component(second, torch.zeros((), dtype=torch.float64), m2, c2)
-        self._set_component(first, weight, mean, covariance)
-
-    def _split(self, source: int, free: int) -> None:
-        """Split component ``source`` into itself and ``free``: half the weight each, means
-        :data:`_SPLIT_SPREAD` standard deviations either side along its principal axis, covariances
-        narrowed along that axis so that the pair keeps the source's spread."""
-        weight, mean, covariance = self._moments(source)
-        values, vectors = torch.linalg.eigh(covariance)
-        axis, variance = vectors[:, -1], values[-1].clamp_min(0.0)
-        offset = _SPLIT_SPREAD * variance.sqrt() * axis
-        narrowed = covariance - _SPLIT_SPREAD**2 * variance * torch.outer(axis, axis)
-        self._set_component(source, weight / 2, mean - offset, narrowed)
-        self._set_component(free, weight / 2, mean + offset, narrowed)
-
-
-def _mean_log_evidence(log_weights: torch.Tensor) -> float:
-    """Mean over voxels of log (1/S Σ_s w_s) from log importance weights (S, B)."""
-    return float((torch.logsumexp(log_weights, 0) - math.log(log_weights.shape[0])).mean())
 
 
 #: Priors by name; each takes (n_components, n_latent, generator).

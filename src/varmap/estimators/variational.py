@@ -169,9 +169,7 @@ class VariationalEstimator(Estimator):
         if mixture:
             history["reseeded_epochs"] = list(self.reseeded_epochs_)
         if self.prior_.learnable:
-            self.split_merge_kept_ = False
             history["refinement_log_evidence"] = self._refine_prior(data)
-            history["split_merge_kept"] = [float(self.split_merge_kept_)]
         return history
 
     def _reseed_unused_component(self, epoch: int, train_voxels: VoxelBatch) -> bool:
@@ -201,9 +199,7 @@ class VariationalEstimator(Estimator):
 
     def _refine_prior(self, data: PreparedData) -> list[float]:
         """Empirical-Bayes refinement of the trained prior from importance-sampled posteriors of a random
-        subset of voxels: EM steps on each draw, and after the first draw's steps a split-and-merge move,
-        kept if it raises the evidence (:meth:`.GaussianMixturePrior.split_merge`; whether it was kept:
-        ``split_merge_kept_``); returns the log-evidence trace."""
+        subset of voxels; returns the log-evidence trace."""
         if not (self.refinement_rounds and self.refinement_steps):
             return []
         rows = np.sort(numpy_stream(self.seed, "refinement_voxels").permutation(data.n_valid)[: self.refinement_voxels])
@@ -213,11 +209,12 @@ class VariationalEstimator(Estimator):
         with torch.no_grad():
             for round_ in range(self.refinement_rounds):
                 parts = self._map_chunks(self._sample, voxels, f"refinement/{round_}", "prior refinement")
-                samples = (torch.cat([p.z for p in parts], dim=1), torch.cat([p.log_likelihood for p in parts], dim=1),
-                           torch.cat([p.log_proposal for p in parts], dim=1))
-                evidence += self.prior_.refit(*samples, self.refinement_steps)
-                if round_ == 0:  # once: each candidate costs as much as the draw's EM steps
-                    self.split_merge_kept_ = self.prior_.split_merge(*samples, self.refinement_steps)
+                evidence += self.prior_.refit(
+                    torch.cat([p.z for p in parts], dim=1),
+                    torch.cat([p.log_likelihood for p in parts], dim=1),
+                    torch.cat([p.log_proposal for p in parts], dim=1),
+                    self.refinement_steps,
+                )
         return evidence
 
     # ------------------------------------------------------------------ inference
