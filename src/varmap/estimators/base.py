@@ -57,7 +57,6 @@ class Estimates:
             effective_samples=joined("effective_samples"),
         )
 
-
     def with_rows(self, rows: np.ndarray, other: "Estimates") -> "Estimates":
         """These estimates with those of voxels ``rows`` replaced by ``other``'s (one voxel of ``other``
         per row, in order)."""
