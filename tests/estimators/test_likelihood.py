@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from varmap.estimators.likelihood import gaussian_nll, rician_mean, rician_nll
+from varmap.estimators.likelihood import gaussian_nll, rician_mean, rician_mean_noise_slope, rician_nll
 
 def test_rician_mean_matches_monte_carlo_and_limits():
     rng = np.random.default_rng(0)
@@ -63,3 +63,24 @@ def test_an_uncertain_noise_level_widens_averages_near_the_floor_only():
         torch.testing.assert_close(rician_nll(observed, predicted, sigma, counts, torch.tensor([[0.0]])), exact)
         uncertain = rician_nll(observed, predicted, sigma, counts, torch.tensor([[0.1]]))
         assert (abs(float(uncertain - exact)) > 1.0) is widened
+
+
+def test_an_uncertain_noise_level_moves_every_average_at_once():
+    """The marginalised likelihood of several averages is the Gaussian whose covariance is their own
+    variances plus the rank-one term of one shared error of log σ: averages all above their floors
+    cost less than under independent widening."""
+    counts = torch.tensor([90.0, 90.0, 90.0])
+    sigma, log_sd = torch.tensor([[0.1]]), torch.tensor([[0.08]])
+    predicted = torch.tensor([[0.6, 0.05, 0.0]])
+    mean = rician_mean(predicted, sigma)
+    variance = (2 * sigma**2 + predicted**2 - mean**2) / counts
+    shift = rician_mean_noise_slope(predicted, sigma) * sigma * log_sd
+    covariance = torch.diag(variance[0]) + shift[0, :, None] * shift[0, None, :]
+    gaussian = torch.distributions.MultivariateNormal(mean[0], covariance)
+    for offset in (0.0, 0.01, -0.02):
+        observed = mean + offset * torch.tensor([[0.2, 1.0, 1.0]])
+        expected = -gaussian.log_prob(observed[0]) - 1.5 * math.log(2 * math.pi)
+        torch.testing.assert_close(rician_nll(observed, predicted, sigma, counts, log_sd)[0], expected, rtol=1e-5, atol=1e-4)
+    together = mean + 0.012 * torch.tensor([[0.0, 1.0, 1.0]])
+    apart = mean + 0.012 * torch.tensor([[0.0, 1.0, -1.0]])
+    assert float(rician_nll(together, predicted, sigma, counts, log_sd)) < float(rician_nll(apart, predicted, sigma, counts, log_sd))

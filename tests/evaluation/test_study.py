@@ -151,6 +151,23 @@ def test_study_gives_the_methods_each_voxels_noise_level(monkeypatch):
     assert oracle and all(np.isfinite(row["rmse"]) for row in oracle)
 
 
+def test_per_voxel_noise_study_compares_with_an_oracle_that_marginalises_sigma():
+    """Methods that estimate a noise level varying between voxels are compared with the Bayes oracle
+    that does not know it either; the oracle given it is a second row, compared with the first."""
+    result = run_study(
+        model="msdki", snrs=(10,), n_voxels=100, methods=("nlls",), n_oracle=12, noise_variation=4.0,
+        progress=False,
+    )
+    assert "the oracle marginalises it" in result.variant
+    rows = {(row["method"], row["parameter"], row["cluster"]): row for row in result.rows}
+    for name in ("D", "K"):
+        reference, known = rows["oracle", name, "all"], rows["oracle_sigma_known", name, "all"]
+        assert reference["ratio_to_oracle"] == 1.0 and reference["n"] == known["n"] == 12
+        assert known["ratio_to_oracle"] == pytest.approx(known["rmse"] / reference["rmse"])
+    assert {row["method"] for row in result.calibration} == {"oracle", "oracle_sigma_known"}
+    assert result.estimates[10]["oracle_sigma_known"]["D"].shape == (12,)
+
+
 def test_clinical_protocol_and_physical_prior(tmp_path):
     """The study's second acquisition (one b=0, two shells): the physical prior is truncated at its
     largest b, the methods estimate the noise level without b=0 repeats, and the protocol is recorded."""

@@ -115,9 +115,11 @@ def rician_nll(
         Uncertainty of ``sigma`` where it was estimated, the standard deviation of log σ.  An average
         of many measurements is precise enough that its noise floor, σ√(π/2) where the signal has
         decayed, must be known as precisely: a σ a few per cent off moves that floor by several
-        standard errors of the average and biases the parameters.  The uncertainty is marginalised to
-        first order: the average's variance gains ``(∂E[M]/∂σ · σ · sigma_log_sd)²``
-        (:func:`rician_mean_noise_slope`).  ``None`` or 0: σ is known.
+        standard errors of the average and biases the parameters.  The uncertainty is marginalised for
+        the mean linearised in log σ: one error of log σ moves every average's mean at once, by
+        ``g = ∂E[M]/∂σ · σ · sigma_log_sd`` per standard deviation (:func:`rician_mean_noise_slope`), so
+        the averages' covariance gains the rank-one term ``g gᵀ`` (see Notes).  ``None`` or 0: σ is
+        known.
 
     Returns
     -------
@@ -128,6 +130,14 @@ def rician_nll(
     -----
     Exact density: :math:`p(m|\\nu,\\sigma) = (m/\\sigma^2) \\exp(-(m^2+\\nu^2)/2\\sigma^2) I_0(m\\nu/\\sigma^2)`,
     evaluated as :math:`-\\log p = 2\\log\\sigma + (m-\\nu)^2/2\\sigma^2 - \\log I^e_0(m\\nu/\\sigma^2) + c`.
+
+    With ``sigma_log_sd`` the averages' residuals r (about their means) are Gaussian with covariance
+    :math:`V + g g^T`, V diagonal; by the Sherman-Morrison identity and the matrix determinant lemma
+    their negative log density is the independent one plus
+    :math:`-\\tfrac12 (\\sum_j r_j g_j / v_j)^2 / (1 + q) + \\tfrac12 \\log(1 + q)`,
+    :math:`q = \\sum_j g_j^2 / v_j`.  Unlike widening each average on its own, this knows that the floors
+    of all shells move together: averages that sit above their floors by the same number of σ are
+    explained by one error of σ.  Single measurements keep the exact density at ``sigma``.
     """
     nu = predicted.clamp_min(0.0)
     variance = sigma * sigma
@@ -137,13 +147,18 @@ def rician_nll(
     bessels = _scaled_bessels(nu, sigma)
     mean = _mean_of(sigma, *bessels)
     avg_variance = (2.0 * variance + nu * nu - mean * mean).clamp_min(1e-3 * variance) / counts
-    if sigma_log_sd is not None and bool(sigma_log_sd.any()):  # known σ: the slope is not needed
-        avg_variance = avg_variance + (_noise_slope_of(nu, sigma, mean, *bessels[1:]) * sigma * sigma_log_sd) ** 2
-    averaged = 0.5 * (observed - mean) ** 2 / avg_variance + 0.5 * torch.log(avg_variance)
-    if not bool(single.any()):
-        return averaged.sum(-1)
-    exact = torch.log(variance) - _rician_kernel(observed.clamp_min(0.0), nu, variance)
-    return torch.where(single, exact, averaged).sum(-1)
+    residual = observed - mean
+    nll = 0.5 * residual**2 / avg_variance + 0.5 * torch.log(avg_variance)
+    if bool(single.any()):
+        nll = torch.where(single, torch.log(variance) - _rician_kernel(observed.clamp_min(0.0), nu, variance), nll)
+    nll = nll.sum(-1)
+    if sigma_log_sd is None or not bool(sigma_log_sd.any()):  # known σ: the slope is not needed
+        return nll
+    shift = _noise_slope_of(nu, sigma, mean, *bessels[1:]) * sigma * sigma_log_sd
+    shift = torch.where(single, 0.0, shift)
+    q = (shift * shift / avg_variance).sum(-1)
+    c = (residual * shift / avg_variance).sum(-1)
+    return nll - 0.5 * c * c / (1.0 + q) + 0.5 * torch.log1p(q)
 
 
 def rician_log_pdf(m: torch.Tensor, nu: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:

@@ -12,7 +12,7 @@ from ..signal_models import SignalModel
 from .noise import add_noise, check_noise_kind
 from .cluster_prior import ClusterPrior
 
-__all__ = ["SimulatedData", "check_S0_range", "check_noise_variation", "simulate"]
+__all__ = ["SimulatedData", "check_range", "check_noise_variation", "simulate"]
 
 
 @dataclass
@@ -70,6 +70,13 @@ class SimulatedData:
     def n_voxels(self) -> int:
         """Number of simulated voxels."""
         return int(self.signals.shape[0])
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """Support of the log-uniform distribution of the voxels' noise levels, raw units: mean(S0) / snr
+        to ``noise_variation`` times that (one value twice with one noise level)."""
+        low = (sum(self.S0_range) / 2 if self.S0_range is not None else float(np.mean(self.S0))) / self.snr
+        return low, low * self.noise_variation
 
 
 def simulate(
@@ -151,7 +158,7 @@ def simulate(
     elif S0 is not None:
         raise ValueError("give S0 (known values) or S0_range (drawn uniformly), not both.")
     else:
-        low, high = check_S0_range(S0_range)
+        low, high = check_range(S0_range)
         S0 = numpy_stream(seed, "S0 of the voxels").uniform(low, high, n_voxels)
         S0_mean, S0_range = (low + high) / 2, (low, high)
     if not np.all(np.isfinite(S0) & (S0 > 0)):
@@ -201,13 +208,15 @@ def check_noise_variation(noise_variation: float) -> None:
         )
 
 
-def check_S0_range(S0_range: tuple[float, float]) -> tuple[float, float]:
-    """Validate a uniform S0 distribution's bounds.
+def check_range(bounds: tuple[float, float], name: str = "S0_range") -> tuple[float, float]:
+    """Validate the bounds of a distribution over a positive quantity (S0, a noise level).
 
     Parameters
     ----------
-    S0_range : (low, high)
+    bounds : (low, high)
         Bounds in raw signal units.
+    name : str
+        The argument's name, for the message.
 
     Returns
     -------
@@ -219,9 +228,9 @@ def check_S0_range(S0_range: tuple[float, float]) -> tuple[float, float]:
         Unless 0 < low <= high, both finite.
     """
     try:
-        low, high = (float(value) for value in S0_range)
+        low, high = (float(value) for value in bounds)
     except (TypeError, ValueError):
-        raise ValueError(f"S0_range={S0_range!r} must be two numbers (low, high), raw signal units.") from None
+        raise ValueError(f"{name}={bounds!r} must be two numbers (low, high), raw signal units.") from None
     if not (np.isfinite(low) and np.isfinite(high) and 0 < low <= high):
-        raise ValueError(f"S0_range=({low!r}, {high!r}) must satisfy 0 < low <= high (raw signal units).")
+        raise ValueError(f"{name}=({low!r}, {high!r}) must satisfy 0 < low <= high (raw signal units).")
     return low, high
