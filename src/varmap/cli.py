@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--force", action="store_true", help="replace an existing output folder")
     bench.add_argument("--noise-variation", type=float, default=1.0, metavar="R",
                        help="voxel study: noise level differing between voxels by a factor up to R "
-                       "(log-uniform on [1, R]; default 1: one noise level)")
+                       "(log-uniform on [1, R]; default 1: one noise level); msdki's oracle then marginalises "
+                       "each voxel's level unless --sigma-known, and one given it runs beside")
     bench.add_argument("--s0-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                        help="voxel study (msdki): S0 uniform on [LOW, HIGH] between voxels, which the oracle "
                        "marginalises (default: the same S0 everywhere)")

@@ -136,7 +136,10 @@ def run_study(
     noise_variation : float
         Variant with a noise level that differs between voxels: each voxel's σ is σ_SNR times a factor
         drawn log-uniformly on [1, noise_variation] (:func:`~varmap.simulation.simulate`), so an SNR
-        is that of the least noisy voxels.  The oracle knows every voxel's σ.  1: one noise level.
+        is that of the least noisy voxels.  1: one noise level.  Where the methods estimate σ (not
+        ``sigma_known``) and S0 is known, msdki's oracle marginalises each voxel's σ over that
+        distribution, as an estimator that does not know it must (21 times the cost), and
+        ``"oracle_sigma_known"``, given σ, runs beside it; otherwise the oracle knows every voxel's σ.
     S0_range : (low, high), optional
         Variant with S0 drawn uniformly on [low, high] (raw units; the SNR is that of the mean S0)
         instead of S0 = 1 everywhere.  The oracle then does not know S0 and marginalises it over that
