@@ -203,15 +203,18 @@ def test_msdki_oracle_marginal_sigma_with_a_degenerate_distribution_is_the_known
 def test_msdki_oracle_marginal_sigma_is_calibrated_converged_and_pays_for_not_knowing_sigma(protocol):
     """Noise levels log-uniform on 1-4x and unknown to the oracle: its standard deviations match its
     errors, are wider on average than the known-σ oracle's, its windows hold the posterior, and 21
-    nodes agree with 41 (the default against twice as many).  Calibration is judged by the share
-    within ±1.96 std and the median |z| (0.67 for a normal): a free-water voxel at b=0 SNR 3 whose
+    nodes agree with 41 (the default against twice as many, on the first 40 voxels).  Calibration is
+    judged by the share within ±1.96 std and the median |z| (0.67 for a normal): a free-water voxel at
+    b=0 SNR 3 whose
     measurements scatter like a σ 25 % lower sits 7 std from its truth under both likelihoods and
     the prior (the data prefer the tissue explanation by 4 nats), and one such voxel moves the mean
     z² of 120 by 0.4."""
     model = get_signal_model("msdki", protocol)
     data = simulate(model, msdki_paper_prior(), n_voxels=120, snr=8, noise_variation=4.0, seed=13)
     marginal = _oracle(data, sigma_range=data.sigma_range)
-    finer = _oracle(data, sigma_range=data.sigma_range, n_sigma=41)
+    first = slice(0, 40)  # the convergence check on a third of the voxels keeps the test short
+    finer = msdki_oracle(data.signals[first], protocol, data.prior, sigma=data.sigma[first], S0=data.S0[first],
+                         sigma_range=data.sigma_range, n_sigma=41)
     known = _oracle(data)
     assert marginal.diagnostics["n_sigma"] == 21 and marginal.diagnostics["sigma_window_edge_mass"] < 1e-4
     np.testing.assert_allclose(marginal.cluster_probs.sum(1), 1.0)
@@ -219,8 +222,8 @@ def test_msdki_oracle_marginal_sigma_is_calibrated_converged_and_pays_for_not_kn
         assert 0.9 < np.mean(np.abs(z) < 1.96) <= 1.0, name
         assert np.median(np.abs(z)) == pytest.approx(0.67, abs=0.15), name
         assert np.mean(marginal.std[name] ** 2) > np.mean(known.std[name] ** 2), name
-        assert np.max(np.abs(marginal.params[name] - finer.params[name]) / marginal.std[name]) < 0.05, name
-        np.testing.assert_allclose(marginal.std[name], finer.std[name], rtol=0.05)
+        assert np.max(np.abs(marginal.params[name][first] - finer.params[name]) / marginal.std[name][first]) < 0.05, name
+        np.testing.assert_allclose(marginal.std[name][first], finer.std[name], rtol=0.05)
 
 
 def test_msdki_oracle_needs_S0_or_its_range(protocol):
