@@ -166,6 +166,19 @@ def test_per_voxel_noise_study_compares_with_an_oracle_that_marginalises_sigma()
         assert known["ratio_to_oracle"] == pytest.approx(known["rmse"] / reference["rmse"])
     assert {row["method"] for row in result.calibration} == {"oracle", "oracle_sigma_known"}
     assert result.estimates[10]["oracle_sigma_known"]["D"].shape == (12,)
+    # the reference is not the oracle given σ under another name
+    assert not np.allclose(result.estimates[10]["oracle"]["D"], result.estimates[10]["oracle_sigma_known"]["D"])
+
+
+def test_only_msdkis_oracle_is_described_as_marginalising_sigma():
+    from varmap.evaluation.study import describe_variant
+
+    told = {
+        model: describe_variant(model=model, noise_variation=4.0, S0_range=None, sigma_known=False)
+        for model in ("msdki", "ball_stick")
+    }
+    assert "the oracle marginalises it" in told["msdki"] and "marginalises it" not in told["ball_stick"]
+    assert "marginalises it" not in describe_variant(model="msdki", noise_variation=4.0, S0_range=None, sigma_known=True)
 
 
 def test_clinical_protocol_and_physical_prior(tmp_path):

@@ -183,7 +183,7 @@ def run_study(
     jobs = _fit_jobs(data, methods, method_options, seed=seed, n_oracle=n_sub, sigma_known=sigma_known)
     fits = _run_jobs(jobs, n_jobs=n_jobs, progress=progress)
     result = _tabulate(data, fits, methods, n_oracle=n_sub, sigma_known=sigma_known)
-    result.variant = describe_variant(**variant, sigma_known=sigma_known)
+    result.variant = describe_variant(model=model, **variant, sigma_known=sigma_known)
     if output_dir is not None:
         config = _config(
             model=model, prior=prior_name, snrs=snrs, n_voxels=n_voxels, n_oracle=n_sub, methods=methods,
@@ -240,11 +240,15 @@ def _check_variant(model: str, noise_variation: float, S0_range: tuple[float, fl
             )
 
 
-def describe_variant(*, noise_variation: float, S0_range: tuple[float, float] | None, sigma_known: bool) -> str:
-    """The study's data in words: its noise level, its S0, and what the methods are told.
+def describe_variant(
+    *, model: str, noise_variation: float, S0_range: tuple[float, float] | None, sigma_known: bool
+) -> str:
+    """The study's data in words: its noise level, its S0, and what the methods and the oracle are told.
 
     Parameters
     ----------
+    model : str
+        The study's signal model (only msdki's oracle marginalises σ).
     noise_variation : float
     S0_range : (low, high) or None
     sigma_known : bool
@@ -264,7 +268,7 @@ def describe_variant(*, noise_variation: float, S0_range: tuple[float, float] | 
         else f"S0 uniform on [{S0_range[0]:g}, {S0_range[1]:g}], marginalised by the oracle"
     )
     told = "methods given each voxel's noise level" if sigma_known else "methods estimate the noise level"
-    if noise_variation > 1 and S0_range is None and not sigma_known:
+    if _sigma_marginalised(model, noise_variation, S0_range, sigma_known):
         told += (
             " and the oracle marginalises it over its distribution, as they must (oracle_sigma_known: "
             "the oracle given it)"
@@ -273,12 +277,19 @@ def describe_variant(*, noise_variation: float, S0_range: tuple[float, float] | 
 
 
 def _marginalises_sigma(data: SimulatedData, sigma_known: bool) -> bool:
+    """:func:`_sigma_marginalised` for one SNR's data."""
+    return _sigma_marginalised(data.model, data.noise_variation, data.S0_range, sigma_known)
+
+
+def _sigma_marginalised(
+    model: str, noise_variation: float, S0_range: tuple[float, float] | None, sigma_known: bool
+) -> bool:
     """Whether the study's oracle marginalises each voxel's noise level instead of knowing it: where the
     methods must estimate a level that varies between voxels.  The bound that counts for them is then
     the Bayes estimator that does not know σ either (knowing it is worth up to a third of the RMSE at
     SNR 5); the one given σ runs beside it as :data:`ORACLE_SIGMA_KNOWN`.  Only msdki's oracle can, and
     not together with an unknown S0."""
-    return data.model == "msdki" and data.noise_variation > 1 and data.S0_range is None and not sigma_known
+    return model == "msdki" and noise_variation > 1 and S0_range is None and not sigma_known
 
 
 def _simulate_snrs(
@@ -347,11 +358,11 @@ def _run_job(job: _FitJob, progress: bool = False) -> tuple[dict, dict | None, f
         if job.method in (ORACLE, ORACLE_SIGMA_KNOWN):
             n = job.n_oracle
             sigma = data.sigma if np.ndim(data.sigma) == 0 else data.sigma[:n]
-            S0 = {"S0": data.S0[:n]} if data.S0_range is None else {"S0_range": data.S0_range}
+            unknowns = {"S0": data.S0[:n]} if data.S0_range is None else {"S0_range": data.S0_range}
             if job.method == ORACLE and _marginalises_sigma(data, job.sigma_known):
-                S0["sigma_range"] = data.sigma_range
+                unknowns["sigma_range"] = data.sigma_range
             oracle = _ORACLES[data.model]
-            fitted = oracle(data.signals[:n], data.protocol, data.prior, sigma=sigma, **S0)
+            fitted = oracle(data.signals[:n], data.protocol, data.prior, sigma=sigma, **unknowns)
         else:
             signal_model = get_signal_model(data.model, data.protocol)
             options = job.options | ({"sigma": data.sigma} if job.sigma_known else {})

@@ -10,7 +10,7 @@ import torch
 from ...protocol import Protocol
 from ...simulation import ClusterPrior
 
-__all__ = ["DTYPE", "OracleResult", "check_inputs", "check_prior", "chunks"]
+__all__ = ["DTYPE", "OracleResult", "check_inputs", "check_prior", "chunks", "trapezoid_nodes"]
 
 #: Floating-point type of every oracle computation.
 DTYPE = torch.float64
@@ -142,3 +142,26 @@ def chunks(n: int, size: int) -> list[slice]:
     if size < 1:
         raise ValueError(f"chunk_size={size} must be >= 1.")
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def trapezoid_nodes(start: np.ndarray, stop: np.ndarray, n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Equally spaced nodes over each voxel's window and the log of their trapezoidal weights.
+
+    Parameters
+    ----------
+    start, stop : ndarray, shape (n_voxels,)
+        Each voxel's window (``start == stop`` gives ``n_nodes`` equal nodes).
+    n_nodes : int
+        Nodes per voxel (>= 2).
+
+    Returns
+    -------
+    nodes : ndarray, shape (n_voxels, n_nodes)
+    log_weights : ndarray, shape (n_voxels, n_nodes)
+        log 1/2 at the ends, 0 inside (up to each voxel's spacing, a constant per voxel that a
+        posterior normalised per voxel does not see).
+    """
+    nodes = start[:, None] + (stop - start)[:, None] * np.linspace(0.0, 1.0, n_nodes)
+    trapezoid = np.ones(n_nodes)
+    trapezoid[[0, -1]] = 0.5
+    return nodes, np.broadcast_to(np.log(trapezoid), nodes.shape).copy()

@@ -205,9 +205,10 @@ def msdki_oracle(
     )
     names = model.parameter_names
     diagnostics = {"n_grid": n_grid, "n_refinements": n_refinements, "seconds": perf_counter() - start}
-    log_mass = torch.logsumexp(
-        log_evidence.reshape(len(nodes), n_nodes, -1) + torch.as_tensor(np.log(prior.weights)), dim=2
-    )
+    if S0_range is not None or sigma_range is not None:  # posterior mass of each node, for the windows
+        log_mass = torch.logsumexp(
+            log_evidence.reshape(len(nodes), n_nodes, -1) + torch.as_tensor(np.log(prior.weights)), dim=2
+        )
     if S0_range is not None:
         diagnostics.update(
             S0_range=list(S0_range), n_S0=n_S0, S0_window=S0_WINDOW,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ...estimators.likelihood import rician_log_pdf
-from .common import DTYPE
+from .common import DTYPE, trapezoid_nodes
 
 __all__ = ["S0_WINDOW", "S0_nodes", "window_edge_mass"]
 
@@ -61,11 +61,7 @@ def S0_nodes(
         centre = np.clip(estimate, low, high)
         half = S0_WINDOW * sigma / np.sqrt(n_b0)
         start, stop = np.maximum(centre - half, low), np.minimum(centre + half, high)
-    fraction = np.linspace(0.0, 1.0, n_nodes)
-    nodes = start[:, None] + (stop - start)[:, None] * fraction
-    trapezoid = np.ones(n_nodes)
-    trapezoid[[0, -1]] = 0.5
-    log_weights = np.broadcast_to(np.log(trapezoid), nodes.shape).copy()
+    nodes, log_weights = trapezoid_nodes(start, stop, n_nodes)
     if n_b0 > 0:
         m = torch.as_tensor(b0_signals, dtype=DTYPE)[:, None, :]
         nu = torch.as_tensor(nodes, dtype=DTYPE)[:, :, None]

@@ -15,7 +15,7 @@ import torch
 from ...estimators.likelihood import rician_log_pdf
 from ...estimators.noise_level import residual_variances
 from ...protocol import Protocol
-from .common import DTYPE
+from .common import DTYPE, trapezoid_nodes
 
 __all__ = ["SIGMA_WINDOW", "sigma_nodes"]
 
@@ -71,12 +71,9 @@ def sigma_nodes(
     centre = np.clip(0.5 * np.log(np.where(found, variance, 1.0)), log_low, log_high)
     start = np.where(found, np.maximum(centre - SIGMA_WINDOW, log_low), start)
     stop = np.where(found, np.minimum(centre + SIGMA_WINDOW, log_high), stop)
-    fraction = np.linspace(0.0, 1.0, n_nodes)
-    nodes = np.exp(start[:, None] + (stop - start)[:, None] * fraction)
+    log_nodes, log_weights = trapezoid_nodes(start, stop, n_nodes)
+    nodes = np.exp(log_nodes)
     nodes[start == log_low, 0], nodes[stop == log_high, -1] = low, high  # exactly, for window_edge_mass
-    trapezoid = np.ones(n_nodes)
-    trapezoid[[0, -1]] = 0.5
-    log_weights = np.broadcast_to(np.log(trapezoid), nodes.shape).copy()
     if protocol.n_b0 > 0:
         m = torch.as_tensor(signals[:, protocol.b0_mask], dtype=DTYPE)[:, None, :]
         nu = torch.as_tensor(S0, dtype=DTYPE)[:, None, None]
