@@ -40,7 +40,7 @@ def table_rows(text: str) -> tuple[list[str], list[list[str]]]:
 
 def test_small_phantom_run_reports_every_column_and_adds_up(bench, tmp_path, capsys):
     output = tmp_path / "image_fit.md"
-    argv = ["--phantom", "4", "--crop", "12", "12", "8", "--methods", "nlls", "gmvae", "--n-epochs", "2",
+    argv = ["--phantom", "4", "--crop", "12", "12", "8", "--methods", "nlls", "vae", "--n-epochs", "2",
             "--workdir", str(tmp_path / "work"), "--output", str(output)]
     assert bench.main(argv) == 0
 
@@ -50,7 +50,7 @@ def test_small_phantom_run_reports_every_column_and_adds_up(bench, tmp_path, cap
     assert "SNR 10, seed 0" in printed and "Machine:" in printed and "varmap " in printed
     header, body = table_rows(printed)
     assert header == COLUMNS
-    assert [row[0] for row in body] == ["varmap nlls", "varmap gmvae", bench.DIPY]
+    assert [row[0] for row in body] == ["varmap nlls", "varmap vae", bench.DIPY]
     assert all(len(row) == len(header) for row in body)
 
     record = json.loads(output.with_suffix(".json").read_text(encoding="utf-8"))
@@ -68,8 +68,8 @@ def test_small_phantom_run_reports_every_column_and_adds_up(bench, tmp_path, cap
         assert row["peak_rss_mb"] > 0 and row["memory_bound_mb"] == pytest.approx(bound)
         assert row["within_bound"] == (row["peak_rss_mb"] <= bound)
         assert all(math.isfinite(row[f"{p}_error_{g}"]) for p in ("D", "K") for g in ("WM", "GM"))
-    nlls, gmvae, dipy = record["rows"]
-    assert nlls["train_s"] < 0.01 and gmvae["train_s"] > 0.01 and dipy["train_s"] == 0
+    nlls, vae, dipy = record["rows"]
+    assert nlls["train_s"] < 0.01 and vae["train_s"] > 0.01 and dipy["train_s"] == 0
     assert dipy["time_ratio"] == 1 and dipy["memory_ratio"] == 1
     assert nlls["D_error_WM"] < 0.1  # the maps are the fitted ones, compared with the phantom's truth
 

@@ -69,7 +69,7 @@ def test_posterior_std_is_positive_and_calibrated_in_scale(fitted, method):
 
 def test_gmvae_cluster_probabilities_separate_tissue_from_free_water():
     model, signals, _, labels = _data(n_voxels=1500, means=((0.9, 1.0), (3.0, 0.05)))
-    probs = get_estimator("gmvae", model, seed=1).fit(signals).cluster_probs
+    probs = get_estimator("gmvae", model, seed=1, n_epochs=120).fit(signals).cluster_probs
     assert probs.shape == (labels.size, 3)
     assert np.allclose(probs.sum(1), 1.0)
     hard = probs.argmax(1)
@@ -246,21 +246,6 @@ def test_new_scan_with_another_noise_level_maps_finitely(fitted):
     for name in ("D", "K"):
         assert np.all(np.isfinite(mapped.params[name]))
     assert np.sqrt(np.mean((mapped.params["D"] - truth["D"]) ** 2)) < 0.15
-
-
-def test_posterior_spread_is_unbiased_and_never_collapses():
-    """Equal weights give the unbiased sample variance; weights collapsed onto one sample give the samples'
-    own spread instead of a zero standard deviation."""
-    from varmap.estimators.variational import _posterior_spread
-
-    values = torch.randn(8, 5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    equal = torch.full((8, 5), 1.0 / 8, dtype=torch.float64)
-    spread = _posterior_spread(values, values.mean(0), equal)
-    torch.testing.assert_close(spread, values.std(0))
-    collapsed = torch.zeros(8, 5, dtype=torch.float64)
-    collapsed[3] = 1.0
-    spread = _posterior_spread(values, values[3], collapsed)
-    torch.testing.assert_close(spread, values.std(0))
 
 
 def test_maps_do_not_depend_on_how_many_chunks_run_at_once(fitted):

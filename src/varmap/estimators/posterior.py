@@ -28,6 +28,7 @@ __all__ = [
     "cholesky_with_jitter",
     "gaussian_log_density",
     "weighted_mean_axis",
+    "posterior_spread",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -252,7 +253,9 @@ def weighted_mean_axis(directions: torch.Tensor, weights: torch.Tensor) -> tuple
     """Weighted mean axis of antipodally symmetric unit vectors and the angular spread in degrees.
 
     The mean axis is the principal eigenvector of the weighted scatter matrix Σ w n nᵀ; the spread is
-    the weighted root-mean-square angle between the samples and that axis.
+    the weighted root-mean-square angle between the samples and that axis, corrected as
+    :func:`posterior_spread` corrects a scalar's (so weights collapsed onto one sample do not report a
+    zero spread).
 
     Parameters
     ----------
@@ -268,5 +271,30 @@ def weighted_mean_axis(directions: torch.Tensor, weights: torch.Tensor) -> tuple
     _, vectors = torch.linalg.eigh(scatter)
     axis = vectors[..., -1]
     cosine = (directions * axis).sum(-1).abs().clamp(max=1.0)
-    spread = torch.sqrt((weights * torch.arccos(cosine) ** 2).sum(0))
+    squared_angles = torch.arccos(cosine) ** 2
+    spread = _corrected_spread((weights * squared_angles).sum(0), squared_angles.mean(0), weights)
     return axis, torch.rad2deg(spread)
+
+
+def posterior_spread(values: torch.Tensor, mean: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Posterior standard deviation of ``values`` (S, B, P) about ``mean`` (B, P) from self-normalised
+    weights (S, B).
+
+    The weighted variance underestimates the posterior's by the factor ``1 - Σw²`` (``1 - 1/ESS``; the
+    sample variance without Bessel's correction), which is corrected.  Where fewer than two effective
+    samples are left (the importance weights collapsed onto one sample), the weighted variance says
+    nothing about the width; the spread of the samples themselves (the proposals', wider than the
+    posterior they were fitted to) is reported instead, so no voxel claims a near-zero uncertainty.
+    """
+    weighted = (weights[..., None] * (values - mean) ** 2).sum(0)
+    unweighted = values.var(0) if values.shape[0] > 1 else torch.zeros_like(weighted)
+    return _corrected_spread(weighted, unweighted, weights[..., None])
+
+
+def _corrected_spread(weighted: torch.Tensor, unweighted: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The square root of a weighted mean square (B, ...) corrected for the weights' ``1 - Σw²``, or of
+    the samples' unweighted mean square (B, ...) where it is larger and the weights (S, B, ...) collapsed."""
+    squared_weights = (weights**2).sum(0)
+    corrected = weighted / (1.0 - squared_weights).clamp_min(0.5)
+    collapsed = squared_weights > 0.5
+    return torch.where(collapsed, torch.maximum(corrected, unweighted), corrected).clamp_min(0.0).sqrt()

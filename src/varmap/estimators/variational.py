@@ -40,7 +40,7 @@ from .neural import (
 )
 from .nlls import INITIALISERS, NLLSEstimator
 from .parametrisation import S0_PER_SCALE
-from .posterior import PosteriorSamples, effective_sample_size, sample_posterior, weighted_mean_axis
+from .posterior import PosteriorSamples, effective_sample_size, posterior_spread, sample_posterior, weighted_mean_axis
 
 __all__ = ["VariationalEstimator"]
 
@@ -341,7 +341,7 @@ class VariationalEstimator(Estimator):
         n_scalars = self.model.n_scalars
         scalars = packed[..., :n_scalars]
         mean = (w * scalars).sum(0)
-        std = _posterior_spread(scalars, mean, weights)
+        std = posterior_spread(scalars, mean, weights)
         std_maps = {name: std[:, i].cpu().numpy() for i, name in enumerate(self.model.parameter_names)}
         if self.model.has_direction:
             direction, spread = weighted_mean_axis(packed[..., n_scalars : n_scalars + 3], weights)
@@ -366,24 +366,6 @@ class VariationalEstimator(Estimator):
     def _load_state(self, state: dict) -> None:
         self._build(*untrained_input_statistics(self.model))
         self.network_.load_state_dict(state["network"])
-
-
-def _posterior_spread(values: torch.Tensor, mean: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Posterior standard deviation of ``values`` (S, B, P) from self-normalised weights (S, B).
-
-    The weighted variance underestimates the posterior's by the factor ``1 - Σw²`` (``1 - 1/ESS``; the
-    sample variance without Bessel's correction), which is corrected.  Where fewer than two effective
-    samples are left (the importance weights collapsed onto one sample), the weighted variance says
-    nothing about the width; the spread of the samples themselves (the proposals', wider than the
-    posterior they were fitted to) is reported instead, so no voxel claims a near-zero uncertainty.
-    """
-    w = weights[..., None]
-    weighted = (w * (values - mean) ** 2).sum(0)
-    squared_weights = (weights**2).sum(0)[:, None]
-    corrected = weighted / (1.0 - squared_weights).clamp_min(0.5)
-    collapsed = squared_weights > 0.5
-    unweighted = values.var(0) if values.shape[0] > 1 else torch.zeros_like(weighted)
-    return torch.where(collapsed, torch.maximum(corrected, unweighted), corrected).clamp_min(0.0).sqrt()
 
 
 def _principal_axis(points: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
