@@ -29,9 +29,14 @@ __all__ = [
     "gaussian_log_density",
     "weighted_mean_axis",
     "posterior_spread",
+    "COLLAPSED_ESS",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+#: Effective sample size below which a voxel's importance weights count as collapsed onto one sample: its
+#: weighted spread then says nothing about the posterior's width.
+COLLAPSED_ESS = 2.0
 
 #: Share of the encoder proposal spread evenly over the mixture components (defensive importance sampling:
 #: a component that the encoder dismisses is still explored).
@@ -281,10 +286,11 @@ def posterior_spread(values: torch.Tensor, mean: torch.Tensor, weights: torch.Te
     weights (S, B).
 
     The weighted variance underestimates the posterior's by the factor ``1 - Σw²`` (``1 - 1/ESS``; the
-    sample variance without Bessel's correction), which is corrected.  Where fewer than two effective
-    samples are left (the importance weights collapsed onto one sample), the weighted variance says
-    nothing about the width; the spread of the samples themselves (the proposals', wider than the
-    posterior they were fitted to) is reported instead, so no voxel claims a near-zero uncertainty.
+    sample variance without Bessel's correction), which is corrected.  Where fewer than
+    :data:`COLLAPSED_ESS` effective samples are left (the importance weights collapsed onto one sample),
+    the weighted variance says nothing about the width; the spread of the samples themselves (the
+    proposals', wider than the posterior they were fitted to) is reported instead, so no voxel claims a
+    near-zero uncertainty.
     """
     weighted = (weights[..., None] * (values - mean) ** 2).sum(0)
     unweighted = values.var(0) if values.shape[0] > 1 else torch.zeros_like(weighted)
@@ -296,5 +302,5 @@ def _corrected_spread(weighted: torch.Tensor, unweighted: torch.Tensor, weights:
     the samples' unweighted mean square (B, ...) where it is larger and the weights (S, B, ...) collapsed."""
     squared_weights = (weights**2).sum(0)
     corrected = weighted / (1.0 - squared_weights).clamp_min(0.5)
-    collapsed = squared_weights > 0.5
+    collapsed = squared_weights > 1.0 / COLLAPSED_ESS
     return torch.where(collapsed, torch.maximum(corrected, unweighted), corrected).clamp_min(0.0).sqrt()

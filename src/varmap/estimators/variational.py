@@ -40,7 +40,14 @@ from .neural import (
 )
 from .nlls import INITIALISERS, NLLSEstimator
 from .parametrisation import S0_PER_SCALE
-from .posterior import PosteriorSamples, effective_sample_size, posterior_spread, sample_posterior, weighted_mean_axis
+from .posterior import (
+    COLLAPSED_ESS,
+    PosteriorSamples,
+    effective_sample_size,
+    posterior_spread,
+    sample_posterior,
+    weighted_mean_axis,
+)
 
 __all__ = ["VariationalEstimator"]
 
@@ -48,9 +55,6 @@ __all__ = ["VariationalEstimator"]
 _USAGE_VOXELS = 4096
 
 T = TypeVar("T")
-
-#: Effective sample size below which a voxel's importance weights count as collapsed onto one sample.
-_COLLAPSED_ESS = 2.0
 
 #: Standard deviation (latent units) of the first proposal around a collapsed voxel's classical fit.
 _RESTART_SPREAD = 0.05
@@ -302,14 +306,14 @@ class VariationalEstimator(Estimator):
         return self._restart_collapsed(batch, self._posterior(batch, generator, mode_search=True), generator)
 
     def _restart_collapsed(self, batch: VoxelBatch, samples: PosteriorSamples, generator: torch.Generator) -> PosteriorSamples:
-        """Voxels whose importance weights collapsed (effective sample size below :data:`_COLLAPSED_ESS`:
+        """Voxels whose importance weights collapsed (effective sample size below :data:`~varmap.estimators.posterior.COLLAPSED_ESS`:
         every proposal and the mode search missed a posterior narrower than they are, and the std would be
         near 0 whatever the error) search again from their voxelwise least-squares fit
         (:meth:`.NLLSEstimator.fit_observables`) mapped into the latent space: mode search, Laplace
         proposal and adaptive rounds from there.  A voxel keeps the new samples where their best log
         posterior is higher than its old samples' best; a model without a least-squares starting rule
         keeps its samples."""
-        rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < _COLLAPSED_ESS)[:, 0]
+        rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < COLLAPSED_ESS)[:, 0]
         if not (rows.numel() and self.n_mode_steps and self.model.name in INITIALISERS):
             return samples
         voxels = batch.select(rows)

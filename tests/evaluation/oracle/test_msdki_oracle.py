@@ -205,10 +205,9 @@ def test_msdki_oracle_marginal_sigma_is_calibrated_converged_and_pays_for_not_kn
     errors, are wider on average than the known-σ oracle's, its windows hold the posterior, and 21
     nodes agree with 41 (the default against twice as many, on the first 24 voxels).  Calibration is
     judged by the share within ±1.96 std and the median |z| (0.67 for a normal): a free-water voxel at
-    b=0 SNR 3 whose
-    measurements scatter like a σ 25 % lower sits 7 std from its truth under both likelihoods and
-    the prior (the data prefer the tissue explanation by 4 nats), and one such voxel moves the mean
-    z² of 120 by 0.4."""
+    b=0 SNR 3 whose measurements scatter like a σ 25 % lower sits 7 std from its truth under both
+    likelihoods and the prior (the data prefer the tissue explanation by 4 nats), and one such voxel
+    moves the mean z² of 120 by 0.4."""
     model = get_signal_model("msdki", protocol)
     data = simulate(model, msdki_paper_prior(), n_voxels=120, snr=8, noise_variation=4.0, seed=13)
     marginal = _oracle(data, sigma_range=data.sigma_range)
