@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,21 @@ def test_fit_observables_gives_the_fit_of_the_same_voxels(protocol):
     np.testing.assert_allclose(packed[:, 0].numpy(), result.params["D"], rtol=1e-6)
     np.testing.assert_allclose(packed[:, 1].numpy(), result.params["K"], rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(S0_per_b0[:, 0].numpy() * b0_mean, result.S0, rtol=1e-6)
+
+
+def test_fit_observables_from_several_threads_at_once(protocol):
+    """The variational estimators' inference threads call ``fit_observables`` concurrently; torch's
+    forward-AD level is one global, so unserialised Jacobians failed ("invalid index") in every run."""
+    rng = np.random.default_rng(5)
+    model = get_signal_model("msdki", protocol)
+    signals = add_noise(model.predict(msdki_truth(rng, 40), S0=S0_TRUE), sigma=S0_TRUE / 10, rng=rng)
+    b0_mean = signals[:, model.protocol.b0_mask].mean(axis=1)
+    observables = torch.as_tensor(model.observables(signals / b0_mean[:, None]).astype(np.float32))
+    serial, _ = NLLSEstimator(model).fit_observables(observables)
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(lambda _: NLLSEstimator(model).fit_observables(observables)[0], range(16)))
+    for packed in concurrent:
+        torch.testing.assert_close(packed, serial, rtol=0, atol=0)
 
 
 def test_ball_stick_noiseless_recovers_truth(protocol):

@@ -10,6 +10,7 @@ voxel starts from its candidate of lowest objective.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,6 +169,13 @@ INITIALISERS: dict[str, Callable[[SignalModel, torch.Tensor, torch.Tensor], torc
 
 
 # ---------------------------------------------------------------------------------------------- LM
+#: torch keeps the current forward-AD level in a module global (``torch.autograd.forward_ad``), so two
+#: threads taking forward-mode derivatives at once exit each other's level ("Trying to access a forward
+#: AD level with an invalid index"); the variational estimators' inference threads fit collapsed voxels
+#: with this class (:meth:`NLLSEstimator.fit_observables`), so its Jacobians are taken one at a time.
+_FORWARD_AD_LOCK = threading.Lock()
+
+
 @functools.cache
 def _load_forward_ad() -> None:
     """Run one forward-mode derivative so torch loads its forward-AD decompositions.
@@ -175,7 +183,7 @@ def _load_forward_ad() -> None:
     Loading them makes torch (2.13) call its own deprecated ``torch.jit.script`` and emit a
     ``DeprecationWarning`` that says nothing about varmap; it is silenced here, once.
     """
-    with warnings.catch_warnings():
+    with _FORWARD_AD_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
         one = torch.ones(1, dtype=torch.float64)
         torch.func.jvp(torch.exp, (one,), (one,))
@@ -379,7 +387,13 @@ class NLLSEstimator(Estimator):
             return r, r
 
         _load_forward_ad()
-        return vmap(jacfwd(residual_pair, has_aux=True))
+        batched = vmap(jacfwd(residual_pair, has_aux=True))
+
+        def jacobian(u: torch.Tensor, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with _FORWARD_AD_LOCK:
+                return batched(u, obs)
+
+        return jacobian
 
     def _normalise_direction(self, unconstrained: torch.Tensor) -> torch.Tensor:
         """Rescale the direction block to unit length (the objective does not depend on its norm)."""
