@@ -181,6 +181,20 @@ def test_checkpoint_loads_with_map_location(fitted):
     assert varmap.Protocol.from_dict(saved["protocol"]).n_measurements == 102
 
 
+def test_fit_small_64d_as_dipy_ships_it(tmp_path, capsys):
+    """dipy's small_64D: its bvecs file is 65 rows of 3 with NaN NaN NaN for the b=0 volume, and the image
+    is a crop of the brain whose b=0 is brightest in CSF (Otsu alone kept 155 CSF voxels of 1,000)."""
+    from dipy.data import get_fnames
+
+    dwi, bvals, bvecs = get_fnames(name="small_64D")
+    out = tmp_path / "out"
+    status, _, err = run(["fit", dwi, "--bvals", bvals, "--bvecs", bvecs, "-o", out, "--model", "ball_stick",
+                          "--method", "nlls", "--quiet"], capsys)
+    assert status == 0, err
+    assert nib.load(out / "mask.nii.gz").get_fdata().sum() == 1000
+    assert json.loads((out / "fit.json").read_text())["voxels"]["fitted"] == 1000
+
+
 # ---------------------------------------------------------------------------------------------- synthetic inputs
 SHAPE = (5, 4, 3)
 

@@ -281,6 +281,31 @@ def test_compute_mask_without_background_keeps_every_voxel(caplog):
     assert "no background" in caplog.text
 
 
+def test_compute_mask_sees_tissue_left_out_by_its_diffusion_attenuation(caplog):
+    """A crop of brain tissue (b=0 200, kept 45 % at b=1000) around CSF (b=0 1100, kept 5 %): Otsu keeps
+    only the CSF, and the tissue it leaves out is too dark for the brightness test (18 %), but diffusion
+    weighting attenuates it, as it does not attenuate background noise (dipy's small_64D is such a crop)."""
+    rng = np.random.default_rng(3)
+    csf = np.zeros((10, 10, 10), dtype=bool)
+    csf[:3] = True
+    b0 = np.where(csf, 1100.0, 200.0) + rng.normal(0, 10, csf.shape)
+    dw = np.where(csf, 55.0, 90.0) + rng.normal(0, 10, csf.shape)
+    assert not io.compute_mask(b0).all()
+    with caplog.at_level("WARNING", logger="varmap"):
+        mask = io.compute_mask(b0, mean_dw=dw)
+    assert mask.all()
+    assert "attenuates the signal outside the Otsu mask to" in caplog.text
+
+
+def test_compute_mask_keeps_background_that_diffusion_weighting_does_not_attenuate():
+    rng = np.random.default_rng(4)
+    x, y, z = np.mgrid[:40, :40, :30]
+    ball = (x - 20) ** 2 + (y - 20) ** 2 + ((z - 15) * 1.3) ** 2 < 14**2
+    noise = np.abs(rng.normal(0, 10, (2, *ball.shape)))
+    mask = io.compute_mask(noise[0] + 500.0 * ball, mean_dw=noise[1] + 200.0 * ball)
+    assert 2 * (mask & ball).sum() / (mask.sum() + ball.sum()) > 0.9
+
+
 # ---------------------------------------------------------------------------------------------- writing
 def test_save_map_keeps_spatial_header(tmp_path, dwi_data):
     source = write_image(tmp_path / "dwi.nii.gz", dwi_data, dtype=np.int16, sform_code=4, qform_code=1)

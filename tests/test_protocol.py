@@ -120,11 +120,24 @@ def test_column_bvals_are_accepted():
     assert Protocol.from_bvals_bvecs(bvals[:, None], bvecs) == Protocol.from_bvals_bvecs(bvals, bvecs)
 
 
-def test_non_finite_bvecs_are_refused():
+def test_non_finite_bvecs_of_weighted_measurements_are_refused():
     bvals, bvecs = shell_table()
+    assert bvals[4] > 0
     bvecs[4, 1] = np.nan
-    with pytest.raises(ProtocolError, match="bvecs"):
+    with pytest.raises(ProtocolError, match="bvecs contains NaN or Inf for 1 diffusion-weighted.*measurement 4"):
         Protocol.from_bvals_bvecs(bvals, bvecs)
+
+
+def test_nan_bvecs_of_b0_measurements_mean_no_direction():
+    """dipy's small_64D.bvec (and some converters' files) give the b=0 volume the direction NaN NaN NaN;
+    dipy reads it as no direction, and so does varmap."""
+    bvals, bvecs = shell_table()
+    b0 = int(np.flatnonzero(bvals == 0)[0])
+    with_nan = bvecs.copy()
+    with_nan[b0] = np.nan
+    protocol = Protocol.from_bvals_bvecs(bvals, with_nan)
+    np.testing.assert_array_equal(protocol.bvecs[b0], 0.0)
+    assert protocol == Protocol.from_bvals_bvecs(bvals, np.where(np.isnan(with_nan), 0.0, with_nan))
 
 
 def test_bvecs_rows_and_columns_give_the_same_protocol():

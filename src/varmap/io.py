@@ -422,19 +422,35 @@ def _load_volume(
 
 
 def compute_mask(
-    mean_b0: np.ndarray, *, median_radius: int = 2, numpass: int = 1, background_ratio: float = 0.3
+    mean_b0: np.ndarray,
+    *,
+    mean_dw: np.ndarray | None = None,
+    median_radius: int = 2,
+    numpass: int = 1,
+    background_ratio: float = 0.3,
+    tissue_attenuation: float = 0.8,
 ) -> np.ndarray:
     """Brain mask from the mean b=0 image: dipy's ``median_otsu`` and filled holes.
+
+    Otsu's threshold always splits the image in two; in a crop of the brain (no background) it splits
+    bright CSF from tissue.  Two signs that what it left out is not background make the mask every voxel
+    with a positive b=0 signal instead (with a warning): a bright outside, or, given ``mean_dw``, an
+    outside whose signal diffusion weighting attenuates (background noise is as strong with diffusion
+    weighting as without, tissue is not).
 
     Parameters
     ----------
     mean_b0 : ndarray, shape (X, Y, Z)
+    mean_dw : ndarray, shape (X, Y, Z), optional
+        Mean of some diffusion-weighted volumes (b >= about 700 s/mm² makes the test clear).
     median_radius, numpass : int
         Median filter settings of ``median_otsu``; the radius is reduced for very small images.
     background_ratio : float
-        If the median b=0 signal outside the Otsu mask exceeds this fraction of the median inside, the
-        image has no background (it is a crop of the brain) and the mask is every voxel with a positive
-        b=0 signal instead (with a warning).
+        No background if the median b=0 signal outside the Otsu mask exceeds this fraction of the
+        median inside.
+    tissue_attenuation : float
+        No background if the median of ``mean_dw`` outside the Otsu mask is below this fraction of the
+        median b=0 signal there.
 
     Returns
     -------
@@ -443,19 +459,26 @@ def compute_mask(
     from dipy.segment.mask import median_otsu
     from scipy.ndimage import binary_fill_holes
 
-    volume = np.nan_to_num(np.asarray(mean_b0, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    def finite(volume: np.ndarray) -> np.ndarray:
+        return np.nan_to_num(np.asarray(volume, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+    volume = finite(mean_b0)
     radius = max(1, min(median_radius, min(volume.shape) // 8))
     _, mask = median_otsu(volume, median_radius=radius, numpass=numpass)
     mask = np.asarray(binary_fill_holes(mask), dtype=bool)
     if mask.any() and not mask.all():
         inside, outside = float(np.median(volume[mask])), float(np.median(volume[~mask]))
+        reason = None
         if outside > background_ratio * inside:
-            # Otsu always splits in two; without background (a crop of the brain) it splits tissue from
-            # CSF.  Background is near the noise floor, so a bright "outside" means there is none.
-            logger.warning(
-                "the image seems to have no background (median b=0 outside the Otsu mask is %.0f%% of "
-                "inside): using every voxel with a positive b=0 signal as the mask; give --mask to override",
-                100 * outside / max(inside, 1e-12))
+            reason = f"median b=0 outside the Otsu mask is {100 * outside / max(inside, 1e-12):.0f}% of inside"
+        elif mean_dw is not None and outside > 0:
+            attenuation = float(np.median(finite(mean_dw)[~mask])) / outside
+            if attenuation < tissue_attenuation:
+                reason = (f"diffusion weighting attenuates the signal outside the Otsu mask to {100 * attenuation:.0f}%, "
+                          "as in tissue; background noise keeps it")
+        if reason:
+            logger.warning("the image seems to have no background (%s): using every voxel with a positive b=0 "
+                           "signal as the mask; give --mask to override", reason)
             mask = np.asarray(binary_fill_holes(volume > 0), dtype=bool)
     return mask
 

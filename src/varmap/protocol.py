@@ -101,7 +101,8 @@ class Protocol:
         bvals : array_like, shape (N,)
             b-values, in ``units``.
         bvecs : array_like, shape (N, 3) or (3, N)
-            Gradient directions (FSL files hold them as (3, N)).
+            Gradient directions (FSL files hold them as (3, N)).  Those of b=0 measurements are
+            ignored (NaN there is read as no direction, as dipy does).
         units : {"auto", "s/mm2", "ms/um2", "s/m2"}
             Unit of ``bvals``.  ``"auto"`` infers it from the largest b-value and refuses a value that
             fits no unit's usual range.  ``"s/mm2"`` (the unit of FSL bvals files) refuses a largest
@@ -137,11 +138,19 @@ class Protocol:
             raise ProtocolError(f"bvals contains negative values (min {bvals.min():g}); b-values are >= 0.")
         to_ms_um2 = _unit_factor(bvals, units)
         bvecs = _as_rows(np.asarray(bvecs, dtype=np.float64), bvals.size)
-        if not np.all(np.isfinite(bvecs)):
-            raise ProtocolError("bvecs contains NaN or Inf; every direction must be finite.")
         b0_ms = b0_threshold * 1e-3
         bvals_ms = bvals * to_ms_um2
         weighted = bvals_ms > b0_ms
+        not_finite = ~np.all(np.isfinite(bvecs), axis=1)
+        if np.any(not_finite & weighted):
+            first = int(np.flatnonzero(not_finite & weighted)[0])
+            raise ProtocolError(
+                f"bvecs contains NaN or Inf for {np.sum(not_finite & weighted)} diffusion-weighted "
+                f"measurement(s) (first: measurement {first}, b = {bvals[first]:g}); every measurement with "
+                "b > 0 needs a finite direction."
+            )
+        # a b=0 measurement has no direction: NaN there (some scanners' and dipy's files) means none
+        bvecs = np.where(not_finite[:, None], 0.0, bvecs)
         norms = np.linalg.norm(bvecs, axis=1)
         bad = weighted & (np.abs(norms - 1.0) > norm_tolerance)
         if np.any(bad):
