@@ -31,8 +31,8 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None) -> 
     ----------
     workers : int, optional
         Worker processes of the local cluster, one thread each (default :func:`default_workers`).
-        Processes, not threads: torch's forward-mode differentiation (the nlls Jacobians) is not
-        thread-safe, and processes share no interpreter lock.
+        Processes, not threads: processes share no interpreter lock, and torch's forward-mode
+        differentiation (the nlls Jacobians) is not thread-safe, so threads would take it in turns.
     scheduler : str, optional
         Address of a running scheduler (``tcp://host:8786``), or the JSON file a scheduler wrote with
         ``--scheduler-file``; its workers must see the input and output folders.  No local cluster is
