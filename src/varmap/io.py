@@ -442,7 +442,7 @@ def compute_mask(
     ----------
     mean_b0 : ndarray, shape (X, Y, Z)
     mean_dw : ndarray, shape (X, Y, Z), optional
-        Mean of some diffusion-weighted volumes (b >= about 700 s/mm² makes the test clear).
+        Mean of some diffusion-weighted volumes (b >= 500 s/mm²: tissue keeps at most ~70 %).
     median_radius, numpass : int
         Median filter settings of ``median_otsu``; the radius is reduced for very small images.
     background_ratio : float

@@ -24,9 +24,9 @@ logger = logging.getLogger("varmap")
 COMPUTED_MASK = ("computed: dipy median_otsu on the mean b=0 image, holes filled (every voxel with a positive "
                  "b=0 signal where what Otsu left out is bright or attenuated by diffusion weighting: no background)")
 
-#: The computed mask's background check reads the most diffusion-weighted of the first this many weighted
-#: volumes, this many of them (tissue keeps 20-60 % of its b=0 signal at b = 1000-3000 s/mm², noise all).
-_MASK_CHECK_CANDIDATES, _MASK_CHECK_VOLUMES = 16, 4
+#: The computed mask's background check reads the first this many volumes with at least this b-value
+#: (ms/µm²): tissue keeps 20-60 % of its b=0 signal at b = 1-3 ms/µm², about 70 % at 0.5; noise all of it.
+_MASK_CHECK_VOLUMES, _MASK_CHECK_MIN_B = 4, 0.5
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,12 @@ def brain_mask(scan: Scan) -> np.ndarray:
         return scan.mask
     protocol = scan.protocol
     mean_b0 = scan.image.mean_volume(np.flatnonzero(protocol.b0_mask))
-    # a few of the first diffusion-weighted volumes (the cheapest to reach in a .nii.gz), the most weighted
-    first_weighted = np.flatnonzero(~protocol.b0_mask)[:_MASK_CHECK_CANDIDATES]
-    strongest = first_weighted[np.argsort(protocol.bvals[first_weighted], kind="stable")[-_MASK_CHECK_VOLUMES:]]
-    mean_dw = scan.image.mean_volume(strongest) if strongest.size else None
+    # the first few volumes weighted enough for tissue to lose signal (the cheapest to reach in a .nii.gz),
+    # or the most weighted ones where none is
+    weighted = np.flatnonzero(~protocol.b0_mask)
+    strong = weighted[protocol.bvals[weighted] >= _MASK_CHECK_MIN_B]
+    chosen = strong[:_MASK_CHECK_VOLUMES] if strong.size else weighted[np.argsort(protocol.bvals[weighted])][-_MASK_CHECK_VOLUMES:]
+    mean_dw = scan.image.mean_volume(chosen) if chosen.size else None
     mask = compute_mask(mean_b0, mean_dw=mean_dw)
     if not mask.any():
         raise InputError(
