@@ -474,8 +474,8 @@ def compute_mask(
         elif mean_dw is not None and outside > 0:
             attenuation = float(np.median(finite(mean_dw)[~mask])) / outside
             if attenuation < tissue_attenuation:
-                reason = (f"diffusion weighting attenuates the signal outside the Otsu mask to {100 * attenuation:.0f}%, "
-                          "as in tissue; background noise keeps it")
+                reason = (f"diffusion weighting attenuates the signal outside the Otsu mask to "
+                          f"{100 * attenuation:.0f}%, as in tissue; background noise keeps it")
         if reason:
             logger.warning("the image seems to have no background (%s): using every voxel with a positive b=0 "
                            "signal as the mask; give --mask to override", reason)

@@ -142,14 +142,16 @@ class Protocol:
         bvals_ms = bvals * to_ms_um2
         weighted = bvals_ms > b0_ms
         not_finite = ~np.all(np.isfinite(bvecs), axis=1)
-        if np.any(not_finite & weighted):
-            first = int(np.flatnonzero(not_finite & weighted)[0])
+        missing = not_finite & weighted
+        if np.any(missing):
+            first = int(np.flatnonzero(missing)[0])
             raise ProtocolError(
-                f"bvecs contains NaN or Inf for {np.sum(not_finite & weighted)} diffusion-weighted "
+                f"bvecs contains NaN or Inf for {missing.sum()} diffusion-weighted "
                 f"measurement(s) (first: measurement {first}, b = {bvals[first]:g}); every measurement with "
                 "b > 0 needs a finite direction."
             )
-        # a b=0 measurement has no direction: NaN there (some scanners' and dipy's files) means none
+        # a b=0 measurement has no direction: NaN there (some scanners' and dipy's files) means none; a new
+        # array, normalised in place below
         bvecs = np.where(not_finite[:, None], 0.0, bvecs)
         norms = np.linalg.norm(bvecs, axis=1)
         bad = weighted & (np.abs(norms - 1.0) > norm_tolerance)
@@ -160,7 +162,6 @@ class Protocol:
                 f"vectors (measurement {first} has length {norms[first]:.3f}); fix the bvecs file, or "
                 f"rescale b-values by |g|^2 if the scanner encoded b in the vector length."
             )
-        bvecs = bvecs.copy()
         bvecs[weighted] /= norms[weighted, None]
         return cls(
             bvals=bvals_ms,

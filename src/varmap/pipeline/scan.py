@@ -107,7 +107,9 @@ def brain_mask(scan: Scan) -> np.ndarray:
     # or the most weighted ones where none is
     weighted = np.flatnonzero(~protocol.b0_mask)
     strong = weighted[protocol.bvals[weighted] >= _MASK_CHECK_MIN_B]
-    chosen = strong[:_MASK_CHECK_VOLUMES] if strong.size else weighted[np.argsort(protocol.bvals[weighted])][-_MASK_CHECK_VOLUMES:]
+    if not strong.size:
+        strong = weighted[np.argsort(protocol.bvals[weighted])[::-1]]
+    chosen = strong[:_MASK_CHECK_VOLUMES]
     mean_dw = scan.image.mean_volume(chosen) if chosen.size else None
     mask = compute_mask(mean_b0, mean_dw=mean_dw)
     if not mask.any():
