@@ -102,3 +102,33 @@ def test_em_shrinks_a_direction_that_all_voxels_share():
     covariance = (prior.scale_tril() @ prior.scale_tril().transpose(-1, -2))[0]
     assert covariance[0, 0].sqrt().item() == pytest.approx(1.0, abs=0.05)
     assert covariance[1, 1].sqrt().item() < 0.5 * noise_sd
+
+
+def test_em_can_hold_the_last_mapped_coordinate_uncorrelated_with_the_others():
+    """With ``uncorrelated_last`` the M-step keeps the block-diagonal covariance in A z: the last coordinate's
+    cross-covariances vanish there, the other block is the unrestricted fit's, and EM still does not
+    lower the evidence of its samples."""
+    rng = np.random.default_rng(5)
+    true_covariance = np.array([[1.0, 0.2, 0.3], [0.2, 0.5, -0.25], [0.3, -0.25, 0.4]])
+    codes = rng.multivariate_normal(np.zeros(3), true_covariance, size=3000)
+    noise_sd = 0.1
+    observed = torch.as_tensor(codes + noise_sd * rng.normal(size=codes.shape))
+    transform = torch.tensor([[1.0, 0.3, 0.0], [0.0, 1.2, -0.4], [0.2, 0.0, 0.9]], dtype=torch.float64)
+    fits = {}
+    for restricted in (False, True):
+        prior = GaussianMixturePrior(1, 3, torch.Generator().manual_seed(0)).double()
+        generator = torch.Generator().manual_seed(1)
+        evidence = []
+        for _ in range(3):
+            z = observed + 2 * noise_sd * torch.randn((128, *observed.shape), generator=generator, dtype=torch.float64)
+            log_proposal = (-0.5 * ((z - observed) / (2 * noise_sd)) ** 2).sum(-1)
+            log_likelihood = (-0.5 * ((z - observed) / noise_sd) ** 2).sum(-1)
+            evidence += prior.refit(z, log_likelihood, log_proposal, 8, transform if restricted else None)
+        assert np.all(np.diff(np.reshape(evidence, (3, 8)), axis=1) > -1e-9)
+        covariance = (prior.scale_tril() @ prior.scale_tril().transpose(-1, -2))[0]
+        fits[restricted] = transform @ covariance @ transform.T
+    free, held = fits[False], fits[True]
+    assert free[2, :2].abs().max().item() > 0.1  # the data do correlate them
+    torch.testing.assert_close(held[2, :2], torch.zeros(2, dtype=torch.float64), atol=1e-5, rtol=0)  # the variance floor
+    torch.testing.assert_close(held[:2, :2], free[:2, :2], atol=0.03, rtol=0)
+    assert held[2, 2].item() == pytest.approx(free[2, 2].item(), abs=0.03)

@@ -116,6 +116,19 @@ def test_gmvae_prior_refinement_runs_its_em_steps(fitted):
     assert np.all(within_round > -1e-3)  # EM on fixed samples does not lower their evidence
 
 
+def test_gmvae_refined_prior_holds_s0_apart_from_the_tissue_parameters(fitted):
+    """Within every component the refined prior's S0 (the latent decoder's last output) is uncorrelated
+    with the tissue parameters' unconstrained values."""
+    _, _, _, _, results = fitted
+    estimator, _ = results["gmvae"]
+    with torch.no_grad():
+        weight = estimator.latent_decoder_.weight.double()
+        tril = estimator.prior_.scale_tril().double()
+        mapped = weight @ tril @ tril.transpose(-1, -2) @ weight.T
+    cross = mapped[:, -1, :-1] / torch.sqrt(mapped[:, -1, -1, None] * mapped.diagonal(dim1=-2, dim2=-1)[:, :-1])
+    torch.testing.assert_close(cross, torch.zeros_like(cross), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("method", ["vae", "gmvae"])
 def test_noisier_voxels_get_wider_posteriors(method):
     """The same signals with three times the noise level: the networks and the likelihood both see each

@@ -34,7 +34,9 @@ class GMVAEEstimator(VariationalEstimator):
     wider than the noise of one voxel's S0).  After training, the prior is therefore refined by empirical
     Bayes: ``refinement_rounds`` times, the posteriors of ``refinement_voxels`` random voxels are drawn by
     importance sampling (as at inference) and ``refinement_steps`` EM steps set the mixture weights, means
-    and full covariances to the maximum-marginal-likelihood values for those samples
+    and full covariances to the maximum-marginal-likelihood values for those samples, with S0 uncorrelated
+    with the tissue parameters within each component (a correlation the data cannot resolve where S0
+    varies less than one voxel's b=0 noise, and which narrows the other parameters' posteriors)
     (:meth:`~varmap.estimators.priors.GaussianMixturePrior.refit`); encoder and decoder stay fixed.  The
     importance-sampling estimate of the mean log evidence per voxel before each step is in
     ``history["refinement_log_evidence"]``.  Maps and cluster probabilities are posterior means and

@@ -203,12 +203,16 @@ class VariationalEstimator(Estimator):
 
     def _refine_prior(self, data: PreparedData) -> list[float]:
         """Empirical-Bayes refinement of the trained prior from importance-sampled posteriors of a random
-        subset of voxels; returns the log-evidence trace."""
+        subset of voxels, S0 held uncorrelated with the tissue parameters within each component (where
+        the latent space has the default size; :meth:`.GaussianMixturePrior.refit`); returns the
+        log-evidence trace."""
         if not (self.refinement_rounds and self.refinement_steps):
             return []
         rows = np.sort(numpy_stream(self.seed, "refinement_voxels").permutation(data.n_valid)[: self.refinement_voxels])
         voxels = voxel_batch(data, self.device_, rows)
         evidence: list[float] = []
+        weight = self.latent_decoder_.weight.detach()  # its last output is S0's unconstrained value
+        s0_apart = weight if weight.shape[0] == weight.shape[1] else None
         self.network_.eval()
         with torch.no_grad():
             for round_ in range(self.refinement_rounds):
@@ -218,6 +222,7 @@ class VariationalEstimator(Estimator):
                     torch.cat([p.log_likelihood for p in parts], dim=1),
                     torch.cat([p.log_proposal for p in parts], dim=1),
                     self.refinement_steps,
+                    s0_apart,
                 )
         return evidence
 
