@@ -23,10 +23,11 @@ VOXELS_PER_SUBJECT = 600
 OPTIONS = dict(n_epochs=15, n_hidden=16, n_posterior_samples=16, refinement_rounds=1, warmup_off_epochs=1,
                warmup_ramp_epochs=1, max_reseeds=0)
 #: Largest RMSE between the maps of the 1- and 2-process models on the new subject, relative to the
-#: spread (std over the mask) of the 1-process map.  Measured with seeds 0, 1, 2: D 0.029-0.033,
-#: K 0.043-0.060 (the processes draw other reparametrisation noise); models of different seeds differ
-#: by D 0.086-0.108, K 0.18-0.44.
-TOLERANCE = {"D": 0.06, "K": 0.12}
+#: spread (std over the mask) of the 1-process map.  Measured with seeds 0, 1, 2 (the prior refinement
+#: holding S0 apart): D 0.039-0.082, K 0.047-0.119 (the processes draw other reparametrisation noise,
+#: and the refined prior follows the trained decoder); the model of the next seed differs by D
+#: 0.101-0.137, K 0.160-0.273.
+TOLERANCE = {"D": 0.09, "K": 0.14}
 
 
 def _write_subject(folder: Path, protocol, seed: int, snr: float) -> tuple[ScanFiles, Phantom]:
