@@ -116,6 +116,32 @@ def test_gmvae_prior_refinement_runs_its_em_steps(fitted):
     assert np.all(within_round > -1e-3)  # EM on fixed samples does not lower their evidence
 
 
+def test_gmvae_prior_refinement_samples_with_wider_proposals_than_the_maps(fitted, monkeypatch):
+    """The refinement's importance samples come from proposals widened by ``refinement_proposal_scale``
+    (every proposal: encoder, adaptive rounds, mode search), the maps' from ``proposal_scale``."""
+    import varmap.estimators.variational as variational
+
+    _, signals, _, _, results = fitted
+    estimator = copy.deepcopy(results["gmvae"][0])
+    estimator.refinement_rounds, estimator.refinement_voxels = 1, 64
+    estimator.min_effective_samples = estimator.n_posterior_samples + 1.0  # every voxel also searches its mode
+    scales = []
+    real_sampler = variational.sample_posterior
+
+    def recording(*args, scale, **kwargs):
+        scales.append(scale)
+        return real_sampler(*args, scale=scale, **kwargs)
+
+    monkeypatch.setattr(variational, "sample_posterior", recording)
+    prepared = prepare_signals(signals[:64], estimator.model, sigma=estimator.fitted_sigma_)
+    estimator._refine_prior(prepared)
+    assert len(scales) >= 2 and set(scales) == {estimator.refinement_proposal_scale}
+    assert estimator.refinement_proposal_scale != estimator.proposal_scale
+    scales.clear()
+    estimator.transform(signals[:64], sigma=estimator.fitted_sigma_)
+    assert len(scales) >= 2 and set(scales) == {estimator.proposal_scale}
+
+
 def test_gmvae_refined_prior_holds_s0_apart_from_the_tissue_parameters(fitted):
     """Within every component the refined prior's S0 (the latent decoder's last output) is uncorrelated
     with the tissue parameters' unconstrained values."""
@@ -203,12 +229,12 @@ def test_fast_inference_spends_work_only_where_few_effective_samples(fitted, mon
     calls = {"adaptive": [], "mode": []}
     real_posterior = type(estimator)._posterior
 
-    def counting(self, batch, generator, *, mode_search, adaptive=True):
+    def counting(self, batch, generator, *, mode_search, adaptive=True, scale=None):
         if mode_search:
             calls["mode"].append(batch.n_voxels)
         elif adaptive:
             calls["adaptive"].append(batch.n_voxels)
-        return real_posterior(self, batch, generator, mode_search=mode_search, adaptive=adaptive)
+        return real_posterior(self, batch, generator, mode_search=mode_search, adaptive=adaptive, scale=scale)
 
     def transform(**thresholds):
         for key in calls:
@@ -219,7 +245,7 @@ def test_fast_inference_spends_work_only_where_few_effective_samples(fitted, mon
 
     monkeypatch.setattr(type(estimator), "_posterior", counting)
     # the restart of collapsed voxels has its own test; here it would change the ESS the gates read
-    monkeypatch.setattr(type(estimator), "_restart_collapsed", lambda self, batch, samples, generator: samples)
+    monkeypatch.setattr(type(estimator), "_restart_collapsed", lambda self, batch, samples, generator, scale: samples)
     transform(min_effective_samples=0.0)
     assert calls["adaptive"] == [signals.shape[0]] and not calls["mode"]
     # the encoder's proposals only (one chunk: the same draws every time)

@@ -33,7 +33,10 @@ class GMVAEEstimator(VariationalEstimator):
     the data pin a direction down (at high SNR, an S0 shared by all voxels shows as a prior several times
     wider than the noise of one voxel's S0).  After training, the prior is therefore refined by empirical
     Bayes: ``refinement_rounds`` times, the posteriors of ``refinement_voxels`` random voxels are drawn by
-    importance sampling (as at inference) and ``refinement_steps`` EM steps set the mixture weights, means
+    importance sampling (as at inference, with every proposal widened by ``refinement_proposal_scale``
+    instead of ``proposal_scale``: the M-step sets each component's covariance from these samples, and
+    proposals that miss the posteriors' tails narrow the prior round after round, most along directions
+    the data pin down weakly) and ``refinement_steps`` EM steps set the mixture weights, means
     and full covariances to the maximum-marginal-likelihood values for those samples, with S0 uncorrelated
     with the tissue parameters within each component (a correlation the data cannot resolve where S0
     varies less than one voxel's b=0 noise, and which narrows the other parameters' posteriors)

@@ -163,6 +163,9 @@ _MIXTURE = (
            "(0: none)", low=0),
     Option("refinement_steps", int, 5, "EM steps on each draw", low=0),
     Option("refinement_voxels", int, 8192, "voxels whose posteriors the refinement uses", low=1),
+    Option("refinement_proposal_scale", float, 2.5, "widening of the proposals' spread when sampling the "
+           "refinement voxels' posteriors (wider than at inference: EM sets the prior's covariances from "
+           "these samples, and proposals that miss a posterior's tails narrow it)", low=1e-3),
 )
 
 

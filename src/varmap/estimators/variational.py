@@ -216,7 +216,8 @@ class VariationalEstimator(Estimator):
         self.network_.eval()
         with torch.no_grad():
             for round_ in range(self.refinement_rounds):
-                parts = self._map_chunks(self._sample, voxels, f"refinement/{round_}", "prior refinement")
+                parts = self._map_chunks(partial(self._sample, scale=self.refinement_proposal_scale), voxels,
+                                         f"refinement/{round_}", "prior refinement")
                 evidence += self.prior_.refit(
                     torch.cat([p.z for p in parts], dim=1),
                     torch.cat([p.log_likelihood for p in parts], dim=1),
@@ -239,14 +240,16 @@ class VariationalEstimator(Estimator):
         )
 
     def _posterior(
-        self, batch: VoxelBatch, generator: torch.Generator, *, mode_search: bool, adaptive: bool = True
+        self, batch: VoxelBatch, generator: torch.Generator, *, mode_search: bool, adaptive: bool = True,
+        scale: float | None = None,
     ) -> PosteriorSamples:
         """Importance samples of the voxels' posteriors; ``mode_search`` adds the Laplace proposal,
-        ``adaptive=False`` skips the adaptive rounds (the encoder's proposals only)."""
+        ``adaptive=False`` skips the adaptive rounds (the encoder's proposals only); ``scale`` widens the
+        proposals (default ``proposal_scale``)."""
         logits, mean, log_var = self._encode(batch)
         return sample_posterior(
             lambda z: self._log_likelihood(batch, z), self.prior_, logits, mean, log_var,
-            n_samples=self.n_posterior_samples, scale=self.proposal_scale,
+            n_samples=self.n_posterior_samples, scale=scale or self.proposal_scale,
             n_mode_steps=self.n_mode_steps if mode_search else 0,
             n_adaptive_rounds=self.n_adaptive_rounds if adaptive else 0, generator=generator,
         )
@@ -281,7 +284,9 @@ class VariationalEstimator(Estimator):
         """Whether every voxel gets the mode search and the adaptive rounds (see :meth:`_sample`)."""
         return self.inference == "exact" or not (self.n_mode_steps and self.n_adaptive_rounds)
 
-    def _sample(self, batch: VoxelBatch, generator: torch.Generator, *, search: bool = True) -> PosteriorSamples:
+    def _sample(
+        self, batch: VoxelBatch, generator: torch.Generator, *, search: bool = True, scale: float | None = None
+    ) -> PosteriorSamples:
         """Importance samples of a chunk's posteriors, for the maps and the prior refinement.
 
         ``inference="fast"``: samples from the encoder's proposals and the adaptive rounds; with
@@ -290,27 +295,35 @@ class VariationalEstimator(Estimator):
         :meth:`_search_again`.  With ``target_effective_samples`` set, a voxel whose samples from the
         encoder's proposals alone leave at least that many effective samples keeps them and skips the
         adaptive rounds.  ``"exact"``, or no adaptive rounds (the mode search then returns more samples
-        than the first pass): :meth:`_search_again` in every voxel.
+        than the first pass): :meth:`_search_again` in every voxel.  ``scale`` widens every proposal
+        (default ``proposal_scale``).
         """
+        search_again = partial(self._search_again, scale=scale)
         if self._exact:
-            return self._search_again(batch, generator)
+            return search_again(batch, generator)
         gated = self.target_effective_samples is not None
-        samples = self._posterior(batch, generator, mode_search=False, adaptive=not gated)
-        steps = ((self.target_effective_samples, partial(self._posterior, mode_search=False)),) if gated else ()
+        samples = self._posterior(batch, generator, mode_search=False, adaptive=not gated, scale=scale)
+        gated_rounds = partial(self._posterior, mode_search=False, scale=scale)
+        steps = ((self.target_effective_samples, gated_rounds),) if gated else ()
         if search:
-            steps = (*steps, (self.min_effective_samples, self._search_again))
+            steps = (*steps, (self.min_effective_samples, search_again))
         for threshold, sampler in steps:
             rows = torch.nonzero(effective_sample_size(samples.weights(self.prior_)) < threshold)[:, 0]
             if rows.numel():
                 samples = samples.with_voxels(rows, sampler(batch.select(rows), generator))
         return samples
 
-    def _search_again(self, batch: VoxelBatch, generator: torch.Generator) -> PosteriorSamples:
+    def _search_again(
+        self, batch: VoxelBatch, generator: torch.Generator, scale: float | None = None
+    ) -> PosteriorSamples:
         """Samples from the encoder's proposals, a Laplace approximation at each voxel's posterior mode and
         the adaptive rounds; voxels whose weights still collapse restart (:meth:`_restart_collapsed`)."""
-        return self._restart_collapsed(batch, self._posterior(batch, generator, mode_search=True), generator)
+        samples = self._posterior(batch, generator, mode_search=True, scale=scale)
+        return self._restart_collapsed(batch, samples, generator, scale)
 
-    def _restart_collapsed(self, batch: VoxelBatch, samples: PosteriorSamples, generator: torch.Generator) -> PosteriorSamples:
+    def _restart_collapsed(
+        self, batch: VoxelBatch, samples: PosteriorSamples, generator: torch.Generator, scale: float | None = None
+    ) -> PosteriorSamples:
         """Voxels whose importance weights collapsed (effective sample size below :data:`~varmap.estimators.posterior.COLLAPSED_ESS`:
         every proposal and the mode search missed a posterior narrower than they are, and the std would be
         near 0 whatever the error) search again from their voxelwise least-squares fit
@@ -327,7 +340,8 @@ class VariationalEstimator(Estimator):
         again = sample_posterior(
             lambda z: self._log_likelihood(voxels, z), self.prior_, torch.zeros_like(start[:, :1]), start[:, None, :],
             torch.full_like(start[:, None, :], 2.0 * math.log(_RESTART_SPREAD)), n_samples=self.n_posterior_samples,
-            scale=self.proposal_scale, n_mode_steps=self.n_mode_steps, n_adaptive_rounds=self.n_adaptive_rounds,
+            scale=scale or self.proposal_scale, n_mode_steps=self.n_mode_steps,
+            n_adaptive_rounds=self.n_adaptive_rounds,
             generator=generator,
         )
         better = torch.nonzero(again.best_log_joint(self.prior_) > samples.select_voxels(rows).best_log_joint(self.prior_))[:, 0]
