@@ -145,7 +145,8 @@ _VARIATIONAL = (
     Option("min_effective_samples", float, 32.0, "effective sample size below which 'fast' inference "
            "searches the voxel's posterior mode (voxels of all chunks together, after the first pass)", low=0.0),
     Option("n_posterior_samples", int, 64, "importance samples per voxel and proposal at inference", low=1),
-    Option("proposal_scale", float, 1.2, "widening of the proposals' spread", low=1e-3),
+    Option("proposal_scale", float, 1.2, "widening of the proposals' spread for the maps (gmvae's prior "
+           "refinement has its own, refinement_proposal_scale)", low=1e-3),
     Option("n_mode_steps", int, 10, "Newton steps to each voxel's posterior mode (0: no Laplace proposal)", low=0),
     Option("n_adaptive_rounds", int, 2, "adaptive importance-sampling rounds after the first proposals", low=0),
 )
