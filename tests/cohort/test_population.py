@@ -21,7 +21,7 @@ SNRS = (8.0, 12.0, 16.0, 10.0)
 VOXELS_PER_SUBJECT = 600
 #: Tiny training, long enough (15 epochs; early stopping watches from epoch 2) for the model to settle.
 OPTIONS = dict(n_epochs=15, n_hidden=16, n_posterior_samples=16, refinement_rounds=1, warmup_off_epochs=1,
-               warmup_ramp_epochs=1, max_reseeds=0)
+               warmup_ramp_epochs=1, max_reseeds=0, restarts=0)
 #: Largest RMSE between the maps of the 1- and 2-process models on the new subject, relative to the
 #: spread (std over the mask) of the 1-process map.  Measured with seeds 0, 1, 2 (the prior refinement
 #: holding S0 apart): D 0.039-0.082, K 0.047-0.119 (the processes draw other reparametrisation noise,

@@ -44,6 +44,7 @@ TINY_OPTIONS = {
     "refinement_rounds": 1,
     "refinement_steps": 2,
     "refinement_voxels": 256,
+    "restarts": 0,
 }
 
 #: Rows of the noisy data made unusable, and how: a NaN, an Inf, a zero b=0 signal.

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from varmap.estimators.priors import GaussianMixturePrior, StandardNormalPrior
+from varmap.estimators.priors import GaussianMixturePrior, StandardNormalPrior, bhattacharyya_distance
 
 
 def _random_prior(seed: int = 0, n_components: int = 3, n_latent: int = 3) -> GaussianMixturePrior:
@@ -133,3 +133,13 @@ def test_em_can_hold_the_last_mapped_coordinate_uncorrelated_with_the_others():
     torch.testing.assert_close(held[2, :2], torch.zeros(2, dtype=torch.float64), atol=1e-5, rtol=0)
     torch.testing.assert_close(held[:2, :2], free[:2, :2], atol=0.03, rtol=0)
     assert held[2, 2].item() == pytest.approx(free[2, 2].item(), abs=0.03)
+
+
+def test_bhattacharyya_distance_matches_its_closed_forms():
+    eye = torch.eye(2, dtype=torch.float64)
+    mean = torch.tensor([0.3, -1.0], dtype=torch.float64)
+    assert bhattacharyya_distance(mean, 2 * eye, mean, 2 * eye) == pytest.approx(0.0, abs=1e-12)
+    assert bhattacharyya_distance(mean, eye, mean + torch.tensor([2.0, 0.0], dtype=torch.float64), eye) == pytest.approx(0.5)
+    # equal means, variances 1 and 4 on one axis: ½ log((1 + 4)/2 / √(1·4))
+    wide = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    assert bhattacharyya_distance(mean, eye, mean, wide) == pytest.approx(0.5 * np.log(1.25))

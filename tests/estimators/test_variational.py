@@ -41,7 +41,7 @@ def fitted():
     model, signals, truth, labels = _data()
     results = {}
     for method in NETWORK_METHODS:
-        estimator = get_estimator(method, model, seed=3, **FAST)
+        estimator = get_estimator(method, model, seed=3, **FAST, **({"restarts": 0} if method == "gmvae" else {}))
         results[method] = (estimator, estimator.fit(signals))
     return model, signals, truth, labels, results
 
@@ -69,7 +69,7 @@ def test_posterior_std_is_positive_and_calibrated_in_scale(fitted, method):
 
 def test_gmvae_cluster_probabilities_separate_tissue_from_free_water():
     model, signals, _, labels = _data(n_voxels=1500, means=((0.9, 1.0), (3.0, 0.05)))
-    probs = get_estimator("gmvae", model, seed=1, n_epochs=120).fit(signals).cluster_probs
+    probs = get_estimator("gmvae", model, seed=1, n_epochs=120, restarts=0).fit(signals).cluster_probs
     assert probs.shape == (labels.size, 3)
     assert np.allclose(probs.sum(1), 1.0)
     hard = probs.argmax(1)
@@ -170,7 +170,7 @@ def test_noisier_voxels_get_wider_posteriors(method):
 
 def test_gumbel_sampler_trains():
     model, signals, truth, _ = _data(n_voxels=800)
-    result = get_estimator("gmvae", model, seed=0, y_sampler="gumbel", **FAST).fit(signals)
+    result = get_estimator("gmvae", model, seed=0, y_sampler="gumbel", restarts=0, **FAST).fit(signals)
     assert np.sqrt(np.mean((result.params["D"] - truth["D"]) ** 2)) < 0.05
 
 
@@ -351,3 +351,21 @@ def test_latent_codes_decode_back_to_the_parameters_they_were_made_from(fitted, 
         decoded, decoded_S0 = estimator.decoder_.parameters_of(estimator.latent_decoder_(estimator._latent_codes_of(packed, S0)))
     torch.testing.assert_close(decoded.double(), packed, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(decoded_S0.double(), S0, rtol=1e-3, atol=1e-4)
+
+
+def test_gmvae_trains_again_while_two_components_duplicate_one_tissue():
+    """A refined prior whose closest two components lie nearer than ``duplicate_distance`` is trained
+    again from new initial networks; the attempt kept is the one whose closest pair lies farthest apart."""
+    model, signals, _, _ = _data(n_voxels=600)
+    options = {**FAST, "n_epochs": 30, "refinement_voxels": 256, "refinement_rounds": 1}
+    once = get_estimator("gmvae", model, seed=2, duplicate_distance=0.0, **options)
+    history = once.fit(signals).history
+    assert len(history["closest_components"]) == 1 and "restart_kept" not in history
+    again = get_estimator("gmvae", model, seed=2, duplicate_distance=np.inf, restarts=2, **options)
+    history = again.fit(signals).history
+    separations = history["closest_components"]
+    assert len(separations) == 3 and separations[0] == pytest.approx(once._closest_components())
+    assert len(set(separations)) == 3  # each attempt starts from its own networks
+    kept = history["restart_kept"][0]
+    assert separations[kept] == max(separations)
+    assert again._closest_components() == pytest.approx(max(separations))

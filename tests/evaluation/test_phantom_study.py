@@ -23,7 +23,7 @@ def test_study_end_to_end(tmp_path, tiny_msdki) -> None:
     result = run_phantom_study(
         model="msdki",
         methods=("nlls", "gmvae"),
-        method_options={"gmvae": {"n_epochs": 3, "n_components": 3}},
+        method_options={"gmvae": {"n_epochs": 3, "n_components": 3, "restarts": 0}},
         phantom=tiny_msdki,
         output_dir=out,
         progress=False,

@@ -44,6 +44,18 @@ class GMVAEEstimator(VariationalEstimator):
     importance-sampling estimate of the mean log evidence per voxel before each step is in
     ``history["refinement_log_evidence"]``.  Maps and cluster probabilities are posterior means and
     posterior component probabilities under the refined prior.
+
+    Training can also end with two components on one tissue: at low SNR, where one voxel's signals
+    barely tell two nearby tissues apart, the ELBO's gradients merge them early, and neither the
+    re-seeding (both components stay in use) nor the refinement (two identical components are a fixed
+    point of EM) pulls them apart; a Gaussian fitted across two clusters then ties one parameter to the
+    other and the posteriors come out too narrow.  After the refinement, the smallest Bhattacharyya
+    distance between two components (over the model's unconstrained parameters, S0 left out) is
+    therefore checked: below ``duplicate_distance``, the network is trained and the prior refined again,
+    every random number drawn from the streams of a seed derived from ``seed``, at most ``restarts``
+    times, and the attempt whose closest pair of components lies farthest apart is kept.  The distance
+    of every attempt is in ``history["closest_components"]``, the kept attempt's index in
+    ``history["restart_kept"]`` where there was more than one.
     """
 
     name = "gmvae"

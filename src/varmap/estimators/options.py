@@ -160,6 +160,10 @@ _MIXTURE = (
     Option("min_component_usage", float, 0.005, "share of voxels below which a component is re-seeded",
            low=0.0, high=1.0),
     Option("max_reseeds", int, 4, "most component re-seedings in one training run", low=0),
+    Option("restarts", int, 2, "trainings again, from other random streams of the seed, while the refined "
+           "prior holds two components closer than duplicate_distance (two components of one tissue)", low=0),
+    Option("duplicate_distance", float, 0.5, "Bhattacharyya distance between two refined components below "
+           "which they count as one tissue split in two (see restarts)", low=0.0),
     Option("refinement_rounds", int, 4, "importance-sampling draws of the empirical-Bayes prior refinement "
            "(0: none)", low=0),
     Option("refinement_steps", int, 5, "EM steps on each draw", low=0),

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["StandardNormalPrior", "GaussianMixturePrior", "PRIORS"]
+__all__ = ["StandardNormalPrior", "GaussianMixturePrior", "PRIORS", "bhattacharyya_distance"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -236,6 +236,23 @@ class GaussianMixturePrior(nn.Module):
             self.log_vars[update] = (2.0 * torch.log(tril[update].diagonal(dim1=-2, dim2=-1))).to(self.log_vars.dtype)
             self.lower[update] = torch.tril(tril[update], diagonal=-1).to(self.lower.dtype)
         return evidence
+
+
+def bhattacharyya_distance(
+    mean_1: torch.Tensor, covariance_1: torch.Tensor, mean_2: torch.Tensor, covariance_2: torch.Tensor
+) -> float:
+    """Bhattacharyya distance between two Gaussians N(μ₁, Σ₁) and N(μ₂, Σ₂).
+
+    .. math:: \\tfrac18 (μ_1-μ_2)^T Σ^{-1} (μ_1-μ_2) + \\tfrac12 \\log\\frac{\\det Σ}{\\sqrt{\\det Σ_1 \\det Σ_2}},
+              \\quad Σ = (Σ_1 + Σ_2)/2
+
+    0 for identical Gaussians; two unit-variance Gaussians whose means lie d apart have d²/8.
+    """
+    covariance = 0.5 * (covariance_1 + covariance_2)
+    difference = mean_1 - mean_2
+    mahalanobis = difference @ torch.linalg.solve(covariance, difference)
+    log_dets = [torch.linalg.slogdet(c)[1] for c in (covariance, covariance_1, covariance_2)]
+    return float(mahalanobis / 8.0 + 0.5 * (log_dets[0] - 0.5 * (log_dets[1] + log_dets[2])))
 
 
 def _last_coordinate_uncorrelated(covariance: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..memory import release_freed_memory
-from ..random_streams import numpy_stream, torch_stream
+from ..random_streams import numpy_stream, stream_seed, torch_stream
 from .base import Estimates, Estimator
 from .data import PreparedData
 from .networks import SignalDecoder, VoxelBatch, encoder_inputs, seeded_linear, start_at_typical_values, voxel_batch
@@ -40,6 +40,7 @@ from .neural import (
 )
 from .nlls import INITIALISERS, NLLSEstimator
 from .parametrisation import S0_PER_SCALE
+from .priors import bhattacharyya_distance
 from .posterior import (
     COLLAPSED_ESS,
     PosteriorSamples,
@@ -164,17 +165,65 @@ class VariationalEstimator(Estimator):
         return reconstruction + self._kl_weight(epoch) * kl
 
     def _train(self, data: PreparedData) -> dict[str, list[float]]:
+        """Train (and refine a learnable prior); with a mixture prior whose refined components include two
+        closer than ``duplicate_distance``, train again from other random streams, at most ``restarts``
+        times, and keep the attempt whose closest pair of components lies farthest apart."""
         voxels = voxel_batch(data, self.device_)
-        self._build(*input_statistics(voxels))
-        self.reseeded_epochs_: list[int] = []
-        mixture = self.n_components > 1
-        history = train_estimator(self, voxels, self._loss, first_stop_epoch=self._first_stop_epoch,
-                                  after_epoch=self._reseed_unused_component if mixture else None)
-        if mixture:
-            history["reseeded_epochs"] = list(self.reseeded_epochs_)
-        if self.prior_.learnable:
-            history["refinement_log_evidence"] = self._refine_prior(data)
+        statistics = input_statistics(voxels)
+        if self.n_components == 1:
+            return self._train_once(data, voxels, statistics, attempt=0)
+        attempts: list[tuple[float, dict, dict]] = []
+        for attempt in range(1 + self.restarts):
+            history = self._train_once(data, voxels, statistics, attempt)
+            separation = self._closest_components()
+            attempts.append((separation, history, {k: v.clone() for k, v in self.network_.state_dict().items()}))
+            if separation >= self.duplicate_distance:
+                break
+        if len(attempts) > 1:
+            best = max(range(len(attempts)), key=lambda i: attempts[i][0])
+            history = attempts[best][1]
+            self.network_.load_state_dict(attempts[best][2])
+            history["restart_kept"] = [best]
+        history["closest_components"] = [separation for separation, _, _ in attempts]
         return history
+
+    def _train_once(
+        self, data: PreparedData, voxels: VoxelBatch, statistics: tuple[np.ndarray, np.ndarray], attempt: int
+    ) -> dict[str, list[float]]:
+        """One training run, then the prior refinement; a restart (``attempt`` > 0) draws every random
+        number of both (initial networks, held-out split, mini-batches, noise, importance samples) from
+        the streams of its own seed, derived from ``seed``."""
+        seed = self.seed
+        if attempt:
+            self.seed = stream_seed(seed, f"restart {attempt}")
+        try:
+            self._build(*statistics)
+            self.reseeded_epochs_: list[int] = []
+            mixture = self.n_components > 1
+            history = train_estimator(self, voxels, self._loss, first_stop_epoch=self._first_stop_epoch,
+                                      after_epoch=self._reseed_unused_component if mixture else None)
+            if mixture:
+                history["reseeded_epochs"] = list(self.reseeded_epochs_)
+            if self.prior_.learnable:
+                history["refinement_log_evidence"] = self._refine_prior(data)
+        finally:
+            self.seed = seed
+        return history
+
+    def _closest_components(self) -> float:
+        """Smallest Bhattacharyya distance between two of the mixture prior's components, taken over the
+        model's unconstrained parameters without S0 (where the latent space has the default size; in the
+        latent space otherwise): two components of one tissue are a fit that training merged (see Notes
+        of :class:`~varmap.estimators.gmvae.GMVAEEstimator`)."""
+        with torch.no_grad():
+            tril = self.prior_.scale_tril().double()
+            means, covariances = self.prior_.means.double(), tril @ tril.transpose(-1, -2)
+            weight = self.latent_decoder_.weight.double()
+            if weight.shape[0] == weight.shape[1]:
+                means = (means @ weight.T)[:, :-1]
+                covariances = (weight @ covariances @ weight.T)[:, :-1, :-1]
+            return float(min(bhattacharyya_distance(means[i], covariances[i], means[j], covariances[j])
+                             for i in range(self.n_components) for j in range(i)))
 
     def _reseed_unused_component(self, epoch: int, train_voxels: VoxelBatch) -> bool:
         """Split the most used component into an unused one (see :class:`GMVAEEstimator`); true if done."""
