@@ -355,7 +355,8 @@ def test_latent_codes_decode_back_to_the_parameters_they_were_made_from(fitted, 
 
 def test_gmvae_trains_again_while_two_components_duplicate_one_tissue():
     """A refined prior whose closest two components lie nearer than ``duplicate_distance`` is trained
-    again from new initial networks; the attempt kept is the one whose closest pair lies farthest apart."""
+    again from other random streams of the seed; the attempt kept, and left as the fitted network, is the
+    one whose closest pair lies farthest apart."""
     model, signals, _, _ = _data(n_voxels=600)
     options = {**FAST, "n_epochs": 30, "refinement_voxels": 256, "refinement_rounds": 1}
     once = get_estimator("gmvae", model, seed=2, duplicate_distance=0.0, **options)
@@ -365,7 +366,7 @@ def test_gmvae_trains_again_while_two_components_duplicate_one_tissue():
     history = again.fit(signals).history
     separations = history["closest_components"]
     assert len(separations) == 3 and separations[0] == pytest.approx(once._closest_components())
-    assert len(set(separations)) == 3  # each attempt starts from its own networks
+    assert len(set(separations)) == 3  # each attempt draws from its own streams
     kept = history["restart_kept"][0]
     assert separations[kept] == max(separations)
     assert again._closest_components() == pytest.approx(max(separations))
