@@ -6,7 +6,14 @@ import pytest
 import torch
 from scipy import stats
 
-from varmap.estimators.likelihood import gaussian_nll, rician_mean, rician_mean_noise_slope, rician_nll
+from varmap.estimators.likelihood import (
+    gaussian_nll,
+    observable_moments,
+    rician_mean,
+    rician_mean_noise_slope,
+    rician_nll,
+)
+
 
 def test_rician_mean_matches_monte_carlo_and_limits():
     rng = np.random.default_rng(0)
@@ -16,6 +23,24 @@ def test_rician_mean_matches_monte_carlo_and_limits():
         value = float(rician_mean(torch.tensor(nu, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64)))
         assert value == pytest.approx(samples.mean(), rel=5e-3)
     assert float(rician_mean(torch.tensor(0.0), torch.tensor(1.0))) == pytest.approx(np.sqrt(np.pi / 2), rel=1e-6)
+
+
+def test_observable_moments_are_those_of_averaged_magnitudes():
+    """Mean and variance of an average of 30 Rician magnitudes, from the signal to the noise floor, and
+    the Gaussian's ν and σ²/n."""
+    rng = np.random.default_rng(1)
+    sigma, count = 0.3, 30
+    nus = np.array([0.0, 0.1, 0.6, 2.0])
+    noise = sigma * (rng.normal(size=(40_000, count, 4)) + 1j * rng.normal(size=(40_000, count, 4)))
+    averages = np.abs(nus + noise).mean(1)
+    predicted = torch.as_tensor(nus)[None]
+    counts = torch.full((4,), float(count), dtype=torch.float64)
+    mean, variance = observable_moments(predicted, torch.tensor([[sigma]], dtype=torch.float64), counts, "rician")
+    np.testing.assert_allclose(mean[0], averages.mean(0), rtol=2e-3)
+    np.testing.assert_allclose(variance[0], averages.var(0), rtol=3e-2)
+    mean, variance = observable_moments(predicted, torch.tensor([[sigma]], dtype=torch.float64), counts, "gaussian")
+    np.testing.assert_array_equal(mean, predicted)
+    np.testing.assert_allclose(variance, np.full((1, 4), sigma**2 / count))
 
 
 def test_single_measurement_rician_nll_is_exact_up_to_a_constant():

@@ -40,7 +40,16 @@ def test_hcp_protocol_is_deterministic_and_seeded():
     assert small.n_measurements == 22 and small.dw_shell_bvals.tolist() == [0.5, 1.5]
 
 
-@pytest.mark.parametrize("kwargs", [{"n_b0": 0}, {"n_directions": 0}, {"shells": ()}, {"shells": (-5.0,)}])
+def test_hcp_protocol_takes_a_direction_count_per_shell():
+    abcd = hcp_protocol(n_b0=7, n_directions=(6, 15, 15, 60), shells=(500, 1000, 2000, 3000))
+    np.testing.assert_array_equal(abcd.shell_counts, [7, 6, 15, 15, 60])
+    np.testing.assert_allclose(abcd.dw_shell_bvals, [0.5, 1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"n_b0": 0}, {"n_directions": 0}, {"n_directions": (30, 0, 30)}, {"n_directions": (30, 30)}, {"shells": ()},
+    {"shells": (-5.0,)},
+])
 def test_hcp_protocol_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         hcp_protocol(**kwargs)

@@ -56,6 +56,18 @@ class GMVAEEstimator(VariationalEstimator):
     times, and the attempt whose closest pair of components lies farthest apart is kept.  The distance
     of every attempt is in ``history["closest_components"]``, the kept attempt's index in
     ``history["restart_kept"]`` where there was more than one.
+
+    The refined prior is an estimate, and the maps' posteriors treat it as known.  With
+    ``prior_uncertainty`` (the default) each voxel's std also carries the uncertainty of the components'
+    means (Kass and Steffey's first-order correction, :mod:`~varmap.estimators.prior_uncertainty`): the
+    information the voxels hold about each mean, from the linearised model's expected information at
+    every voxel's posterior mean, inverted, and passed to each voxel in the measure its own data leave
+    its posterior to the prior.  Where the data place a component firmly (tissue: thousands of voxels
+    each informative) it adds almost nothing; where they place it loosely it widens the intervals of
+    that component's voxels.  Free water at b >= 1000 s/mm² is the case: once its signal has decayed into
+    the noise floor its D and K enter the data only through D - D²K/6, the refinement leaves the
+    component wherever training put it along that ridge, and its voxels' posteriors are the component.
+    The maps themselves (posterior means) do not change.
     """
 
     name = "gmvae"

@@ -8,7 +8,7 @@ import torch
 
 __all__ = [
     "LIKELIHOODS", "gaussian_nll", "rician_nll", "rician_log_pdf", "rician_mean", "rician_mean_noise_slope",
-    "check_likelihood",
+    "check_likelihood", "observable_moments",
 ]
 
 LIKELIHOODS = ("rician", "gaussian")
@@ -43,6 +43,42 @@ def gaussian_nll(
     """
     variance = sigma * sigma / counts
     return (0.5 * (observed - predicted) ** 2 / variance + 0.5 * torch.log(variance) + _HALF_LOG_2PI).sum(-1)
+
+
+def observable_moments(
+    predicted: torch.Tensor, sigma: torch.Tensor, counts: torch.Tensor, likelihood: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of each observable, an average of ``counts`` measurements, under a noise model.
+
+    Parameters
+    ----------
+    predicted : Tensor, shape (..., n_observables)
+        Noise-free model prediction ν, normalised as the observables.
+    sigma : Tensor, shape (..., 1)
+        Noise standard deviation of one measurement, normalised likewise.
+    counts : Tensor, shape (n_observables,)
+    likelihood : {"rician", "gaussian"}
+
+    Returns
+    -------
+    mean, variance : Tensor, shape (..., n_observables)
+        Rician: :func:`rician_mean` and the variance of an average of Rician magnitudes,
+        (2σ² + ν² − E[M]²) / count (the moments :func:`rician_nll` matches); Gaussian: ν and σ² / count.
+    """
+    if likelihood == "gaussian":
+        return predicted, (sigma * sigma / counts).expand_as(predicted)
+    nu = predicted.clamp_min(0.0)
+    return _rician_moments(nu, sigma, counts, _scaled_bessels(nu, sigma))
+
+
+def _rician_moments(
+    nu: torch.Tensor, sigma: torch.Tensor, counts: torch.Tensor, bessels: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of averaged Rician magnitudes (:func:`observable_moments`), from
+    :func:`_scaled_bessels`; the variance is floored at 10⁻³ σ² / count."""
+    variance = sigma * sigma
+    mean = _mean_of(sigma, *bessels)
+    return mean, (2.0 * variance + nu * nu - mean * mean).clamp_min(1e-3 * variance) / counts
 
 
 def rician_mean(nu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -145,8 +181,7 @@ def rician_nll(
     if bool(single.all()):  # only the branch the observables need (ball_stick: every one is single)
         return (torch.log(variance) - _rician_kernel(observed.clamp_min(0.0), nu, variance)).sum(-1)
     bessels = _scaled_bessels(nu, sigma)
-    mean = _mean_of(sigma, *bessels)
-    avg_variance = (2.0 * variance + nu * nu - mean * mean).clamp_min(1e-3 * variance) / counts
+    mean, avg_variance = _rician_moments(nu, sigma, counts, bessels)
     residual = observed - mean
     nll = 0.5 * residual**2 / avg_variance + 0.5 * torch.log(avg_variance)
     if bool(single.any()):

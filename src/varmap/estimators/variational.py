@@ -29,6 +29,7 @@ from ..memory import release_freed_memory
 from ..random_streams import numpy_stream, stream_seed, torch_stream
 from .base import Estimates, Estimator
 from .data import PreparedData
+from .likelihood import observable_moments
 from .networks import SignalDecoder, VoxelBatch, encoder_inputs, seeded_linear, start_at_typical_values, voxel_batch
 from .neural import (
     build_encoder,
@@ -40,6 +41,7 @@ from .neural import (
 )
 from .nlls import INITIALISERS, NLLSEstimator
 from .parametrisation import S0_PER_SCALE
+from .prior_uncertainty import added_covariance, jacobian, latent_fisher_information, mean_covariance, mean_information
 from .priors import bhattacharyya_distance
 from .posterior import (
     COLLAPSED_ESS,
@@ -326,7 +328,54 @@ class VariationalEstimator(Estimator):
                 again = self._map_chunks(summarised(self._search_again), voxels.select(torch.as_tensor(rows)),
                                          "inference/search", f"{self.name} mode search")
                 estimates = estimates.with_rows(rows, Estimates.concatenate(again))
+            if self.prior_.learnable and self.prior_uncertainty:
+                self._add_prior_uncertainty(voxels, estimates)
         return estimates
+
+    def _add_prior_uncertainty(self, voxels: VoxelBatch, estimates: Estimates) -> None:
+        """Widen ``estimates.std`` (scalar parameters, in place) by the uncertainty of the learned
+        components' means (:mod:`varmap.estimators.prior_uncertainty`): the voxels' information about
+        the means, summed over every voxel at its posterior mean, then each voxel's share of it."""
+        if not len(estimates.S0):
+            return
+        tril = self.prior_.scale_tril().double()
+        covariances = tril @ tril.transpose(-1, -2)
+        weight, bias = self.latent_decoder_.weight.double(), self.latent_decoder_.bias.double()
+        # the means' hyperprior: anywhere in the physical range, as the latent codes whose unconstrained
+        # images are logistic-like N(0, π²/3) (a uniform value in a bounded range, through the sigmoid)
+        inverse = torch.linalg.pinv(weight)
+        hyperprior = (math.pi**2 / 3.0) * inverse @ inverse.T
+        counts = self.decoder_.counts.double()
+        n_scalars = self.model.n_scalars
+        packed = torch.as_tensor(estimates.packed, device=self.device_)
+        S0 = torch.as_tensor(estimates.S0, device=self.device_)[:, None]
+        probs = estimates.cluster_probs if estimates.cluster_probs is not None else np.ones((len(S0), 1))
+        responsibilities = torch.as_tensor(probs, device=self.device_)
+
+        def fisher(rows: slice, codes: torch.Tensor) -> torch.Tensor:
+            batch = voxels.select(rows)
+            b0_mean, sigma = batch.b0_mean.double(), batch.sigma.double()
+
+            def moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                predicted = self.decoder_.predict(nn.functional.linear(z, weight, bias), b0_mean)
+                return observable_moments(predicted, sigma, counts, self.decoder_.likelihood)
+
+            return latent_fisher_information(moments, codes)
+
+        chunks = [slice(start, start + self.chunk_size) for start in range(0, len(S0), self.chunk_size)]
+        codes = [self._latent_codes_of(packed[rows], S0[rows]).double() for rows in chunks]
+        informations = [fisher(rows, z) for rows, z in zip(chunks, codes)]
+        information = sum(mean_information(f, responsibilities[rows], covariances) for f, rows in zip(informations, chunks))
+        means_covariance = mean_covariance(information, hyperprior)
+        added = []
+        for rows, z, f in zip(chunks, codes, informations):
+            derivative = jacobian(
+                lambda c: self.model.constrain(nn.functional.linear(c, weight, bias)[..., :-1])[..., :n_scalars], z)
+            covariance = added_covariance(f, responsibilities[rows], covariances, means_covariance)
+            added.append(torch.einsum("bml,blk,bmk->bm", derivative, covariance, derivative))
+        variance = torch.cat(added).clamp_min(0.0).cpu().numpy()
+        for i, name in enumerate(self.model.parameter_names):
+            estimates.std[name] = np.sqrt(estimates.std[name] ** 2 + variance[:, i])
 
     @property
     def _exact(self) -> bool:

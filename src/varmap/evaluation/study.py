@@ -149,7 +149,8 @@ def run_study(
         default the methods estimate it.
     protocol : str
         Acquisition (:data:`varmap.simulation.STUDY_PROTOCOLS`): ``"hcp"`` (288 measurements, three
-        shells) or ``"clinical"`` (one b=0, two shells).  The ``"physical"`` MS-DKI prior is truncated
+        shells), ``"clinical"`` (one b=0, two shells) or ``"abcd"`` (seven b=0, four shells from
+        b = 500 s/mm²).  The ``"physical"`` MS-DKI prior is truncated
         at the protocol's largest b-value.
 
     Returns

@@ -42,7 +42,7 @@ def fibonacci_sphere(n: int) -> np.ndarray:
 def hcp_protocol(
     *,
     n_b0: int = 18,
-    n_directions: int = 90,
+    n_directions: int | tuple[int, ...] = 90,
     shells: tuple[float, ...] = (1000.0, 2000.0, 3000.0),
     seed: int = 0,
 ) -> Protocol:
@@ -52,8 +52,8 @@ def hcp_protocol(
     ----------
     n_b0 : int
         Number of b=0 measurements (placed first).
-    n_directions : int
-        Number of gradient directions per shell.
+    n_directions : int or tuple of int
+        Number of gradient directions of every shell, or of each shell in the order of ``shells``.
     shells : tuple of float
         b-values of the diffusion-weighted shells, in s/mm².
     seed : int
@@ -62,13 +62,14 @@ def hcp_protocol(
     Returns
     -------
     Protocol
-        ``n_b0 + n_directions * len(shells)`` measurements (288 with the defaults, as in the Human
+        ``n_b0`` plus the shells' directions measurements (288 with the defaults, as in the Human
         Connectome Project).  Results are cached: equal arguments return the same object.
 
     Raises
     ------
     ValueError
-        On ``n_b0`` or ``n_directions`` below 1, or no or non-positive shells.
+        On ``n_b0`` or a number of directions below 1, no or non-positive shells, or a tuple of
+        direction counts whose length is not that of ``shells``.
 
     Notes
     -----
@@ -79,20 +80,23 @@ def hcp_protocol(
     """
     if n_b0 < 1:
         raise ValueError(f"n_b0={n_b0}: models normalise by the b=0 signal, so use at least 1.")
-    if n_directions < 1:
-        raise ValueError(f"n_directions={n_directions}: each shell needs at least one direction.")
     shells = tuple(float(b) for b in shells)
     if not shells or any(b <= 0 for b in shells):
         raise ValueError(f"shells={shells}: give one or more positive b-values in s/mm².")
-    return _hcp_protocol(n_b0, n_directions, shells, seed)
+    counts = (n_directions,) * len(shells) if isinstance(n_directions, int) else tuple(n_directions)
+    if len(counts) != len(shells):
+        raise ValueError(f"n_directions={n_directions}: give one count, or one per shell ({len(shells)}).")
+    if min(counts) < 1:
+        raise ValueError(f"n_directions={n_directions}: each shell needs at least one direction.")
+    return _hcp_protocol(n_b0, counts, shells, seed)
 
 
 @lru_cache(maxsize=16)
-def _hcp_protocol(n_b0: int, n_directions: int, shells: tuple[float, ...], seed: int) -> Protocol:
+def _hcp_protocol(n_b0: int, counts: tuple[int, ...], shells: tuple[float, ...], seed: int) -> Protocol:
     rng = np.random.default_rng(seed)
     bvals = [np.zeros(n_b0)]
     bvecs = [np.zeros((n_b0, 3))]
-    for b in shells:
+    for b, n_directions in zip(shells, counts):
         start = rng.standard_normal((n_directions, 3))
         start /= np.linalg.norm(start, axis=1, keepdims=True)
         spread, _ = disperse_charges(HemiSphere(xyz=start), _REPULSION_ITERATIONS, const=_REPULSION_STEP)
@@ -106,6 +110,8 @@ STUDY_PROTOCOLS: dict[str, tuple[dict, str]] = {
     "hcp": ({}, "HCP-like: 18 b=0 + 90 directions at 1000, 2000, 3000 s/mm²"),
     "clinical": ({"n_b0": 1, "n_directions": 30, "shells": (1000.0, 2000.0)},
                  "clinical: 1 b=0 + 30 directions at 1000, 2000 s/mm²"),
+    "abcd": ({"n_b0": 7, "n_directions": (6, 15, 15, 60), "shells": (500.0, 1000.0, 2000.0, 3000.0)},
+             "ABCD-like: 7 b=0 + 6, 15, 15, 60 directions at 500, 1000, 2000, 3000 s/mm²"),
 }
 
 
