@@ -62,8 +62,8 @@ def hcp_protocol(
     Returns
     -------
     Protocol
-        ``n_b0`` plus the shells' directions measurements (288 with the defaults, as in the Human
-        Connectome Project).  Results are cached: equal arguments return the same object.
+        One measurement per b=0 and per direction of every shell (288 with the defaults, as in the
+        Human Connectome Project).  Results are cached: equal arguments return the same object.
 
     Raises
     ------
