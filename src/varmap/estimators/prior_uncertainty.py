@@ -95,8 +95,7 @@ def mean_information(fisher: torch.Tensor, responsibilities: torch.Tensor, covar
     Tensor, shape (K, L, L)
         Summed over the B voxels; add the sums of several batches.
     """
-    precision = torch.linalg.inv(covariances)  # (K, L, L)
-    gain = torch.linalg.solve(precision + fisher[:, None], precision.expand(fisher.shape[0], -1, -1, -1))
+    precision, gain = _gains(fisher, covariances)
     per_voxel = precision - precision @ gain  # (B, K, L, L)
     return torch.einsum("bk,bkij->kij", responsibilities, per_voxel)
 
@@ -133,7 +132,13 @@ def added_covariance(
     -------
     Tensor, shape (B, L, L)
     """
-    precision = torch.linalg.inv(covariances)
-    gain = torch.linalg.solve(precision + fisher[:, None], precision.expand(fisher.shape[0], -1, -1, -1))
+    gain = _gains(fisher, covariances)[1]
     added = gain @ means_covariance @ gain.transpose(-1, -2)  # (B, K, L, L)
     return torch.einsum("bk,bkij->bij", responsibilities, added)
+
+
+def _gains(fisher: torch.Tensor, covariances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """P_k = Σ_k⁻¹ (K, L, L) and A_vk = (P_k + F_v)⁻¹ P_k (B, K, L, L), which :func:`mean_information` and
+    :func:`added_covariance` share."""
+    precision = torch.linalg.inv(covariances)
+    return precision, torch.linalg.solve(precision + fisher[:, None], precision.expand(fisher.shape[0], -1, -1, -1))

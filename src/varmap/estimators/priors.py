@@ -106,6 +106,11 @@ class GaussianMixturePrior(nn.Module):
         """Cholesky factors L_k of the component covariances, shape (K, L, L)."""
         return torch.diag_embed(torch.exp(0.5 * self.log_vars)) + torch.tril(self.lower, diagonal=-1)
 
+    def covariances(self) -> torch.Tensor:
+        """Σ_k = L_k L_kᵀ, in float64, shape (K, L, L)."""
+        tril = self.scale_tril().double()
+        return tril @ tril.transpose(-1, -2)
+
     def _inverse_scale(self) -> torch.Tensor:
         """L_k⁻¹, shape (K, L, L)."""
         tril = self.scale_tril()

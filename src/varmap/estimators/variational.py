@@ -218,8 +218,7 @@ class VariationalEstimator(Estimator):
         latent space otherwise): two components of one tissue are a fit that training merged (see Notes
         of :class:`~varmap.estimators.gmvae.GMVAEEstimator`)."""
         with torch.no_grad():
-            tril = self.prior_.scale_tril().double()
-            means, covariances = self.prior_.means.double(), tril @ tril.transpose(-1, -2)
+            means, covariances = self.prior_.means.double(), self.prior_.covariances()
             weight = self.latent_decoder_.weight.double()
             if weight.shape[0] == weight.shape[1]:
                 means = (means @ weight.T)[:, :-1]
@@ -338,8 +337,7 @@ class VariationalEstimator(Estimator):
         the means, summed over every voxel at its posterior mean, then each voxel's share of it."""
         if not len(estimates.S0):
             return
-        tril = self.prior_.scale_tril().double()
-        covariances = tril @ tril.transpose(-1, -2)
+        covariances = self.prior_.covariances()
         weight, bias = self.latent_decoder_.weight.double(), self.latent_decoder_.bias.double()
         # the means' hyperprior: anywhere in the physical range, as the latent codes whose unconstrained
         # images are logistic-like N(0, π²/3) (a uniform value in a bounded range, through the sigmoid)
@@ -370,7 +368,7 @@ class VariationalEstimator(Estimator):
         added = []
         for rows, z, f in zip(chunks, codes, informations):
             derivative = jacobian(
-                lambda c: self.model.constrain(nn.functional.linear(c, weight, bias)[..., :-1])[..., :n_scalars], z)
+                lambda c: self.decoder_.parameters_of(nn.functional.linear(c, weight, bias))[0][..., :n_scalars], z)
             covariance = added_covariance(f, responsibilities[rows], covariances, means_covariance)
             added.append(torch.einsum("bml,blk,bmk->bm", derivative, covariance, derivative))
         variance = torch.cat(added).clamp_min(0.0).cpu().numpy()
