@@ -118,8 +118,7 @@ def test_gmvae_prior_refinement_runs_its_em_steps(fitted):
 
 def test_gmvae_prior_refinement_samples_with_wider_proposals_than_the_maps(fitted, monkeypatch):
     """The refinement's importance samples come from proposals widened by ``refinement_proposal_scale``
-    (every proposal: encoder, adaptive rounds, mode search), ``n_posterior_samples`` from each as at
-    inference and ``repair_samples`` in the repair; the maps' from ``proposal_scale``."""
+    (every proposal: encoder, adaptive rounds, mode search), the maps' from ``proposal_scale``."""
     import varmap.estimators.variational as variational
 
     _, signals, _, _, results = fitted
@@ -129,22 +128,18 @@ def test_gmvae_prior_refinement_samples_with_wider_proposals_than_the_maps(fitte
     scales = []
     real_sampler = variational.sample_posterior
 
-    def recording(*args, scale, n_samples, **kwargs):
-        scales.append((scale, n_samples))
-        return real_sampler(*args, scale=scale, n_samples=n_samples, **kwargs)
+    def recording(*args, scale, **kwargs):
+        scales.append(scale)
+        return real_sampler(*args, scale=scale, **kwargs)
 
     monkeypatch.setattr(variational, "sample_posterior", recording)
     prepared = prepare_signals(signals[:64], estimator.model, sigma=estimator.fitted_sigma_)
     estimator._refine_prior(prepared)
-    assert len(scales) >= 2 and set(scales) == {(estimator.refinement_proposal_scale, estimator.n_posterior_samples)}
+    assert len(scales) >= 2 and set(scales) == {estimator.refinement_proposal_scale}
     assert estimator.refinement_proposal_scale != estimator.proposal_scale
     scales.clear()
-    estimator._refine_prior(prepared, repair=True)
-    assert len(scales) >= 2 and set(scales) == {(estimator.refinement_proposal_scale, estimator.repair_samples)}
-    assert estimator.repair_samples != estimator.n_posterior_samples
-    scales.clear()
     estimator.transform(signals[:64], sigma=estimator.fitted_sigma_)
-    assert len(scales) >= 2 and set(scales) == {(estimator.proposal_scale, estimator.n_posterior_samples)}
+    assert len(scales) >= 2 and set(scales) == {estimator.proposal_scale}
 
 
 def test_gmvae_refined_prior_holds_s0_apart_from_the_tissue_parameters(fitted):
@@ -391,7 +386,7 @@ def test_gmvae_trains_again_while_two_components_duplicate_one_tissue():
     once = get_estimator("gmvae", model, seed=2, duplicate_distance=0.0, **options)
     history = once.fit(signals).history
     assert len(history["closest_components"]) == 1 and "restart_kept" not in history
-    again = get_estimator("gmvae", model, seed=2, duplicate_distance=np.inf, restarts=2, repair_steps=0, **options)
+    again = get_estimator("gmvae", model, seed=2, duplicate_distance=np.inf, restarts=2, **options)
     history = again.fit(signals).history
     separations = history["closest_components"]
     assert len(separations) == 3 and separations[0] == pytest.approx(once._closest_components())
@@ -399,20 +394,3 @@ def test_gmvae_trains_again_while_two_components_duplicate_one_tissue():
     kept = history["restart_kept"][0]
     assert separations[kept] == max(separations)
     assert again._closest_components() == pytest.approx(max(separations))
-
-
-def test_gmvae_repairs_a_prior_whose_components_duplicate_one_tissue():
-    """Where the refined prior's closest components lie nearer than ``duplicate_distance``, the repair redoes
-    the refinement from the trained prior: ``refinement_rounds`` draws of ``repair_steps`` accelerated EM
-    steps (the evidence never falls within a draw), the split-and-merge move kept on the draws listed;
-    without a duplicate it does not run, and the plain refinement before it is the same."""
-    model, signals, _, _ = _data(n_voxels=600)
-    options = {**FAST, "n_epochs": 30, "refinement_voxels": 256, "refinement_rounds": 2, "restarts": 0}
-    plain = get_estimator("gmvae", model, seed=2, duplicate_distance=0.0, **options).fit(signals).history
-    assert "repair_log_evidence" not in plain
-    estimator = get_estimator("gmvae", model, seed=2, duplicate_distance=np.inf, repair_steps=7, **options)
-    history = estimator.fit(signals).history
-    evidence = np.asarray(history["repair_log_evidence"]).reshape(2, 7)
-    assert np.all(np.isfinite(evidence)) and np.all(np.diff(evidence, axis=1) > -1e-6)
-    assert set(history["repair_split_rounds"]) <= {0, 1}
-    assert history["refinement_log_evidence"] == plain["refinement_log_evidence"]  # the same training and refinement

@@ -51,25 +51,11 @@ class GMVAEEstimator(VariationalEstimator):
     point of EM) pulls them apart; a Gaussian fitted across two clusters then ties one parameter to the
     other and the posteriors come out too narrow.  After the refinement, the smallest Bhattacharyya
     distance between two components (over the model's unconstrained parameters, S0 left out) is
-    therefore checked.  Below ``duplicate_distance`` the refinement is first redone from the trained
-    prior as a repair, three ways unlike the plain one: on each draw EM also runs from the
-    split-and-merge move (:meth:`~varmap.estimators.priors.GaussianMixturePrior.split_closest_pair`: the
-    two closest components merged and split again along the merged one's principal axis), and the
-    result with the higher evidence on the draw's samples is kept (the draws where the move won are in
-    ``history["repair_split_rounds"]``); every third of ``repair_steps`` EM steps is a SQUAREM
-    extrapolation (where the voxels inform a direction of the prior little, plain EM moves along it by a
-    small fraction of the remaining distance per step); and the draws hold ``repair_samples`` samples
-    per proposal, because EM on fixed importance samples converges to the maximum of their evidence
-    estimate, which leans towards priors under which the posteriors look like the proposals by an amount
-    that falls with the effective sample size.  The repair is not the default refinement: on fits whose
-    components are apart, converging that far also narrows an unresolved free-water component onto
-    whatever part of its ridge the samples favour.  The repair's evidence trace is in
-    ``history["repair_log_evidence"]``.  Where two components are still closer than
-    ``duplicate_distance``, the network is trained and the prior refined again, every random number
-    drawn from the streams of a seed derived from ``seed``, at most ``restarts`` times, and the attempt
-    whose closest pair of components lies farthest apart is kept.  The distance of every attempt is in
-    ``history["closest_components"]``, the kept attempt's index in ``history["restart_kept"]`` where
-    there was more than one.
+    therefore checked: below ``duplicate_distance``, the network is trained and the prior refined again,
+    every random number drawn from the streams of a seed derived from ``seed``, at most ``restarts``
+    times, and the attempt whose closest pair of components lies farthest apart is kept.  The distance
+    of every attempt is in ``history["closest_components"]``, the kept attempt's index in
+    ``history["restart_kept"]`` where there was more than one.
 
     The refined prior is an estimate, and the maps' posteriors treat it as known.  With
     ``prior_uncertainty`` (the default) each voxel's std also carries the uncertainty of the components'

@@ -161,21 +161,13 @@ _MIXTURE = (
            low=0.0, high=1.0),
     Option("max_reseeds", int, 4, "most component re-seedings in one training run", low=0),
     Option("restarts", int, 2, "trainings again, from other random streams of the seed, while the refined "
-           "(and repaired) prior holds two components closer than duplicate_distance (two components of one "
-           "tissue)", low=0),
+           "prior holds two components closer than duplicate_distance (two components of one tissue)", low=0),
     Option("duplicate_distance", float, 0.5, "Bhattacharyya distance between two refined components below "
            "which they count as one tissue split in two (see restarts)", low=0.0),
     Option("refinement_rounds", int, 4, "importance-sampling draws of the empirical-Bayes prior refinement "
            "(0: none)", low=0),
     Option("refinement_steps", int, 5, "EM steps on each draw", low=0),
     Option("refinement_voxels", int, 8192, "voxels whose posteriors the refinement uses", low=1),
-    Option("repair_steps", int, 8, "where the refined prior holds two components closer than "
-           "duplicate_distance, the refinement is redone from the trained prior: EM steps on each of "
-           "refinement_rounds draws, every third a SQUAREM extrapolation, from the prior and from its "
-           "split-and-merge move, the higher evidence kept (0: no repair)", low=0),
-    Option("repair_samples", int, 256, "importance samples per voxel and proposal in the repair's draws (more "
-           "than at inference: EM's fixed point on few effective samples leans towards priors under which "
-           "the posteriors look like the proposals)", low=1),
     Option("refinement_proposal_scale", float, 2.5, "widening of the proposals' spread when sampling the "
            "refinement voxels' posteriors (wider than at inference: EM sets the prior's covariances from "
            "these samples, and proposals that miss a posterior's tails narrow it)", low=1e-3),

@@ -176,7 +176,6 @@ class GaussianMixturePrior(nn.Module):
         log_proposal: torch.Tensor,
         n_steps: int,
         uncorrelated_last: torch.Tensor | None = None,
-        accelerate: bool = False,
     ) -> list[float]:
         """Expectation-maximisation steps towards the prior of maximum marginal likelihood (empirical Bayes).
 
@@ -198,19 +197,12 @@ class GaussianMixturePrior(nn.Module):
             part of the weighted covariance in those coordinates, its maximum-likelihood value under
             that restriction, so a step still does not lower the evidence).  The variational
             estimators pass their latent decoder's weight, whose last output is S0 (see Notes).
-        accelerate : bool
-            Take SQUAREM steps (Varadhan and Roland 2008): every third step extrapolates from the two
-            EM steps before it along their path, kept only where the evidence does not fall, and the
-            last step is a plain EM step.  Where the voxels inform a direction of the prior little
-            (most of each voxel's posterior is its prior there), EM moves along it by a small fraction
-            of the remaining distance per step; the extrapolation covers many such steps at once.
 
         Returns
         -------
         list of float
             Importance-sampling estimate of the mean log evidence per voxel (up to a constant) under
-            the prior before each step (after an extrapolation, of the state kept); it should not
-            decrease.
+            the prior before each step; it should not decrease.
 
         Notes
         -----
@@ -223,149 +215,32 @@ class GaussianMixturePrior(nn.Module):
         with the same errors, decoded S0 correlated -0.78 with K over the prior's white-matter range;
         held apart, 0.99x).
         """
-        samples = (z, log_likelihood, log_proposal)
-        evidence: list[float] = []
-        while len(evidence) < n_steps:
-            if not accelerate or n_steps - len(evidence) < 4:  # the last step is a plain one
-                evidence.append(self._em_step(*samples, uncorrelated_last))
-                continue
-            start = self._state_vector()
-            evidence.append(self._em_step(*samples, uncorrelated_last))
-            first = self._state_vector()
-            evidence.append(self._em_step(*samples, uncorrelated_last))
-            second = self._state_vector()
-            evidence.append(self._extrapolate(samples, start, first, second))
-        return evidence
-
-    def _extrapolate(self, samples: tuple[torch.Tensor, ...], start: torch.Tensor, first: torch.Tensor,
-                     second: torch.Tensor) -> float:
-        """The SQUAREM step (Varadhan and Roland 2008, scheme 3) from three successive EM states: kept where
-        its evidence is at least that of the last EM state, which is restored otherwise.  Returns the
-        evidence of the state kept."""
-        step, change = first - start, second - 2.0 * first + start
-        kept = self.log_evidence(*samples)
-        if not float(change.norm()):
-            return kept
-        alpha = -max(1.0, float(step.norm() / change.norm()))
-        self._load_state_vector(start - 2.0 * alpha * step + alpha**2 * change)
-        extrapolated = self.log_evidence(*samples)
-        if math.isfinite(extrapolated) and extrapolated >= kept:
-            return extrapolated
-        self._load_state_vector(second)
-        return kept
-
-    def _state_vector(self) -> torch.Tensor:
-        """Every parameter, flattened into one float64 vector."""
-        return torch.cat([p.detach().double().reshape(-1) for p in (self.logits, self.means, self.log_vars, self.lower)])
-
-    def _load_state_vector(self, vector: torch.Tensor) -> None:
-        """Set every parameter from :meth:`_state_vector`'s layout."""
-        offset = 0
-        for parameter in (self.logits, self.means, self.log_vars, self.lower):
-            parameter.copy_(vector[offset : offset + parameter.numel()].reshape(parameter.shape).to(parameter.dtype))
-            offset += parameter.numel()
-
-    def _em_step(self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor,
-                 uncorrelated_last: torch.Tensor | None) -> float:
-        """One EM step of :meth:`refit`; returns the evidence before it."""
         n_samples, n_voxels, n_latent = z.shape
         points = z.reshape(-1, n_latent).double()
-        components, log_weights = self._sample_log_weights(z, log_likelihood, log_proposal)
-        evidence = _mean_log_evidence(log_weights)
-        posterior = torch.softmax(log_weights, dim=0)[..., None] * torch.softmax(components, dim=-1)
-        posterior = posterior.reshape(-1, posterior.shape[-1])  # (S·B, K), sums to B
-        mass = posterior.sum(0)
-        means = posterior.T @ points / mass[:, None].clamp_min(1e-300)
-        weighted = (posterior[:, :, None] * points[:, None, :]).reshape(points.shape[0], -1)
-        second = (weighted.T @ points).reshape(-1, n_latent, n_latent) / mass[:, None, None].clamp_min(1e-300)
-        covariance = second - means[:, :, None] * means[:, None, :]
-        covariance = 0.5 * (covariance + covariance.transpose(-1, -2))
-        if uncorrelated_last is not None:
-            covariance = _last_coordinate_uncorrelated(covariance, uncorrelated_last.to(covariance))
-        floor = _RELATIVE_VARIANCE_FLOOR * covariance.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
         eye = torch.eye(n_latent, dtype=torch.float64, device=z.device)
-        tril, info = torch.linalg.cholesky_ex(covariance + floor[:, None, None] * eye)
-        update = (mass > n_latent + 1) & (info == 0)
-        self.logits.copy_(torch.log(mass.clamp_min(1e-12) / n_voxels).to(self.logits.dtype))
-        self.means[update] = means[update].to(self.means.dtype)
-        self.log_vars[update] = (2.0 * torch.log(tril[update].diagonal(dim1=-2, dim2=-1))).to(self.log_vars.dtype)
-        self.lower[update] = torch.tril(tril[update], diagonal=-1).to(self.lower.dtype)
+        evidence = []
+        for _ in range(n_steps):
+            components = self.component_log_density(z).double()
+            log_weights = log_likelihood.double() + torch.logsumexp(components, -1) - log_proposal.double()
+            evidence.append(float((torch.logsumexp(log_weights, 0) - math.log(n_samples)).mean()))
+            posterior = torch.softmax(log_weights, dim=0)[..., None] * torch.softmax(components, dim=-1)
+            posterior = posterior.reshape(-1, posterior.shape[-1])  # (S·B, K), sums to B
+            mass = posterior.sum(0)
+            means = posterior.T @ points / mass[:, None].clamp_min(1e-300)
+            weighted = (posterior[:, :, None] * points[:, None, :]).reshape(points.shape[0], -1)
+            second = (weighted.T @ points).reshape(-1, n_latent, n_latent) / mass[:, None, None].clamp_min(1e-300)
+            covariance = second - means[:, :, None] * means[:, None, :]
+            covariance = 0.5 * (covariance + covariance.transpose(-1, -2))
+            if uncorrelated_last is not None:
+                covariance = _last_coordinate_uncorrelated(covariance, uncorrelated_last.to(covariance))
+            floor = _RELATIVE_VARIANCE_FLOOR * covariance.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
+            tril, info = torch.linalg.cholesky_ex(covariance + floor[:, None, None] * eye)
+            update = (mass > n_latent + 1) & (info == 0)
+            self.logits.copy_(torch.log(mass.clamp_min(1e-12) / n_voxels).to(self.logits.dtype))
+            self.means[update] = means[update].to(self.means.dtype)
+            self.log_vars[update] = (2.0 * torch.log(tril[update].diagonal(dim1=-2, dim2=-1))).to(self.log_vars.dtype)
+            self.lower[update] = torch.tril(tril[update], diagonal=-1).to(self.lower.dtype)
         return evidence
-
-    @torch.no_grad()
-    def log_evidence(self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor) -> float:
-        """Importance-sampling estimate of the mean log evidence per voxel under this prior (up to a
-        constant), from the samples of :meth:`refit`."""
-        return _mean_log_evidence(self._sample_log_weights(z, log_likelihood, log_proposal)[1])
-
-    def _sample_log_weights(
-        self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Components' log densities (S, B, K) and importance log weights (S, B) of samples, in float64."""
-        components = self.component_log_density(z).double()
-        return components, log_likelihood.double() + torch.logsumexp(components, -1) - log_proposal.double()
-
-    def closest_pair(self, transform: torch.Tensor | None = None) -> tuple[float, int, int]:
-        """The two components that overlap most: their Bhattacharyya distance and indices (i > j).
-
-        With ``transform`` (an invertible L x L matrix A, as in :meth:`refit`) the distance is taken
-        between the components of ``A z`` without its last coordinate (the variational estimators: the
-        model's unconstrained parameters without S0)."""
-        with torch.no_grad():
-            means, covariances = self.means.double(), self.covariances()
-            if transform is not None:
-                transform = transform.double()
-                means = (means @ transform.T)[:, :-1]
-                covariances = (transform @ covariances @ transform.T)[:, :-1, :-1]
-            return min((bhattacharyya_distance(means[i], covariances[i], means[j], covariances[j]), i, j)
-                       for i in range(self.n_components) for j in range(i))
-
-    @torch.no_grad()
-    def split_closest_pair(self, offset: float, transform: torch.Tensor | None = None) -> bool:
-        """Merge the two most overlapping components (:meth:`closest_pair`) and split the merged one in two
-        along its principal axis: the moves of split-and-merge EM (Ueda et al. 2000).
-
-        The merged component has the pair's weight, mean and covariance (moments matched); the two new
-        ones have half its weight each, means ``± offset`` of its standard deviation along the principal
-        axis, and its covariance less the ``offset²`` share of the variance along that axis (with what
-        correlates with it), so that together they keep its mean and covariance (``offset`` < 1).  With
-        ``transform`` the axis is that of ``A z`` without its last coordinate (the tissue parameters
-        without S0), as in :meth:`closest_pair`.  Returns False, the prior unchanged, with one component
-        or where the split covariance is not numerically positive definite.
-        """
-        if self.n_components < 2:
-            return False
-        _, i, j = self.closest_pair(transform)
-        weights = self.log_weights().exp().double()[[i, j]]
-        means, covariances = self.means.double()[[i, j]], self.covariances()[[i, j]]
-        total = weights.sum()
-        mean = (weights[:, None] * means).sum(0) / total
-        centred = means - mean
-        covariance = (weights[:, None, None] * (covariances + centred[:, :, None] * centred[:, None, :])).sum(0) / total
-        kept = self.n_latent - (transform is not None)
-        forward = torch.eye(self.n_latent, dtype=torch.float64, device=mean.device) if transform is None else transform.double()
-        mapped = forward @ covariance @ forward.T
-        axis = torch.zeros_like(mean)
-        axis[:kept] = torch.linalg.eigh(mapped[:kept, :kept])[1][:, -1]
-        # the latent direction u whose coordinate uᵀz is the axis's, and the split along C u: C - δδᵀ
-        # with δ = offset · C u / √(uᵀ C u) keeps the merged covariance positive definite for offset < 1
-        direction = covariance @ (forward.T @ axis)
-        step = offset * direction / (forward.T @ axis).dot(direction).clamp_min(1e-300).sqrt()
-        tril, info = torch.linalg.cholesky_ex(covariance - step[:, None] * step[None, :])
-        if info:
-            return False
-        log_total = torch.logsumexp(self.logits[[i, j]], 0) - math.log(2.0)
-        for k, sign in ((i, 1.0), (j, -1.0)):
-            self.means[k] = (mean + sign * step).to(self.means.dtype)
-            self.log_vars[k] = (2.0 * torch.log(tril.diagonal())).to(self.log_vars.dtype)
-            self.lower[k] = torch.tril(tril, diagonal=-1).to(self.lower.dtype)
-            self.logits[k] = log_total
-        return True
-
-
-def _mean_log_evidence(log_weights: torch.Tensor) -> float:
-    """Mean over voxels of log (1/S Σ_s w_s) from log importance weights (S, B)."""
-    return float((torch.logsumexp(log_weights, 0) - math.log(log_weights.shape[0])).mean())
 
 
 def bhattacharyya_distance(

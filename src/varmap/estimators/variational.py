@@ -16,7 +16,6 @@ Maps are posterior means under the trained generative model, by importance sampl
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from functools import partial
@@ -43,6 +42,7 @@ from .neural import (
 from .nlls import INITIALISERS, NLLSEstimator
 from .parametrisation import S0_PER_SCALE
 from .prior_uncertainty import added_covariance, jacobian, latent_fisher_information, mean_covariance, mean_information
+from .priors import bhattacharyya_distance
 from .posterior import (
     COLLAPSED_ESS,
     PosteriorSamples,
@@ -65,8 +65,7 @@ _RESTART_SPREAD = 0.05
 #: Elements (samples × voxels × observables) one inference chunk may hold.
 _INFERENCE_BUDGET = 2**24
 
-#: Prior means of a split component (re-seeding; the repair's split-and-merge move) move this many standard
-#: deviations apart from the donor's centre.
+#: Prior means of a split component move this many standard deviations apart from the donor's centre.
 _SPLIT_OFFSET = 0.8
 
 #: Range of the encoder's latent log-variances (the prior's scale is 1): a voxel unlike the training data
@@ -193,10 +192,9 @@ class VariationalEstimator(Estimator):
     def _train_once(
         self, data: PreparedData, voxels: VoxelBatch, statistics: tuple[np.ndarray, np.ndarray], attempt: int
     ) -> dict[str, list[float]]:
-        """One training run, then the prior refinement and, where it leaves two components closer than
-        ``duplicate_distance``, the repair in its place (from the trained prior); a restart (``attempt``
-        > 0) draws every random number of them (initial networks, held-out split, mini-batches, noise,
-        importance samples) from the streams of its own seed, derived from ``seed``."""
+        """One training run, then the prior refinement; a restart (``attempt`` > 0) draws every random
+        number of both (initial networks, held-out split, mini-batches, noise, importance samples) from
+        the streams of its own seed, derived from ``seed``."""
         seed = self.seed
         if attempt:
             self.seed = stream_seed(seed, f"restart {attempt}")
@@ -209,12 +207,7 @@ class VariationalEstimator(Estimator):
             if mixture:
                 history["reseeded_epochs"] = list(self.reseeded_epochs_)
             if self.prior_.learnable:
-                trained = copy.deepcopy(self.prior_.state_dict())
                 history["refinement_log_evidence"] = self._refine_prior(data)
-                if mixture and self.repair_steps and self._closest_components() < self.duplicate_distance:
-                    self.prior_.load_state_dict(trained)
-                    history["repair_log_evidence"] = self._refine_prior(data, repair=True)
-                    history["repair_split_rounds"] = list(self.split_rounds_)
         finally:
             self.seed = seed
         return history
@@ -224,13 +217,14 @@ class VariationalEstimator(Estimator):
         model's unconstrained parameters without S0 (where the latent space has the default size; in the
         latent space otherwise): two components of one tissue are a fit that training merged (see Notes
         of :class:`~varmap.estimators.gmvae.GMVAEEstimator`)."""
-        return self.prior_.closest_pair(self._s0_apart())[0]
-
-    def _s0_apart(self) -> torch.Tensor | None:
-        """The latent decoder's weight where the latent space has the default size (its last output is S0's
-        unconstrained value: the prior's components hold S0 apart from the tissue parameters), else None."""
-        weight = self.latent_decoder_.weight.detach()
-        return weight if weight.shape[0] == weight.shape[1] else None
+        with torch.no_grad():
+            means, covariances = self.prior_.means.double(), self.prior_.covariances()
+            weight = self.latent_decoder_.weight.double()
+            if weight.shape[0] == weight.shape[1]:
+                means = (means @ weight.T)[:, :-1]
+                covariances = (weight @ covariances @ weight.T)[:, :-1, :-1]
+            return float(min(bhattacharyya_distance(means[i], covariances[i], means[j], covariances[j])
+                             for i in range(self.n_components) for j in range(i)))
 
     def _reseed_unused_component(self, epoch: int, train_voxels: VoxelBatch) -> bool:
         """Split the most used component into an unused one (see :class:`GMVAEEstimator`); true if done."""
@@ -257,48 +251,30 @@ class VariationalEstimator(Estimator):
         self.reseeded_epochs_.append(epoch)
         return True
 
-    def _refine_prior(self, data: PreparedData, *, repair: bool = False) -> list[float]:
+    def _refine_prior(self, data: PreparedData) -> list[float]:
         """Empirical-Bayes refinement of the trained prior from importance-sampled posteriors of a random
         subset of voxels, S0 held uncorrelated with the tissue parameters within each component (where
-        the latent space has the default size; :meth:`.GaussianMixturePrior.refit`).  ``repair``: draws
-        of ``repair_samples`` samples per proposal (from other random streams), ``repair_steps``
-        accelerated EM steps on each from the prior and from its split-and-merge move
-        (:meth:`.GaussianMixturePrior.split_closest_pair`), the one whose evidence ends higher kept
-        (see Notes of :class:`~varmap.estimators.gmvae.GMVAEEstimator`).  Returns the log-evidence
-        trace."""
-        n_steps = self.repair_steps if repair else self.refinement_steps
-        self.split_rounds_: list[int] = []
-        if not (self.refinement_rounds and n_steps):
+        the latent space has the default size; :meth:`.GaussianMixturePrior.refit`); returns the
+        log-evidence trace."""
+        if not (self.refinement_rounds and self.refinement_steps):
             return []
         rows = np.sort(numpy_stream(self.seed, "refinement_voxels").permutation(data.n_valid)[: self.refinement_voxels])
         voxels = voxel_batch(data, self.device_, rows)
         evidence: list[float] = []
-        s0_apart = self._s0_apart()
+        weight = self.latent_decoder_.weight.detach()  # its last output is S0's unconstrained value
+        s0_apart = weight if weight.shape[0] == weight.shape[1] else None
         self.network_.eval()
-        samples_at_inference = self.n_posterior_samples
-        if repair:
-            self.n_posterior_samples = self.repair_samples
-        try:
-            with torch.no_grad():
-                for round_ in range(self.refinement_rounds):
-                    parts = self._map_chunks(partial(self._sample, scale=self.refinement_proposal_scale), voxels,
-                                             f"{'repair' if repair else 'refinement'}/{round_}", "prior refinement")
-                    samples = (torch.cat([p.z for p in parts], dim=1), torch.cat([p.log_likelihood for p in parts], dim=1),
-                               torch.cat([p.log_proposal for p in parts], dim=1))
-                    if not repair:
-                        evidence += self.prior_.refit(*samples, n_steps, s0_apart)
-                        continue
-                    moved = copy.deepcopy(self.prior_)
-                    split = moved.split_closest_pair(_SPLIT_OFFSET, s0_apart)
-                    trace = self.prior_.refit(*samples, n_steps, s0_apart, accelerate=True)
-                    moved_trace = moved.refit(*samples, n_steps, s0_apart, accelerate=True) if split else []
-                    if split and moved.log_evidence(*samples) > self.prior_.log_evidence(*samples):
-                        self.prior_.load_state_dict(moved.state_dict())
-                        trace = moved_trace
-                        self.split_rounds_.append(round_)
-                    evidence += trace
-        finally:
-            self.n_posterior_samples = samples_at_inference
+        with torch.no_grad():
+            for round_ in range(self.refinement_rounds):
+                parts = self._map_chunks(partial(self._sample, scale=self.refinement_proposal_scale), voxels,
+                                         f"refinement/{round_}", "prior refinement")
+                evidence += self.prior_.refit(
+                    torch.cat([p.z for p in parts], dim=1),
+                    torch.cat([p.log_likelihood for p in parts], dim=1),
+                    torch.cat([p.log_proposal for p in parts], dim=1),
+                    self.refinement_steps,
+                    s0_apart,
+                )
         return evidence
 
     # ------------------------------------------------------------------ inference
