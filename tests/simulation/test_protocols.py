@@ -44,6 +44,11 @@ def test_hcp_protocol_takes_a_direction_count_per_shell():
     abcd = hcp_protocol(n_b0=7, n_directions=(6, 15, 15, 60), shells=(500, 1000, 2000, 3000))
     np.testing.assert_array_equal(abcd.shell_counts, [7, 6, 15, 15, 60])
     np.testing.assert_allclose(abcd.dw_shell_bvals, [0.5, 1.0, 2.0, 3.0])
+    # numpy integers count as integers (one for every shell, or one per shell); a fractional count does not
+    assert hcp_protocol(n_directions=np.int64(30), shells=(1000.0,)) is hcp_protocol(n_directions=30, shells=(1000.0,))
+    assert hcp_protocol(n_directions=np.array([6, 15]), shells=(500, 1000)) is hcp_protocol(n_directions=(6, 15), shells=(500, 1000))
+    with pytest.raises(TypeError):
+        hcp_protocol(n_directions=2.5, shells=(1000.0,))
 
 
 @pytest.mark.parametrize("kwargs", [

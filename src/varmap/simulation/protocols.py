@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from functools import lru_cache
 
 import numpy as np
@@ -83,7 +84,8 @@ def hcp_protocol(
     shells = tuple(float(b) for b in shells)
     if not shells or any(b <= 0 for b in shells):
         raise ValueError(f"shells={shells}: give one or more positive b-values in s/mm².")
-    counts = (n_directions,) * len(shells) if isinstance(n_directions, int) else tuple(n_directions)
+    counts = (n_directions,) * len(shells) if np.ndim(n_directions) == 0 else tuple(n_directions)
+    counts = tuple(operator.index(n) for n in counts)  # numpy integers too; a fractional count is refused
     if len(counts) != len(shells):
         raise ValueError(f"n_directions={n_directions}: give one count, or one per shell ({len(shells)}).")
     if min(counts) < 1:
