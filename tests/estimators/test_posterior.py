@@ -5,11 +5,31 @@ import torch
 
 from varmap.estimators.posterior import (
     cholesky_with_jitter,
+    encoder_proposal,
     laplace_proposal,
     posterior_spread,
     refit_proposal,
+    sample_posterior,
     weighted_mean_axis,
 )
+from varmap.estimators.priors import GaussianMixturePrior
+
+
+def _two_tissue_prior() -> GaussianMixturePrior:
+    """A prior whose two components lie far apart in a 2-d latent space, weights 0.7 and 0.3."""
+    prior = GaussianMixturePrior(2, 2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([[-3.0, 0.0], [3.0, 1.0]]))
+        prior.log_vars.copy_(torch.log(torch.tensor([[0.2, 0.3], [0.1, 0.4]])))
+        prior.lower.zero_()
+        prior.logits.copy_(torch.log(torch.tensor([0.7, 0.3])))
+    return prior
+
+
+def _mixture_log_density(z, shares, means, covariances):
+    """log Σ_k share_k N(z; mean_k, cov_k) for z (S, B, L), shares (B, K), means (B, K, L), covs (B, K, L, L)."""
+    normals = torch.distributions.MultivariateNormal(means, covariance_matrix=covariances)
+    return torch.logsumexp(torch.log(shares) + normals.log_prob(z[:, :, None, :]), dim=-1)
 
 
 def test_laplace_samples_have_the_density_of_their_gaussian():
@@ -41,6 +61,69 @@ def test_refit_samples_have_the_density_of_the_fitted_gaussian():
     whitened = torch.linalg.solve_triangular(torch.linalg.cholesky(covariance), (z - mean)[..., None], upper=False)[..., 0]
     empirical = torch.einsum("sbi,sbj->bij", whitened, whitened) / z.shape[0]  # scales 1 to 1e-3 apart
     torch.testing.assert_close(empirical, torch.eye(3, dtype=torch.float64).expand(6, 3, 3), rtol=0.0, atol=0.1)
+
+
+def test_refit_with_responsibilities_fits_one_gaussian_per_component_and_keeps_both_modes():
+    """A posterior with a mode in each of two components (weights 0.6 / 0.4): the refitted proposal is the
+    mixture of the two components' weighted Gaussians in those shares (a fifth spread evenly), and its
+    draws land in both modes; one Gaussian fitted across them would put them in between."""
+    generator = torch.Generator().manual_seed(2)
+    n_samples = 400
+    left = torch.randn(n_samples // 2, 3, 2, generator=generator, dtype=torch.float64) * 0.1 - torch.tensor([3.0, 0.0], dtype=torch.float64)
+    right = torch.randn(n_samples // 2, 3, 2, generator=generator, dtype=torch.float64) * 0.1 + torch.tensor([3.0, 0.0], dtype=torch.float64)
+    samples = torch.cat([left, right])
+    weights = torch.cat([torch.full((n_samples // 2, 3), 0.6), torch.full((n_samples // 2, 3), 0.4)]).double() / (n_samples // 2)
+    responsibilities = torch.stack([(samples[..., 0] < 0).double(), (samples[..., 0] > 0).double()], -1)
+    z, log_q = refit_proposal(samples, weights, 5000, 1.0, generator, responsibilities)
+    shares = torch.tensor([0.8 * 0.6 + 0.1, 0.8 * 0.4 + 0.1], dtype=torch.float64).expand(3, 2)
+    means, covariances = [], []
+    plain = samples - samples.mean(0)
+    previous = torch.einsum("sbi,sbj->bij", plain, plain) / (n_samples - 1)
+    for side in (left, right):
+        mean = side.mean(0)
+        centred = side - mean
+        covariances.append(torch.einsum("sbi,sbj->bij", centred, centred) / side.shape[0] + 0.1 * previous
+                           + 1e-8 * torch.eye(2, dtype=torch.float64))
+        means.append(mean)
+    expected = _mixture_log_density(z, shares, torch.stack(means, 1), torch.stack(covariances, 1))
+    torch.testing.assert_close(log_q, expected)
+    assert abs(float((z[..., 0] < 0).double().mean()) - 0.58) < 0.03
+
+
+def test_prior_draws_make_the_proposal_a_stratified_mixture_with_the_prior():
+    """A quarter of the encoder proposal's draws come from the prior's components in equal shares, and
+    every draw's log density is that of the mixture 3/4 encoder + 1/4 equally weighted prior components."""
+    generator = torch.Generator().manual_seed(3)
+    prior = _two_tissue_prior()
+    logits = torch.tensor([[2.0, -2.0], [0.0, 0.0]])
+    mean = torch.tensor([[[-3.0, 0.1], [2.5, 1.0]], [[-2.5, 0.0], [3.0, 0.5]]])
+    log_var = torch.log(torch.full((2, 2, 2), 0.05))
+    z, log_q = encoder_proposal(logits, mean, log_var, 64, 1.5, generator, prior)
+    assert z.shape == (64, 2, 2)
+    mix = 0.8 * torch.softmax(logits, -1) + 0.1
+    encoder = _mixture_log_density(z, mix, mean, torch.diag_embed(torch.exp(log_var) * 1.5**2))
+    components = torch.distributions.MultivariateNormal(prior.means, covariance_matrix=prior.covariances().float())
+    equal = torch.logsumexp(components.log_prob(z[..., None, :]), -1) - np.log(2.0)
+    torch.testing.assert_close(log_q, torch.logaddexp(encoder + np.log(0.75), equal + np.log(0.25)))
+    prior_draws = z[-16:]
+    assert (prior_draws[..., 0] > 0).sum() > 8  # the 0.3 component gets half the prior's draws
+
+
+def test_a_posterior_mode_the_encoder_does_not_propose_is_found():
+    """The encoder proposes only the first component, the likelihood is flat: the posterior is the prior,
+    and its weight on the second component (0.3) must come out of the importance samples."""
+    prior = _two_tissue_prior()
+    n_voxels = 200
+    logits = torch.tensor([[5.0, -5.0]]).expand(n_voxels, -1)
+    mean = torch.tensor([[-3.0, 0.0], [-3.0, 0.0]]).expand(n_voxels, -1, -1)
+    log_var = torch.log(torch.full((n_voxels, 2, 2), 0.2))
+    with torch.no_grad():
+        samples = sample_posterior(lambda z: torch.zeros(z.shape[:-1]), prior, logits, mean, log_var, n_samples=64,
+                                   scale=1.2, n_mode_steps=0, n_adaptive_rounds=2,
+                                   generator=torch.Generator().manual_seed(4))
+        weights = samples.weights(prior)
+        second = (weights * prior.responsibilities(samples.z)[..., 1]).sum(0)
+    assert abs(float(second.mean()) - 0.3) < 0.03
 
 
 def test_cholesky_with_jitter_factors_near_singular_covariances():

@@ -45,6 +45,32 @@ def test_standard_normal_prior_matches_torch_distributions():
         StandardNormalPrior(2, 3, torch.Generator())
 
 
+def test_priors_draw_from_their_own_distribution():
+    generator = torch.Generator().manual_seed(5)
+    prior = GaussianMixturePrior(2, 2, generator)
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([[-2.0, 0.0], [2.0, 1.0]]))
+        prior.log_vars.copy_(torch.log(torch.tensor([[0.3, 0.2], [0.1, 0.5]])))
+        prior.lower.copy_(torch.tensor([[[0.0, 0.0], [0.2, 0.0]], [[0.0, 0.0], [-0.1, 0.0]]]))
+        prior.logits.copy_(torch.log(torch.tensor([0.25, 0.75])))
+        z = prior.sample((20000, 3), generator)
+    assert z.shape == (20000, 3, 2)
+    first = z[..., 0] < 0
+    assert abs(float(first.double().mean()) - 0.25) < 0.01
+    covariances = prior.covariances()
+    for k, chosen in enumerate((first, ~first)):
+        points = z[chosen].double()
+        torch.testing.assert_close(points.mean(0), prior.means[k].double(), atol=0.03, rtol=0.0)
+        torch.testing.assert_close(torch.cov(points.T), covariances[k], atol=0.03, rtol=0.0)
+    equal = prior.sample((20000,), generator, equal_weights=True)
+    assert abs(float((equal[..., 0] < 0).double().mean()) - 0.5) < 0.015
+    normals = MultivariateNormal(prior.means.detach(), covariance_matrix=covariances.float())
+    torch.testing.assert_close(prior.log_density(equal[:50], equal_weights=True),
+                               torch.logsumexp(normals.log_prob(equal[:50, None, :]), -1) - np.log(2.0))
+    normal = StandardNormalPrior(1, 3, generator).sample((4000,), generator)
+    assert normal.shape == (4000, 3) and abs(float(normal.std()) - 1.0) < 0.03
+
+
 def test_split_component_halves_the_donor_and_copies_its_shape():
     prior = _random_prior(1)
     before = {name: p.detach().clone() for name, p in prior.named_parameters()}

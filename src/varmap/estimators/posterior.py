@@ -3,8 +3,9 @@
 Nothing here knows networks: the functions take the encoder's Gaussian-mixture guess of the posterior,
 a log-likelihood function of latent codes and a prior (:mod:`varmap.estimators.priors`), and return
 weighted samples.  :func:`sample_posterior` pools samples from the encoder's (widened) posterior and from
-a Laplace approximation at the posterior mode (found by :func:`~varmap.estimators.mode_search.find_modes`),
-then runs rounds of adaptive importance sampling.
+a Laplace approximation at the posterior mode (found by :func:`~varmap.estimators.mode_search.find_modes`)
+and from the prior's components, then runs rounds of adaptive importance sampling whose proposals keep one
+Gaussian per prior component (a posterior with modes in two components keeps both).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ COLLAPSED_ESS = 2.0
 #: Share of the encoder proposal spread evenly over the mixture components (defensive importance sampling:
 #: a component that the encoder dismisses is still explored).
 _DEFENSIVE_SHARE = 0.2
+
+#: Share of the first proposal drawn from the prior itself (:func:`encoder_proposal`).
+_PRIOR_SHARE = 0.25
 
 
 @dataclass
@@ -129,7 +133,8 @@ def sample_posterior(
         Newton steps to the posterior mode from the encoder's means and its best sample; 0 skips the
         Laplace proposal.
     n_adaptive_rounds : int
-        Rounds that refit a Gaussian to the weighted samples and draw the next set from it.
+        Rounds that refit the proposal to the weighted samples (one Gaussian per prior component,
+        :func:`refit_proposal`) and draw the next set from it.
     generator : torch.Generator
 
     Returns
@@ -137,7 +142,7 @@ def sample_posterior(
     PosteriorSamples
         ``2 n_samples`` samples with mode search (``n_samples`` after adaptive rounds).
     """
-    z, log_q = encoder_proposal(logits, mean, log_var, n_samples, scale, generator)
+    z, log_q = encoder_proposal(logits, mean, log_var, n_samples, scale, generator, prior)
     log_lik = log_likelihood(z)
     if n_mode_steps:
         voxel = torch.arange(z.shape[1], device=z.device)
@@ -152,10 +157,15 @@ def sample_posterior(
         )
         z, log_q = torch.cat([z, z_mode]), torch.cat([log_q, log_q_mode])
         log_lik = torch.cat([log_lik, log_likelihood(z_mode)])
+    # the prior's draws explore; they do not say how wide the next proposal must at least be
+    proposed = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+    proposed[n_samples - _prior_draws(n_samples) : n_samples] = False
     for _ in range(n_adaptive_rounds):
         weights = PosteriorSamples(z, log_lik, log_q).weights(prior)
-        z, log_q = refit_proposal(z, weights, n_samples, scale, generator)
+        responsibilities = prior.responsibilities(z) if prior.n_components > 1 else None
+        z, log_q = refit_proposal(z, weights, n_samples, scale, generator, responsibilities, proposed)
         log_lik = log_likelihood(z)
+        proposed = None
     return PosteriorSamples(z, log_lik, log_q)
 
 
@@ -166,29 +176,47 @@ def encoder_proposal(
     n_samples: int,
     scale: float,
     generator: torch.Generator,
+    prior: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draws from the encoder's mixture posterior with every standard deviation widened by ``scale``.
 
-    With K > 1 components, a fifth of the proposal is spread evenly over them (defensive mixture).
+    With K > 1 components, a fifth of the encoder's share is spread evenly over them.  With a
+    ``prior``, a quarter of the draws come from the prior itself (defensive importance sampling,
+    stratified: the proposal density is the mixture of both parts in those proportions).  That bounds
+    every importance weight by the likelihood over the prior share, so a mode of the posterior that the
+    encoder does not propose (a voxel whose signal a second tissue explains as well, where the encoder
+    was trained under another prior) is still found wherever the prior gives it mass.
 
     Returns z (n_samples, B, L) and their log proposal densities (n_samples, B).
     """
+    n_prior = _prior_draws(n_samples) if prior is not None else 0
+    n_encoder = n_samples - n_prior
     log_var = log_var + 2.0 * math.log(scale)
     n_components = logits.shape[-1]
     if n_components == 1:
-        chosen_mean, chosen_log_var = mean[:, 0].expand(n_samples, -1, -1), log_var[:, 0].expand(n_samples, -1, -1)
+        chosen_mean, chosen_log_var = mean[:, 0].expand(n_encoder, -1, -1), log_var[:, 0].expand(n_encoder, -1, -1)
         log_mix = torch.zeros_like(logits)
     else:
         mix = (1.0 - _DEFENSIVE_SHARE) * torch.softmax(logits, dim=-1) + _DEFENSIVE_SHARE / n_components
-        component = torch.multinomial(mix, n_samples, replacement=True, generator=generator).T  # (S, B)
+        component = torch.multinomial(mix, n_encoder, replacement=True, generator=generator).T  # (S, B)
         index = component[..., None, None].expand(-1, -1, 1, mean.shape[-1])
-        chosen_mean = torch.gather(mean.expand(n_samples, *mean.shape), 2, index)[:, :, 0]
-        chosen_log_var = torch.gather(log_var.expand(n_samples, *log_var.shape), 2, index)[:, :, 0]
+        chosen_mean = torch.gather(mean.expand(n_encoder, *mean.shape), 2, index)[:, :, 0]
+        chosen_log_var = torch.gather(log_var.expand(n_encoder, *log_var.shape), 2, index)[:, :, 0]
         log_mix = torch.log(mix)
     noise = torch.randn(chosen_mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     z = chosen_mean + torch.exp(0.5 * chosen_log_var) * noise
+    if n_prior:
+        z = torch.cat([z, prior.sample((n_prior, mean.shape[0]), generator, equal_weights=True).to(z.dtype)])
     log_q = torch.logsumexp(log_mix + gaussian_log_density(z[..., None, :], mean, log_var), dim=-1)
+    if n_prior:
+        log_q = torch.logaddexp(log_q + math.log(n_encoder / n_samples),
+                                prior.log_density(z, equal_weights=True) + math.log(n_prior / n_samples))
     return z, log_q
+
+
+def _prior_draws(n_samples: int) -> int:
+    """How many of :func:`encoder_proposal`'s ``n_samples`` draws come from the prior (the last ones)."""
+    return round(_PRIOR_SHARE * n_samples) if n_samples > 1 else 0
 
 
 def laplace_proposal(
@@ -210,31 +238,81 @@ def laplace_proposal(
 
 
 def refit_proposal(
-    z: torch.Tensor, weights: torch.Tensor, n_samples: int, scale: float, generator: torch.Generator
+    z: torch.Tensor,
+    weights: torch.Tensor,
+    n_samples: int,
+    scale: float,
+    generator: torch.Generator,
+    responsibilities: torch.Tensor | None = None,
+    spread_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive importance sampling: a Gaussian fitted to weighted samples becomes the next proposal.
+    """Adaptive importance sampling: Gaussians fitted to weighted samples become the next proposal.
 
-    The covariance is the weighted one, widened by ``scale`` and floored by a tenth of the previous
-    proposal's spread so that a round with few effective samples still explores.
+    Without ``responsibilities``, one Gaussian with the weighted mean and covariance.  With them (the
+    prior's component probabilities p(y=k|z) of every sample, shape (S, B, K)), one Gaussian per
+    component, fitted to the samples weighted by posterior weight × responsibility, mixed in the
+    proportions of the posterior's component probabilities, a fifth of the mixture spread evenly over
+    the components (as :func:`encoder_proposal`): a posterior with a mode in each of two components
+    (a voxel whose signal two tissues explain about as well) keeps both modes, where one Gaussian
+    fitted across them would put its samples between them or on one.  Every covariance is the
+    weighted one, widened by ``scale`` and floored by a tenth of the previous proposal's spread so
+    that a round with few effective samples still explores.
+
+    Parameters
+    ----------
+    z : Tensor, shape (S, B, L)
+    weights : Tensor, shape (S, B)
+        Self-normalised importance weights.
+    n_samples : int
+    scale : float
+    generator : torch.Generator
+    responsibilities : Tensor, shape (S, B, K), optional
+    spread_rows : Tensor, shape (S,), optional
+        The samples whose spread floors the covariances (default all; :func:`sample_posterior` leaves out
+        the prior's draws, whose spread is the prior's, not the previous proposal's).
 
     Returns
     -------
     z : Tensor, shape (n_samples, B, L)
     log_q : Tensor, shape (n_samples, B)
     """
-    mean = (weights[..., None] * z).sum(0)
-    centred = z - mean
-    weighted_cov = torch.einsum("sb,sbi,sbj->bij", weights, centred, centred)
-    plain = z - z.mean(0)
-    previous_cov = torch.einsum("sbi,sbj->bij", plain, plain) / max(z.shape[0] - 1, 1)
+    spread = z if spread_rows is None else z[spread_rows]
+    plain = spread - spread.mean(0)
+    previous_cov = torch.einsum("sbi,sbj->bij", plain, plain) / max(spread.shape[0] - 1, 1)
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
-    cov = scale**2 * weighted_cov + 0.1 * previous_cov + 1e-8 * eye
-    scale_tril = cholesky_with_jitter(cov)
-    noise = torch.randn((n_samples, *mean.shape), generator=generator, device=z.device, dtype=z.dtype)
-    new_z = mean + torch.einsum("bij,sbj->sbi", scale_tril, noise)
-    # log N(new_z; mean, LLᵀ) from the standard normal draws: no triangular solve
-    log_det = 2.0 * torch.log(scale_tril.diagonal(dim1=-2, dim2=-1)).sum(-1)
-    return new_z, -0.5 * ((noise**2).sum(-1) + log_det + z.shape[-1] * _LOG_2PI)
+    if responsibilities is None or responsibilities.shape[-1] == 1:
+        joint = weights[..., None]
+        mix = torch.ones_like(weights[0])[:, None]
+    else:
+        joint = weights[..., None] * responsibilities
+        n_components = joint.shape[-1]
+        mix = (1.0 - _DEFENSIVE_SHARE) * joint.sum(0) + _DEFENSIVE_SHARE / n_components  # (B, K)
+        # a component the posterior gives (almost) no weight is fitted to all the weighted samples
+        empty = joint.sum(0, keepdim=True) < 1e-6
+        joint = torch.where(empty, weights[..., None].expand_as(joint), joint)
+    joint = joint / joint.sum(0, keepdim=True)
+    mean = torch.einsum("sbk,sbi->bki", joint, z)  # (B, K, L)
+    centred = z[:, :, None, :] - mean  # (S, B, K, L)
+    weighted_cov = torch.einsum("sbk,sbki,sbkj->bkij", joint, centred, centred)
+    cov = scale**2 * weighted_cov + 0.1 * previous_cov[:, None] + 1e-8 * eye
+    n_voxels, n_components, n_latent = mean.shape
+    scale_tril = cholesky_with_jitter(cov.reshape(-1, n_latent, n_latent)).reshape(cov.shape)
+    if n_components == 1:
+        noise = torch.randn((n_samples, n_voxels, n_latent), generator=generator, device=z.device, dtype=z.dtype)
+        new_z = mean[:, 0] + torch.einsum("bij,sbj->sbi", scale_tril[:, 0], noise)
+        # log N(new_z; mean, LLᵀ) from the standard normal draws: no triangular solve
+        log_det = 2.0 * torch.log(scale_tril[:, 0].diagonal(dim1=-2, dim2=-1)).sum(-1)
+        return new_z, -0.5 * ((noise**2).sum(-1) + log_det + n_latent * _LOG_2PI)
+    component = torch.multinomial(mix, n_samples, replacement=True, generator=generator).T  # (S, B)
+    voxel = torch.arange(n_voxels, device=z.device)
+    noise = torch.randn((n_samples, n_voxels, n_latent), generator=generator, device=z.device, dtype=z.dtype)
+    new_z = mean[voxel, component] + torch.einsum("sbij,sbj->sbi", scale_tril[voxel, component], noise)
+    # log of the mixture density: every component's Gaussian at every draw
+    offsets = (new_z[:, :, None, :] - mean).permute(1, 2, 3, 0)  # (B, K, L, S)
+    whitened = torch.linalg.solve_triangular(scale_tril, offsets, upper=False)
+    log_det = 2.0 * torch.log(scale_tril.diagonal(dim1=-2, dim2=-1)).sum(-1)  # (B, K)
+    log_normal = -0.5 * ((whitened**2).sum(-2) + (log_det + n_latent * _LOG_2PI)[..., None])  # (B, K, S)
+    return new_z, torch.logsumexp(torch.log(mix)[..., None] + log_normal, dim=1).T
 
 
 def cholesky_with_jitter(covariance: torch.Tensor) -> torch.Tensor:

@@ -56,9 +56,13 @@ class StandardNormalPrior(nn.Module):
         """log N(z; 0, I), shape (..., 1)."""
         return self.log_density(z)[..., None]
 
-    def log_density(self, z: torch.Tensor) -> torch.Tensor:
-        """log N(z; 0, I), shape (...)."""
+    def log_density(self, z: torch.Tensor, equal_weights: bool = False) -> torch.Tensor:
+        """log N(z; 0, I), shape (...) (``equal_weights``: the same, there is one component)."""
         return -0.5 * (z * z + _LOG_2PI).sum(-1)
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator, equal_weights: bool = False) -> torch.Tensor:
+        """Draws z ~ N(0, I), shape (*shape, L) (``equal_weights``: the same, there is one component)."""
+        return torch.randn((*shape, self.n_latent), generator=generator, device=self._log_weights.device)
 
     def responsibilities(self, z: torch.Tensor) -> torch.Tensor:
         """Ones, shape (..., 1)."""
@@ -128,9 +132,23 @@ class GaussianMixturePrior(nn.Module):
         log_normal = -0.5 * ((whitened**2).sum(-1) + self.log_vars.sum(-1) + n_latent * _LOG_2PI)
         return self.log_weights() + log_normal
 
-    def log_density(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(z) of the mixture, shape (...)."""
-        return torch.logsumexp(self.component_log_density(z), dim=-1)
+    def log_density(self, z: torch.Tensor, equal_weights: bool = False) -> torch.Tensor:
+        """log p(z) of the mixture, shape (...); with ``equal_weights``, of the mixture of the same
+        components in equal proportions (what :meth:`sample` draws from with ``equal_weights``)."""
+        components = self.component_log_density(z)
+        if equal_weights:
+            components = components - self.log_weights() - math.log(self.n_components)
+        return torch.logsumexp(components, dim=-1)
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator, equal_weights: bool = False) -> torch.Tensor:
+        """Draws z from the mixture, shape (*shape, L); with ``equal_weights``, from its components in equal
+        proportions (a component of small weight is explored as much as the others)."""
+        n_draws = math.prod(shape)
+        probabilities = torch.ones_like(self.logits) if equal_weights else self.log_weights().exp()
+        component = torch.multinomial(probabilities.detach(), n_draws, replacement=True, generator=generator)
+        noise = torch.randn((n_draws, self.n_latent), generator=generator, device=self.means.device)
+        z = self.means[component] + torch.einsum("nij,nj->ni", self.scale_tril()[component], noise)
+        return z.reshape(*shape, self.n_latent)
 
     def responsibilities(self, z: torch.Tensor) -> torch.Tensor:
         """p(y=k|z), shape (..., K)."""

@@ -78,7 +78,8 @@ class VariationalEstimator(Estimator):
 
     The KL weight is 0 for ``warmup_off_epochs`` and rises linearly to ``beta`` over
     ``warmup_ramp_epochs``.  Maps are the posterior mean of each parameter, computed by self-normalised
-    importance sampling: samples from the encoder's widened posterior, then adaptive rounds (with
+    importance sampling: samples from the encoder's widened posterior (a quarter from the prior's
+    components, so that a posterior mode the encoder does not propose is found), then adaptive rounds (with
     ``target_effective_samples`` set, only where the encoder's samples leave fewer effective samples);
     where they leave fewer than ``min_effective_samples`` (or everywhere with ``inference="exact"``), also
     from a Laplace approximation at the voxel's posterior mode.  The
