@@ -3,7 +3,10 @@
 A variational estimator is given one of these; it needs nothing else from the prior than
 
 - ``n_components`` (K; 1 for the standard normal) and ``log_weights()`` (log p(y), shape (K,)),
-- ``component_log_density(z)`` (log p(y=k) + log p(z|y=k), shape (..., K)) and ``log_density(z)``,
+- ``component_log_density(z)`` (log p(y=k) + log p(z|y=k), shape (..., K)) and ``log_density(z)``
+  (with ``equal_weights=True``, of the same components in equal proportions),
+- ``sample(shape, generator, equal_weights=False)``: draws from the prior (or its components in equal
+  proportions), for the importance sampler's defensive proposal,
 - ``responsibilities(z)`` (p(y=k|z), shape (..., K)),
 - ``kl_divergence(mean, log_var)``: KL(q(z|s,k) ‖ p(z|y=k)) for diagonal Gaussians q, shape (B, K),
 - ``refit(z, log_likelihood, log_proposal, n_steps, uncorrelated_last=None)``: empirical-Bayes steps
