@@ -90,6 +90,21 @@ def test_refit_with_responsibilities_fits_one_gaussian_per_component_and_keeps_b
     assert abs(float((z[..., 0] < 0).double().mean()) - 0.58) < 0.03
 
 
+def test_only_the_spread_rows_floor_the_refitted_covariance():
+    """Draws far from the posterior that carry no weight (the prior's, in the first round) would widen the
+    floor of the next proposal to their own spread; left out of ``spread_rows`` they do not."""
+    generator = torch.Generator().manual_seed(6)
+    near = torch.randn(48, 4, 2, generator=generator, dtype=torch.float64) * 0.01
+    far = torch.randn(16, 4, 2, generator=generator, dtype=torch.float64) * 10.0
+    samples = torch.cat([near, far])
+    weights = torch.cat([torch.full((48, 4), 1.0 / 48), torch.zeros(16, 4)]).double()
+    rows = torch.cat([torch.ones(48, dtype=torch.bool), torch.zeros(16, dtype=torch.bool)])
+    narrow, _ = refit_proposal(samples, weights, 4000, 1.0, generator, spread_rows=rows)
+    wide, _ = refit_proposal(samples, weights, 4000, 1.0, generator)
+    assert float(narrow.std(0).max()) < 0.02
+    assert float(wide.std(0).min()) > 0.5
+
+
 def test_prior_draws_make_the_proposal_a_stratified_mixture_with_the_prior():
     """A quarter of the encoder proposal's draws come from the prior's components in equal shares, and
     every draw's log density is that of the mixture 3/4 encoder + 1/4 equally weighted prior components."""
