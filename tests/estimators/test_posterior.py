@@ -11,6 +11,7 @@ from varmap.estimators.posterior import (
     refit_proposal,
     sample_posterior,
     weighted_mean_axis,
+    widening_efficiency,
 )
 from varmap.estimators.priors import GaussianMixturePrior
 
@@ -139,6 +140,24 @@ def test_a_posterior_mode_the_encoder_does_not_propose_is_found():
         weights = samples.weights(prior)
         second = (weights * prior.responsibilities(samples.z)[..., 1]).sum(0)
     assert abs(float(second.mean()) - 0.3) < 0.03
+
+
+def test_widening_efficiency_is_the_effective_sample_share_of_a_widened_gaussian_proposal():
+    """Importance weights of a Gaussian posterior from the same Gaussian widened by ``scale``: their Kish
+    effective sample size per sample is what the closed form says (1 without widening, 0 where the
+    weights' variance is infinite)."""
+    generator = torch.Generator().manual_seed(0)
+    n_draws = 400_000
+    for n_latent in (2, 3):
+        for scale in (1.2, 2.5):
+            draws = scale * torch.randn(n_draws, n_latent, generator=generator, dtype=torch.float64)
+            log_weights = -0.5 * (draws**2).sum(-1) * (1.0 - 1.0 / scale**2) + n_latent * np.log(scale)
+            weights = torch.softmax(log_weights, 0)
+            measured = 1.0 / float((weights**2).sum()) / n_draws
+            assert abs(measured / widening_efficiency(scale, n_latent) - 1.0) < 0.03, (n_latent, scale, measured)
+    assert widening_efficiency(1.0, 3) == 1.0
+    assert widening_efficiency(2.5, 3) < widening_efficiency(1.2, 3) < 1.0
+    assert widening_efficiency(0.7, 3) == 0.0
 
 
 def test_cholesky_with_jitter_factors_near_singular_covariances():

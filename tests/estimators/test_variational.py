@@ -124,7 +124,7 @@ def test_gmvae_prior_refinement_samples_with_wider_proposals_than_the_maps(fitte
     _, signals, _, _, results = fitted
     estimator = copy.deepcopy(results["gmvae"][0])
     estimator.refinement_rounds, estimator.refinement_voxels = 1, 64
-    estimator.min_effective_samples = estimator.n_posterior_samples + 1.0  # every voxel also searches its mode
+    estimator.min_effective_samples = float("inf")  # every voxel also searches its mode
     scales = []
     real_sampler = variational.sample_posterior
 
@@ -140,6 +140,36 @@ def test_gmvae_prior_refinement_samples_with_wider_proposals_than_the_maps(fitte
     scales.clear()
     estimator.transform(signals[:64], sigma=estimator.fitted_sigma_)
     assert len(scales) >= 2 and set(scales) == {estimator.proposal_scale}
+
+
+def test_gmvae_refinement_searches_modes_only_below_what_its_widening_explains(fitted, monkeypatch):
+    """The refinement's proposals, wider than the maps', leave fewer effective samples even where they fit
+    the posterior; its mode search runs on exactly the voxels below ``min_effective_samples`` scaled by
+    the ratio of the two widenings' efficiencies, not on those below ``min_effective_samples`` itself."""
+    from varmap.estimators.posterior import effective_sample_size, widening_efficiency
+    from varmap.random_streams import torch_stream
+
+    _, signals, _, _, results = fitted
+    estimator = copy.deepcopy(results["gmvae"][0])
+    scale = estimator.refinement_proposal_scale
+    factor = widening_efficiency(scale, estimator.latent_size) / widening_efficiency(
+        estimator.proposal_scale, estimator.latent_size)
+    assert factor < 0.5
+    prepared = prepare_signals(signals[:256], estimator.model, sigma=estimator.fitted_sigma_)
+    batch = voxel_batch(prepared, estimator.device_)
+    estimator.network_.eval()
+    with torch.no_grad():
+        first = estimator._posterior(batch, torch_stream(0, "test"), mode_search=False, scale=scale)
+        ess = effective_sample_size(first.weights(estimator.prior_)).numpy()
+        estimator.min_effective_samples = float(np.quantile(ess, 0.3)) / factor
+        searched = []
+        real_search = type(estimator)._search_again
+        monkeypatch.setattr(type(estimator), "_search_again",
+                            lambda self, part, generator, scale=None: searched.append(part.n_voxels)
+                            or real_search(self, part, generator, scale))
+        estimator._sample(batch, torch_stream(0, "test"), scale=scale)
+    assert searched == [int((ess < factor * estimator.min_effective_samples).sum())]
+    assert 0 < searched[0] < int((ess < estimator.min_effective_samples).sum())
 
 
 def test_gmvae_refined_prior_holds_s0_apart_from_the_tissue_parameters(fitted):

@@ -36,7 +36,8 @@ class GMVAEEstimator(VariationalEstimator):
     importance sampling (as at inference, with every proposal widened by ``refinement_proposal_scale``
     instead of ``proposal_scale``: the M-step sets each component's covariance from these samples, and
     proposals that miss the posteriors' tails narrow the prior round after round, most along directions
-    the data pin down weakly) and ``refinement_steps`` EM steps set the mixture weights, means
+    the data pin down weakly; the mode search's threshold scaled by what the wider proposals cost in
+    effective samples alone, :func:`~varmap.estimators.posterior.widening_efficiency`) and ``refinement_steps`` EM steps set the mixture weights, means
     and full covariances to the maximum-marginal-likelihood values for those samples, with S0 uncorrelated
     with the tissue parameters within each component (a correlation the data cannot resolve where S0
     varies less than one voxel's b=0 noise, and which narrows the other parameters' posteriors)
