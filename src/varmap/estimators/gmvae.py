@@ -37,8 +37,8 @@ class GMVAEEstimator(VariationalEstimator):
     instead of ``proposal_scale``: the M-step sets each component's covariance from these samples, and
     proposals that miss the posteriors' tails narrow the prior round after round, most along directions
     the data pin down weakly; the mode search's threshold scaled by what the wider proposals cost in
-    effective samples alone, :func:`~varmap.estimators.posterior.widening_efficiency`) and ``refinement_steps`` EM steps set the mixture weights, means
-    and full covariances to the maximum-marginal-likelihood values for those samples, with S0 uncorrelated
+    effective samples alone, :func:`~varmap.estimators.posterior.widening_efficiency`) and
+    ``refinement_steps`` EM steps set the mixture weights, means and full covariances to the maximum-marginal-likelihood values for those samples, with S0 uncorrelated
     with the tissue parameters within each component (a correlation the data cannot resolve where S0
     varies less than one voxel's b=0 noise, and which narrows the other parameters' posteriors)
     (:meth:`~varmap.estimators.priors.GaussianMixturePrior.refit`); encoder and decoder stay fixed.  The
