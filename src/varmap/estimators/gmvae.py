@@ -38,9 +38,10 @@ class GMVAEEstimator(VariationalEstimator):
     proposals that miss the posteriors' tails narrow the prior round after round, most along directions
     the data pin down weakly; the mode search's threshold scaled by what the wider proposals cost in
     effective samples alone, :func:`~varmap.estimators.posterior.widening_efficiency`) and
-    ``refinement_steps`` EM steps set the mixture weights, means and full covariances to the maximum-marginal-likelihood values for those samples, with S0 uncorrelated
-    with the tissue parameters within each component (a correlation the data cannot resolve where S0
-    varies less than one voxel's b=0 noise, and which narrows the other parameters' posteriors)
+    ``refinement_steps`` EM steps set the mixture weights, means and full covariances to the
+    maximum-marginal-likelihood values for those samples, with S0 uncorrelated with the tissue parameters
+    within each component (a correlation the data cannot resolve where S0 varies less than one voxel's b=0
+    noise, and which narrows the other parameters' posteriors)
     (:meth:`~varmap.estimators.priors.GaussianMixturePrior.refit`); encoder and decoder stay fixed.  The
     importance-sampling estimate of the mean log evidence per voxel before each step is in
     ``history["refinement_log_evidence"]``.  Maps and cluster probabilities are posterior means and
