@@ -147,7 +147,8 @@ _VARIATIONAL = (
     Option("n_posterior_samples", int, 64, "importance samples per voxel and proposal at inference", low=1),
     Option("proposal_scale", float, 1.2, "widening of the proposals' spread for the maps (gmvae's prior "
            "refinement has its own, refinement_proposal_scale)", low=1e-3),
-    Option("n_mode_steps", int, 10, "Newton steps to each voxel's posterior mode (0: no Laplace proposal)", low=0),
+    Option("n_mode_steps", int, 10, "most Newton steps to each voxel's posterior mode (fewer once every point "
+           "of a chunk has converged; 0: no Laplace proposal)", low=0),
     Option("n_adaptive_rounds", int, 2, "adaptive importance-sampling rounds after the first proposals", low=0),
 )
 

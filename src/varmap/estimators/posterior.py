@@ -161,13 +161,10 @@ def sample_posterior(
         voxel = torch.arange(z.shape[1], device=z.device)
         best_sample = (log_lik + prior.log_density(z)).argmax(0)
         starts = torch.cat([mean.transpose(0, 1), z[best_sample, voxel][None]])
-        modes, values, curvatures, axes = find_modes(
+        mode, _, curvatures, axes = find_modes(
             lambda codes: -(log_likelihood(codes) + prior.log_density(codes)), starts, n_mode_steps
         )
-        best = values.argmin(0)
-        z_mode, log_q_mode = laplace_proposal(
-            modes[best, voxel], curvatures[best, voxel], axes[best, voxel], n_samples, scale, generator
-        )
+        z_mode, log_q_mode = laplace_proposal(mode, curvatures, axes, n_samples, scale, generator)
         z, log_q = torch.cat([z, z_mode]), torch.cat([log_q, log_q_mode])
         log_lik = torch.cat([log_lik, log_likelihood(z_mode)])
     # the prior's draws explore; they do not say how wide the next proposal must at least be
