@@ -4,7 +4,9 @@ import numpy as np
 import torch
 
 from varmap.estimators.posterior import (
+    PosteriorSamples,
     cholesky_with_jitter,
+    effective_sample_size,
     encoder_proposal,
     laplace_proposal,
     posterior_spread,
@@ -140,6 +142,44 @@ def test_a_posterior_mode_the_encoder_does_not_propose_is_found():
         weights = samples.weights(prior)
         second = (weights * prior.responsibilities(samples.z)[..., 1]).sum(0)
     assert abs(float(second.mean()) - 0.3) < 0.03
+
+
+def test_the_adaptive_rounds_samples_are_pooled_each_weighted_against_its_own_proposal():
+    """A Gaussian likelihood under a standard normal prior (posterior N(τc/(1+τ), 1/(1+τ)) per axis), the
+    encoder's guess off-centre and too narrow: both rounds' samples come back (``pool_rounds=False``: the
+    last round's alone), and the pool's weighted mean and variance are the posterior's, with more
+    effective samples than the last round alone."""
+    prior = GaussianMixturePrior(1, 2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        prior.means.zero_()
+        prior.log_vars.zero_()
+        prior.lower.zero_()
+    n_voxels, precision = 400, 4.0
+    centre = torch.randn(n_voxels, 2, generator=torch.Generator().manual_seed(1))
+    logits = torch.zeros(n_voxels, 1)
+    mean = (centre + 0.5)[:, None, :]
+    log_var = torch.full((n_voxels, 1, 2), float(np.log(0.05)))
+    with torch.no_grad():
+        samples = sample_posterior(lambda z: -0.5 * precision * ((z - centre) ** 2).sum(-1), prior, logits, mean,
+                                   log_var, n_samples=64, scale=1.2, n_mode_steps=0, n_adaptive_rounds=2,
+                                   generator=torch.Generator().manual_seed(2))
+        last_only = sample_posterior(lambda z: -0.5 * precision * ((z - centre) ** 2).sum(-1), prior, logits, mean,
+                                     log_var, n_samples=64, scale=1.2, n_mode_steps=0, n_adaptive_rounds=2,
+                                     generator=torch.Generator().manual_seed(2), pool_rounds=False)
+        weights = samples.weights(prior)
+        last = PosteriorSamples(*(part[64:] for part in (samples.z, samples.log_likelihood, samples.log_proposal)))
+        last_weights = last.weights(prior)
+    assert samples.z.shape == (128, n_voxels, 2)
+    torch.testing.assert_close(last_only.z, last.z)  # without pooling: the last round's samples alone
+    torch.testing.assert_close(last_only.log_proposal, last.log_proposal)
+    posterior_mean = precision * centre / (1.0 + precision)
+    estimated_mean = (weights[..., None] * samples.z).sum(0)
+    estimated_variance = (weights[..., None] * (samples.z - estimated_mean) ** 2).sum(0)
+    assert float((estimated_mean - posterior_mean).mean().abs()) < 0.01
+    assert float((estimated_mean - posterior_mean).abs().mean()) < 0.06  # Monte Carlo error: about 0.45 / √ESS
+    assert abs(float(estimated_variance.mean()) * (1.0 + precision) - 1.0) < 0.05
+    pooled_ess, last_ess = effective_sample_size(weights), effective_sample_size(last_weights)
+    assert float(pooled_ess.median()) > 1.5 * float(last_ess.median())
 
 
 def test_widening_efficiency_is_the_effective_sample_share_of_a_widened_gaussian_proposal():

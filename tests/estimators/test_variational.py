@@ -116,30 +116,31 @@ def test_gmvae_prior_refinement_runs_its_em_steps(fitted):
     assert np.all(within_round > -1e-3)  # EM on fixed samples does not lower their evidence
 
 
-def test_gmvae_prior_refinement_samples_with_wider_proposals_than_the_maps(fitted, monkeypatch):
+def test_gmvae_prior_refinement_samples_wider_than_the_maps_and_keeps_the_last_round(fitted, monkeypatch):
     """The refinement's importance samples come from proposals widened by ``refinement_proposal_scale``
-    (every proposal: encoder, adaptive rounds, mode search), the maps' from ``proposal_scale``."""
+    (every proposal: encoder, adaptive rounds, mode search) and are the last adaptive round's, the maps'
+    from ``proposal_scale`` with every round's samples pooled."""
     import varmap.estimators.variational as variational
 
     _, signals, _, _, results = fitted
     estimator = copy.deepcopy(results["gmvae"][0])
     estimator.refinement_rounds, estimator.refinement_voxels = 1, 64
     estimator.min_effective_samples = float("inf")  # every voxel also searches its mode
-    scales = []
+    calls = []
     real_sampler = variational.sample_posterior
 
-    def recording(*args, scale, **kwargs):
-        scales.append(scale)
-        return real_sampler(*args, scale=scale, **kwargs)
+    def recording(*args, scale, pool_rounds, **kwargs):
+        calls.append((scale, pool_rounds))
+        return real_sampler(*args, scale=scale, pool_rounds=pool_rounds, **kwargs)
 
     monkeypatch.setattr(variational, "sample_posterior", recording)
     prepared = prepare_signals(signals[:64], estimator.model, sigma=estimator.fitted_sigma_)
     estimator._refine_prior(prepared)
-    assert len(scales) >= 2 and set(scales) == {estimator.refinement_proposal_scale}
+    assert len(calls) >= 2 and set(calls) == {(estimator.refinement_proposal_scale, False)}
     assert estimator.refinement_proposal_scale != estimator.proposal_scale
-    scales.clear()
+    calls.clear()
     estimator.transform(signals[:64], sigma=estimator.fitted_sigma_)
-    assert len(scales) >= 2 and set(scales) == {estimator.proposal_scale}
+    assert len(calls) >= 2 and set(calls) == {(estimator.proposal_scale, True)}
 
 
 def test_gmvae_refinement_searches_modes_only_below_what_its_widening_explains(fitted, monkeypatch):
@@ -278,8 +279,8 @@ def test_fast_inference_spends_work_only_where_few_effective_samples(fitted, mon
     model, signals, truth, _, results = fitted
     estimator, result = copy.deepcopy(results["gmvae"][0]), results["gmvae"][1]
     assert result.effective_samples.shape == (signals.shape[0],)
-    assert np.all((result.effective_samples >= 1.0 - 1e-9)
-                  & (result.effective_samples <= estimator.n_posterior_samples + 1e-6))
+    n_pooled = estimator.n_posterior_samples * estimator.n_adaptive_rounds  # the rounds' samples, pooled
+    assert np.all((result.effective_samples >= 1.0 - 1e-9) & (result.effective_samples <= n_pooled + 1e-6))
     calls = {"adaptive": [], "mode": []}
     real_posterior = type(estimator)._posterior
 
@@ -316,8 +317,7 @@ def test_fast_inference_spends_work_only_where_few_effective_samples(fitted, mon
     assert sum(calls["mode"]) == int(low.sum()) > 0
     assert np.array_equal(fast.effective_samples[~low], adapted.effective_samples[~low])
     assert np.array_equal(fast.params["D"][~low], adapted.params["D"][~low])
-    transform(target_effective_samples=estimator.n_posterior_samples + 1.0,
-              min_effective_samples=estimator.n_posterior_samples + 1.0)
+    transform(target_effective_samples=n_pooled + 1.0, min_effective_samples=n_pooled + 1.0)
     assert sum(calls["adaptive"]) == sum(calls["mode"]) == signals.shape[0]
     estimator.inference = "exact"
     exact = transform()
@@ -374,12 +374,12 @@ def test_voxels_whose_weights_collapse_search_again_from_their_least_squares_fit
     batch = voxel_batch(prepare_signals(signals[rows], estimator.model, sigma=sigma), estimator.device_)
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        far = torch.full((estimator.n_posterior_samples, rows.size, estimator.latent_size), 3.0)
+        healthy = estimator._sample(batch, generator)
+        far = torch.full((healthy.z.shape[0], rows.size, estimator.latent_size), 3.0)
         far = far + 1e-3 * torch.randn(far.shape, generator=generator)
         log_proposal = torch.zeros(far.shape[:2])
         log_proposal[1:] = 1e3  # all the weight on the first sample
         collapsed = PosteriorSamples(far, estimator._log_likelihood(batch, far), log_proposal)
-        healthy = estimator._sample(batch, generator)
         mixed = healthy.with_voxels(torch.arange(0, rows.size, 2), collapsed.select_voxels(torch.arange(0, rows.size, 2)))
         assert float(effective_sample_size(mixed.weights(estimator.prior_))[::2].max()) < 1.5
         restarted = estimator._restart_collapsed(batch, mixed, generator)
