@@ -4,13 +4,12 @@ import numpy as np
 import torch
 
 from varmap.estimators.posterior import (
-    PosteriorSamples,
     cholesky_with_jitter,
     effective_sample_size,
     encoder_proposal,
     laplace_proposal,
     posterior_spread,
-    refit_proposal,
+    fit_proposal,
     sample_posterior,
     weighted_mean_axis,
     widening_efficiency,
@@ -54,7 +53,7 @@ def test_refit_samples_have_the_density_of_the_fitted_gaussian():
     samples = torch.randn(50, 6, 3, generator=generator, dtype=torch.float64) * torch.tensor([1.0, 0.1, 1e-3],
                                                                                               dtype=torch.float64)
     weights = torch.softmax(torch.randn(50, 6, generator=generator, dtype=torch.float64), dim=0)
-    z, log_q = refit_proposal(samples, weights, 4000, 1.2, generator)
+    z, log_q = fit_proposal(samples, weights, 1.2).sample(4000, generator)
     mean = (weights[..., None] * samples).sum(0)
     centred, plain = samples - mean, samples - samples.mean(0)
     covariance = (1.2**2 * torch.einsum("sb,sbi,sbj->bij", weights, centred, centred)
@@ -77,7 +76,7 @@ def test_refit_with_responsibilities_fits_one_gaussian_per_component_and_keeps_b
     samples = torch.cat([left, right])
     weights = torch.cat([torch.full((n_samples // 2, 3), 0.6), torch.full((n_samples // 2, 3), 0.4)]).double() / (n_samples // 2)
     responsibilities = torch.stack([(samples[..., 0] < 0).double(), (samples[..., 0] > 0).double()], -1)
-    z, log_q = refit_proposal(samples, weights, 5000, 1.0, generator, responsibilities)
+    z, log_q = fit_proposal(samples, weights, 1.0, responsibilities).sample(5000, generator)
     shares = torch.tensor([0.8 * 0.6 + 0.1, 0.8 * 0.4 + 0.1], dtype=torch.float64).expand(3, 2)
     means, covariances = [], []
     plain = samples - samples.mean(0)
@@ -102,8 +101,8 @@ def test_only_the_spread_rows_floor_the_refitted_covariance():
     samples = torch.cat([near, far])
     weights = torch.cat([torch.full((48, 4), 1.0 / 48), torch.zeros(16, 4)]).double()
     rows = torch.cat([torch.ones(48, dtype=torch.bool), torch.zeros(16, dtype=torch.bool)])
-    narrow, _ = refit_proposal(samples, weights, 4000, 1.0, generator, spread_rows=rows)
-    wide, _ = refit_proposal(samples, weights, 4000, 1.0, generator)
+    narrow, _ = fit_proposal(samples, weights, 1.0, spread_rows=rows).sample(4000, generator)
+    wide, _ = fit_proposal(samples, weights, 1.0).sample(4000, generator)
     assert float(narrow.std(0).max()) < 0.02
     assert float(wide.std(0).min()) > 0.5
 
@@ -144,11 +143,13 @@ def test_a_posterior_mode_the_encoder_does_not_propose_is_found():
     assert abs(float(second.mean()) - 0.3) < 0.03
 
 
-def test_the_adaptive_rounds_samples_are_pooled_each_weighted_against_its_own_proposal():
+def test_the_adaptive_rounds_samples_are_pooled_each_weighted_against_its_own_proposal(monkeypatch):
     """A Gaussian likelihood under a standard normal prior (posterior N(τc/(1+τ), 1/(1+τ)) per axis), the
     encoder's guess off-centre and too narrow: both rounds' samples come back (``pool_rounds=False``: the
-    last round's alone), and the pool's weighted mean and variance are the posterior's, with more
-    effective samples than the last round alone."""
+    last round's alone), each with the density of the proposal it was drawn from, and the pool's weighted
+    mean and variance are the posterior's, with more effective samples than the last round alone."""
+    import varmap.estimators.posterior as posterior
+
     prior = GaussianMixturePrior(1, 2, torch.Generator().manual_seed(0))
     with torch.no_grad():
         prior.means.zero_()
@@ -159,19 +160,25 @@ def test_the_adaptive_rounds_samples_are_pooled_each_weighted_against_its_own_pr
     logits = torch.zeros(n_voxels, 1)
     mean = (centre + 0.5)[:, None, :]
     log_var = torch.full((n_voxels, 1, 2), float(np.log(0.05)))
+    proposals = []
+    monkeypatch.setattr(posterior, "fit_proposal", lambda *args: proposals.append(fit_proposal(*args)) or proposals[-1])
+
+    def run(pool_rounds):
+        proposals.clear()
+        return sample_posterior(lambda z: -0.5 * precision * ((z - centre) ** 2).sum(-1), prior, logits, mean,
+                                log_var, n_samples=64, scale=1.2, n_mode_steps=0, n_adaptive_rounds=2,
+                                generator=torch.Generator().manual_seed(2), pool_rounds=pool_rounds)
+
     with torch.no_grad():
-        samples = sample_posterior(lambda z: -0.5 * precision * ((z - centre) ** 2).sum(-1), prior, logits, mean,
-                                   log_var, n_samples=64, scale=1.2, n_mode_steps=0, n_adaptive_rounds=2,
-                                   generator=torch.Generator().manual_seed(2))
-        last_only = sample_posterior(lambda z: -0.5 * precision * ((z - centre) ** 2).sum(-1), prior, logits, mean,
-                                     log_var, n_samples=64, scale=1.2, n_mode_steps=0, n_adaptive_rounds=2,
-                                     generator=torch.Generator().manual_seed(2), pool_rounds=False)
+        last_only = run(False)
+        samples = run(True)
+        own = torch.cat([proposals[0].log_density(samples.z[:64]), proposals[1].log_density(samples.z[64:])])
         weights = samples.weights(prior)
-        last = PosteriorSamples(*(part[64:] for part in (samples.z, samples.log_likelihood, samples.log_proposal)))
-        last_weights = last.weights(prior)
-    assert samples.z.shape == (128, n_voxels, 2)
-    torch.testing.assert_close(last_only.z, last.z)  # without pooling: the last round's samples alone
-    torch.testing.assert_close(last_only.log_proposal, last.log_proposal)
+        last_weights = last_only.weights(prior)
+    assert samples.z.shape == (128, n_voxels, 2) and len(proposals) == 2
+    torch.testing.assert_close(samples.z[64:], last_only.z)  # without pooling: the last round's samples alone
+    torch.testing.assert_close(last_only.log_proposal, proposals[1].log_density(last_only.z))
+    torch.testing.assert_close(samples.log_proposal, own)
     posterior_mean = precision * centre / (1.0 + precision)
     estimated_mean = (weights[..., None] * samples.z).sum(0)
     estimated_variance = (weights[..., None] * (samples.z - estimated_mean) ** 2).sum(0)
