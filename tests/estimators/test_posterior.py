@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from varmap.estimators.posterior import (
+    PosteriorSamples,
     cholesky_with_jitter,
     effective_sample_size,
     encoder_proposal,
@@ -115,8 +116,9 @@ def test_prior_draws_make_the_proposal_a_stratified_mixture_with_the_prior():
     logits = torch.tensor([[2.0, -2.0], [0.0, 0.0]])
     mean = torch.tensor([[[-3.0, 0.1], [2.5, 1.0]], [[-2.5, 0.0], [3.0, 0.5]]])
     log_var = torch.log(torch.full((2, 2, 2), 0.05))
-    z, log_q = encoder_proposal(logits, mean, log_var, 64, 1.5, generator, prior)
+    z, log_q, components = encoder_proposal(logits, mean, log_var, 64, 1.5, generator, prior)
     assert z.shape == (64, 2, 2)
+    torch.testing.assert_close(components, prior.component_log_density(z))
     mix = 0.8 * torch.softmax(logits, -1) + 0.1
     encoder = _mixture_log_density(z, mix, mean, torch.diag_embed(torch.exp(log_var) * 1.5**2))
     components = torch.distributions.MultivariateNormal(prior.means, covariance_matrix=prior.covariances().float())
@@ -138,9 +140,47 @@ def test_a_posterior_mode_the_encoder_does_not_propose_is_found():
         samples = sample_posterior(lambda z: torch.zeros(z.shape[:-1]), prior, logits, mean, log_var, n_samples=64,
                                    scale=1.2, n_mode_steps=0, n_adaptive_rounds=2,
                                    generator=torch.Generator().manual_seed(4))
-        weights = samples.weights(prior)
-        second = (weights * prior.responsibilities(samples.z)[..., 1]).sum(0)
+        weights = samples.weights()
+        second = (weights * samples.responsibilities()[..., 1]).sum(0)
     assert abs(float(second.mean()) - 0.3) < 0.03
+
+
+def test_samples_keep_the_prior_densities_of_their_codes_through_every_step():
+    """The prior's component densities, computed once per draw (the encoder's and the prior's draws, the
+    Laplace proposal's, each adaptive round's), are those of the prior at every sample's code after
+    pooling, selecting and replacing voxels; weights, component probabilities and best joints follow."""
+    prior = _two_tissue_prior()
+    n_voxels = 50
+    generator = torch.Generator().manual_seed(6)
+    logits = torch.randn(n_voxels, 2, generator=generator)
+    mean = 2.0 * torch.randn(n_voxels, 2, 2, generator=generator)
+    log_var = torch.log(torch.full((n_voxels, 2, 2), 0.1))
+    centre = 2.0 * torch.randn(n_voxels, 2, generator=generator)
+
+    def log_likelihood(z):
+        return -2.0 * ((z - centre) ** 2).sum(-1)
+
+    def check(samples):
+        torch.testing.assert_close(samples.log_prior_components, prior.component_log_density(samples.z))
+        joint = samples.log_likelihood + prior.log_density(samples.z)
+        torch.testing.assert_close(samples.weights(), torch.softmax(joint - samples.log_proposal, 0))
+        torch.testing.assert_close(samples.summary_weights(), samples.weights().double(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(samples.responsibilities(), prior.responsibilities(samples.z))
+        torch.testing.assert_close(samples.best_log_joint(), joint.max(0).values)
+
+    with torch.no_grad():
+        for n_mode_steps, pool_rounds in ((0, True), (3, True), (3, False)):
+            samples = sample_posterior(log_likelihood, prior, logits, mean, log_var, n_samples=32, scale=1.2,
+                                       n_mode_steps=n_mode_steps, n_adaptive_rounds=2, generator=generator,
+                                       pool_rounds=pool_rounds)
+            check(samples)
+        other = sample_posterior(log_likelihood, prior, logits, mean, log_var, n_samples=32, scale=1.2,
+                                 n_mode_steps=0, n_adaptive_rounds=0, generator=generator)  # the encoder's draws
+        check(other)
+        rows = torch.arange(0, n_voxels, 3)
+        for derived in (samples.last(8), samples.select_voxels(rows),
+                        samples.with_voxels(rows, other.select_voxels(rows)), PosteriorSamples.pooled([samples, other])):
+            check(derived)
 
 
 def test_the_adaptive_rounds_samples_are_pooled_each_weighted_against_its_own_proposal(monkeypatch):
@@ -173,8 +213,8 @@ def test_the_adaptive_rounds_samples_are_pooled_each_weighted_against_its_own_pr
         last_only = run(False)
         samples = run(True)
         own = torch.cat([proposals[0].log_density(samples.z[:64]), proposals[1].log_density(samples.z[64:])])
-        weights = samples.weights(prior)
-        last_weights = last_only.weights(prior)
+        weights = samples.weights()
+        last_weights = last_only.weights()
     assert samples.z.shape == (128, n_voxels, 2) and len(proposals) == 2
     torch.testing.assert_close(samples.z[64:], last_only.z)  # without pooling: the last round's samples alone
     torch.testing.assert_close(last_only.log_proposal, proposals[1].log_density(last_only.z))

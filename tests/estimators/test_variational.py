@@ -161,7 +161,7 @@ def test_gmvae_refinement_searches_modes_only_below_what_its_widening_explains(f
     estimator.network_.eval()
     with torch.no_grad():
         first = estimator._posterior(batch, torch_stream(0, "test"), mode_search=False, scale=scale)
-        ess = effective_sample_size(first.weights(estimator.prior_)).numpy()
+        ess = effective_sample_size(first.weights()).numpy()
         estimator.min_effective_samples = float(np.quantile(ess, 0.3)) / factor
         searched = []
         real_search = type(estimator)._search_again
@@ -391,9 +391,9 @@ def test_voxels_whose_weights_collapse_search_again_from_their_least_squares_fit
         far = far + 1e-3 * torch.randn(far.shape, generator=generator)
         log_proposal = torch.zeros(far.shape[:2])
         log_proposal[:-1] = 1e3  # all the weight on the last sample
-        collapsed = PosteriorSamples(far, estimator._log_likelihood(batch, far), log_proposal)
+        collapsed = PosteriorSamples.under(estimator.prior_, far, estimator._log_likelihood(batch, far), log_proposal)
         mixed = healthy.with_voxels(torch.arange(0, rows.size, 2), collapsed.select_voxels(torch.arange(0, rows.size, 2)))
-        assert float(effective_sample_size(mixed.weights(estimator.prior_))[::2].max()) < 1.5
+        assert float(effective_sample_size(mixed.weights())[::2].max()) < 1.5
         restarted = estimator._restart_collapsed(batch, mixed, generator)
         maps = estimator._summarise(restarted)
     torch.testing.assert_close(restarted.z[:, 1::2], healthy.z[:, 1::2])  # untouched

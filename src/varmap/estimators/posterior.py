@@ -12,7 +12,7 @@ of every adaptive round, each weighted against the proposal it was drawn from.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +52,7 @@ _PRIOR_SHARE = 0.25
 
 @dataclass
 class PosteriorSamples:
-    """Importance samples of each voxel's posterior.
+    """Importance samples of each voxel's posterior under one prior.
 
     Attributes
     ----------
@@ -62,46 +62,76 @@ class PosteriorSamples:
         log p(s|z), up to a constant per voxel.
     log_proposal : Tensor, shape (S, B)
         Log density of the proposal each sample was drawn from.
+    log_prior_components : Tensor, shape (S, B, K)
+        log p(y=k) + log p(z|y=k) under the prior (its ``component_log_density``), computed once when the
+        samples are drawn: the weights, the component probabilities and the gates all read them.
+    prior : nn.Module
+        That prior (:mod:`varmap.estimators.priors`).
     """
 
     z: torch.Tensor
     log_likelihood: torch.Tensor
     log_proposal: torch.Tensor
+    log_prior_components: torch.Tensor
+    prior: nn.Module
 
-    def weights(self, prior: nn.Module) -> torch.Tensor:
-        """Self-normalised importance weights under ``prior``, shape (S, B), summing to 1 over S."""
-        log_weights = self.log_likelihood + prior.log_density(self.z) - self.log_proposal
-        return torch.softmax(log_weights, dim=0)
+    @classmethod
+    def under(
+        cls, prior: nn.Module, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor,
+        log_prior_components: torch.Tensor | None = None,
+    ) -> "PosteriorSamples":
+        """Samples under ``prior``; their component densities are computed unless given."""
+        if log_prior_components is None:
+            log_prior_components = prior.component_log_density(z)
+        return cls(z, log_likelihood, log_proposal, log_prior_components, prior)
 
-    def summary_weights(self, prior: nn.Module) -> torch.Tensor:
+    def log_prior(self) -> torch.Tensor:
+        """log p(z) of every sample, shape (S, B)."""
+        return self.prior.mixture_log_density(self.log_prior_components)
+
+    def responsibilities(self) -> torch.Tensor:
+        """p(y=k|z) of every sample, shape (S, B, K)."""
+        return torch.softmax(self.log_prior_components, dim=-1)
+
+    def weights(self) -> torch.Tensor:
+        """Self-normalised importance weights, shape (S, B), summing to 1 over S."""
+        return torch.softmax(self.log_likelihood + self.log_prior() - self.log_proposal, dim=0)
+
+    def summary_weights(self) -> torch.Tensor:
         """:meth:`weights` normalised in float64, shape (S, B), for posterior means and spreads: a sample
         some 100 nats behind the best keeps a tiny weight instead of the 0 of float32."""
-        log_weights = self.log_likelihood.double() + prior.log_density(self.z).double() - self.log_proposal.double()
+        log_weights = self.log_likelihood.double() + self.log_prior().double() - self.log_proposal.double()
         return torch.softmax(log_weights, dim=0)
 
-    def best_log_joint(self, prior: nn.Module) -> torch.Tensor:
+    def best_log_joint(self) -> torch.Tensor:
         """Each voxel's highest log p(s|z) + log p(z) among its samples, shape (B,)."""
-        return (self.log_likelihood + prior.log_density(self.z)).max(0).values
+        return (self.log_likelihood + self.log_prior()).max(0).values
 
     @staticmethod
     def pooled(parts: list["PosteriorSamples"]) -> "PosteriorSamples":
-        """The samples of ``parts`` (the same voxels) together, in order."""
-        return PosteriorSamples(*(torch.cat(columns) for columns in zip(*(
-            (part.z, part.log_likelihood, part.log_proposal) for part in parts))))
+        """The samples of ``parts`` (the same voxels under the same prior) together, in order."""
+        return parts[0]._with(torch.cat(columns) for columns in zip(*(part._columns() for part in parts)))
 
     def last(self, n_samples: int) -> "PosteriorSamples":
         """The last ``n_samples`` samples of every voxel (those of the last proposal drawn from)."""
-        return PosteriorSamples(self.z[-n_samples:], self.log_likelihood[-n_samples:], self.log_proposal[-n_samples:])
+        return self._with(column[-n_samples:] for column in self._columns())
 
     def select_voxels(self, rows: torch.Tensor) -> "PosteriorSamples":
         """The samples of voxels ``rows``."""
-        return PosteriorSamples(self.z[:, rows], self.log_likelihood[:, rows], self.log_proposal[:, rows])
+        return self._with(column[:, rows] for column in self._columns())
 
     def with_voxels(self, rows: torch.Tensor, other: "PosteriorSamples") -> "PosteriorSamples":
         """These samples with those of voxels ``rows`` replaced by ``other``'s (as many samples, one voxel
         of ``other`` per row, in order)."""
-        return PosteriorSamples(*(mine.index_copy(1, rows, theirs) for mine, theirs in (
-            (self.z, other.z), (self.log_likelihood, other.log_likelihood), (self.log_proposal, other.log_proposal))))
+        return self._with(mine.index_copy(1, rows, theirs) for mine, theirs in zip(self._columns(), other._columns()))
+
+    def _columns(self) -> tuple[torch.Tensor, ...]:
+        """The per-sample tensors, in the order of the fields."""
+        return self.z, self.log_likelihood, self.log_proposal, self.log_prior_components
+
+    def _with(self, columns: Iterable[torch.Tensor]) -> "PosteriorSamples":
+        """Samples of the same prior from per-sample tensors in the order of :meth:`_columns`."""
+        return PosteriorSamples(*columns, self.prior)
 
 
 def effective_sample_size(weights: torch.Tensor) -> torch.Tensor:
@@ -174,31 +204,31 @@ def sample_posterior(
         Without ``pool_rounds``, the last round's ``n_samples``; without adaptive rounds, the first
         proposals' ``n_samples`` (``2 n_samples`` with the mode search).
     """
-    z, log_q = encoder_proposal(logits, mean, log_var, n_samples, scale, generator, prior)
-    log_lik = log_likelihood(z)
+    z, log_q, components = encoder_proposal(logits, mean, log_var, n_samples, scale, generator, prior)
+    samples = PosteriorSamples.under(prior, z, log_likelihood(z), log_q, components)
     if n_mode_steps:
         voxel = torch.arange(z.shape[1], device=z.device)
-        best_sample = (log_lik + prior.log_density(z)).argmax(0)
+        best_sample = (samples.log_likelihood + samples.log_prior()).argmax(0)
         starts = torch.cat([mean.transpose(0, 1), z[best_sample, voxel][None]])
         mode, _, curvatures, axes = find_modes(
             lambda codes: -(log_likelihood(codes) + prior.log_density(codes)), starts, n_mode_steps
         )
         z_mode, log_q_mode = laplace_proposal(mode, curvatures, axes, n_samples, scale, generator)
-        z, log_q = torch.cat([z, z_mode]), torch.cat([log_q, log_q_mode])
-        log_lik = torch.cat([log_lik, log_likelihood(z_mode)])
+        laplace = PosteriorSamples.under(prior, z_mode, log_likelihood(z_mode), log_q_mode)
+        samples = PosteriorSamples.pooled([samples, laplace])
     # the prior's draws explore; they do not say how wide the next proposal must at least be
-    proposed = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+    proposed = torch.ones(samples.z.shape[0], dtype=torch.bool, device=z.device)
     proposed[n_samples - _prior_draws(n_samples) : n_samples] = False
     rounds = []
     for _ in range(n_adaptive_rounds):
-        weights = PosteriorSamples(z, log_lik, log_q).weights(prior)
-        responsibilities = prior.responsibilities(z) if prior.n_components > 1 else None
-        z, log_q = fit_proposal(z, weights, scale, responsibilities, proposed).sample(n_samples, generator)
-        log_lik = log_likelihood(z)
+        responsibilities = samples.responsibilities() if prior.n_components > 1 else None
+        proposal = fit_proposal(samples.z, samples.weights(), scale, responsibilities, proposed)
+        z, log_q = proposal.sample(n_samples, generator)
+        samples = PosteriorSamples.under(prior, z, log_likelihood(z), log_q)
         proposed = None
-        rounds.append(PosteriorSamples(z, log_lik, log_q))
+        rounds.append(samples)
     if not (rounds and pool_rounds):
-        return PosteriorSamples(z, log_lik, log_q)
+        return samples
     return PosteriorSamples.pooled(rounds)
 
 
@@ -220,7 +250,8 @@ def encoder_proposal(
     encoder does not propose (a voxel whose signal a second tissue explains as well, where the encoder
     was trained under another prior) is still found wherever the prior gives it mass.
 
-    Returns z (n_samples, B, L) and their log proposal densities (n_samples, B).
+    Returns z (n_samples, B, L), their log proposal densities (n_samples, B) and, with a ``prior``, its
+    component densities at z (n_samples, B, K; ``prior.component_log_density``; else None).
     """
     n_prior = _prior_draws(n_samples) if prior is not None else 0
     n_encoder = n_samples - n_prior
@@ -241,10 +272,11 @@ def encoder_proposal(
     if n_prior:
         z = torch.cat([z, prior.sample((n_prior, mean.shape[0]), generator, equal_weights=True).to(z.dtype)])
     log_q = torch.logsumexp(log_mix + gaussian_log_density(z[..., None, :], mean, log_var), dim=-1)
+    components = None if prior is None else prior.component_log_density(z)
     if n_prior:
         log_q = torch.logaddexp(log_q + math.log(n_encoder / n_samples),
-                                prior.log_density(z, equal_weights=True) + math.log(n_prior / n_samples))
-    return z, log_q
+                                prior.mixture_log_density(components, equal_weights=True) + math.log(n_prior / n_samples))
+    return z, log_q, components
 
 
 def _prior_draws(n_samples: int) -> int:

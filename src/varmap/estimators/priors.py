@@ -4,10 +4,12 @@ A variational estimator is given one of these; it needs nothing else from the pr
 
 - ``n_components`` (K; 1 for the standard normal) and ``log_weights()`` (log p(y), shape (K,)),
 - ``component_log_density(z)`` (log p(y=k) + log p(z|y=k), shape (..., K)) and ``log_density(z)``
-  (with ``equal_weights=True``, of the same components in equal proportions),
+  (with ``equal_weights=True``, of the same components in equal proportions), and
+  ``mixture_log_density(components, equal_weights=False)``, the same from component densities already
+  computed (importance samples keep theirs, :class:`~varmap.estimators.posterior.PosteriorSamples`),
 - ``sample(shape, generator, equal_weights=False)``: draws from the prior (or its components in equal
   proportions), for the importance sampler's defensive proposal,
-- ``responsibilities(z)`` (p(y=k|z), shape (..., K)),
+- ``responsibilities(z)`` (p(y=k|z), shape (..., K); the softmax of the component densities),
 - ``kl_divergence(mean, log_var)``: KL(q(z|s,k) ‖ p(z|y=k)) for diagonal Gaussians q, shape (B, K),
 - ``refit(z, log_likelihood, log_proposal, n_steps, uncorrelated_last=None)``: empirical-Bayes steps
   from importance-sampled posteriors; it returns the log-evidence trace (empty for a fixed prior).
@@ -62,6 +64,10 @@ class StandardNormalPrior(nn.Module):
     def log_density(self, z: torch.Tensor, equal_weights: bool = False) -> torch.Tensor:
         """log N(z; 0, I), shape (...) (``equal_weights``: the same, there is one component)."""
         return -0.5 * (z * z + _LOG_2PI).sum(-1)
+
+    def mixture_log_density(self, components: torch.Tensor, equal_weights: bool = False) -> torch.Tensor:
+        """log p(z) from :meth:`component_log_density`'s values (..., 1): the one component's, shape (...)."""
+        return components[..., 0]
 
     def sample(self, shape: tuple[int, ...], generator: torch.Generator, equal_weights: bool = False) -> torch.Tensor:
         """Draws z ~ N(0, I), shape (*shape, L) (``equal_weights``: the same, there is one component)."""
@@ -138,7 +144,10 @@ class GaussianMixturePrior(nn.Module):
     def log_density(self, z: torch.Tensor, equal_weights: bool = False) -> torch.Tensor:
         """log p(z) of the mixture, shape (...); with ``equal_weights``, of the mixture of the same
         components in equal proportions (what :meth:`sample` draws from with ``equal_weights``)."""
-        components = self.component_log_density(z)
+        return self.mixture_log_density(self.component_log_density(z), equal_weights)
+
+    def mixture_log_density(self, components: torch.Tensor, equal_weights: bool = False) -> torch.Tensor:
+        """:meth:`log_density` from :meth:`component_log_density`'s values (..., K), shape (...)."""
         if equal_weights:
             components = components - self.log_weights() - math.log(self.n_components)
         return torch.logsumexp(components, dim=-1)

@@ -461,7 +461,7 @@ class VariationalEstimator(Estimator):
             scale=scale or self.proposal_scale, n_mode_steps=self.n_mode_steps,
             n_adaptive_rounds=self.n_adaptive_rounds, generator=generator, pool_rounds=scale is None,
         )
-        better = torch.nonzero(again.best_log_joint(self.prior_) > samples.select_voxels(rows).best_log_joint(self.prior_))[:, 0]
+        better = torch.nonzero(again.best_log_joint() > samples.select_voxels(rows).best_log_joint())[:, 0]
         return samples.with_voxels(rows[better], again.select_voxels(better)) if better.numel() else samples
 
     def _last_proposal_ess(self, samples: PosteriorSamples) -> torch.Tensor:
@@ -471,7 +471,7 @@ class VariationalEstimator(Estimator):
         pool's effective sample size is larger while both rounds may miss a narrow posterior alike
         (measured on the study's SNR-50 data: gated on the pool's, free water's D coverage fell from
         0.936 to 0.895)."""
-        return effective_sample_size(samples.last(self.n_posterior_samples).weights(self.prior_))
+        return effective_sample_size(samples.last(self.n_posterior_samples).weights())
 
     def _latent_codes_of(self, packed: torch.Tensor, S0: torch.Tensor) -> torch.Tensor:
         """Latent codes (B, L) that the linear latent decoder maps closest (least squares, unconstrained
@@ -483,7 +483,7 @@ class VariationalEstimator(Estimator):
 
     def _summarise(self, samples: PosteriorSamples) -> Estimates:
         """Posterior means, standard deviations and component probabilities of weighted samples."""
-        weights = samples.summary_weights(self.prior_)
+        weights = samples.summary_weights()
         packed, S0 = self.decoder_.parameters_of(self.latent_decoder_(samples.z))
         packed = packed.double()
         w = weights[..., None]
@@ -498,7 +498,7 @@ class VariationalEstimator(Estimator):
             std_maps["n"] = spread.cpu().numpy()
         cluster_probs = None
         if self.prior_.n_components > 1:
-            responsibilities = self.prior_.responsibilities(samples.z).double()
+            responsibilities = samples.responsibilities().double()
             cluster_probs = (w * responsibilities).sum(0).cpu().numpy()
         return Estimates(
             packed=mean.cpu().numpy(),
