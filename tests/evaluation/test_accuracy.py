@@ -12,6 +12,7 @@ from varmap.evaluation.accuracy import (
     PHANTOM_GROUPS,
     PhantomRegions,
     add_oracle_ratios,
+    phantom_calibration_rows,
     phantom_rows,
     simulation_rows,
 )
@@ -82,3 +83,21 @@ def test_phantom_rows_give_fibre_angles_in_white_matter():
     assert white_matter["n"] == 4 and white_matter["angular_error_deg"] == pytest.approx(90.0 / 4)
     assert dominant["n"] == 6 and dominant["angular_error_deg"] == pytest.approx(90.0 / 6)
     assert math.isnan(white_matter["rmse"]) and math.isnan(white_matter["edge_ratio"])
+
+
+def test_phantom_calibration_rows_score_the_stds_per_purity_and_edge_group():
+    """z = error / std of 0.5, 3, 1, 5 in pure WM (even voxels interior, odd on a boundary), 1 in GM and
+    partial volume; K has no std and is left out, as is a parameter the method does not report."""
+    truth = {"D": np.ones(8), "K": np.zeros(8), "f": np.zeros(8)}
+    std = {"D": np.full(8, 0.1)}
+    errors = 0.1 * np.array([0.5, 3.0, 1.0, 5.0, 1.0, -1.0, 1.0, -1.0])
+    rows = phantom_calibration_rows({"D": truth["D"] + errors, "K": truth["K"]}, std, truth, ("D", "K", "f"), _regions(8))
+    assert {r["parameter"] for r in rows} == {"D"}
+    assert [r["group"] for r in rows] == ["all", PHANTOM_GROUPS[0], PHANTOM_GROUPS[1], PHANTOM_GROUPS[3], *EDGE_GROUPS]
+    white_matter = _row(rows, "D", "WM", "group")
+    assert white_matter["n"] == 4 and white_matter["coverage_95"] == pytest.approx(0.5)
+    assert white_matter["rms_z"] == pytest.approx(np.sqrt((0.25 + 9.0 + 1.0 + 25.0) / 4))
+    assert white_matter["max_abs_z"] == pytest.approx(5.0) and white_matter["share_z_over_4"] == pytest.approx(0.25)
+    assert _row(rows, "D", "interior", "group")["coverage_95"] == 1.0
+    assert _row(rows, "D", "boundary", "group")["coverage_95"] == pytest.approx(0.5)
+    assert _row(rows, "D", "all", "group")["coverage_95"] == pytest.approx(6 / 8)

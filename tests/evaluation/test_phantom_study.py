@@ -46,8 +46,21 @@ def test_study_end_to_end(tmp_path, tiny_msdki) -> None:
     assert nlls_wm_D["n"] > 0 and nlls_wm_D["rmse"] < 0.1  # voxelwise fit of pure WM at SNR 20
     boundary = [r for r in result.rows if r["group"] == "boundary"]
     assert all(np.isfinite(r["edge_ratio"]) for r in boundary)
+    # the stds of gmvae (nlls and dipy report none) scored against the truth in the same groups
+    assert {r["method"] for r in result.calibration} == {"gmvae"}
+    assert {(r["parameter"], r["group"]) for r in result.calibration} == {
+        (p, g) for p in ("D", "K") for g in ("all", "WM", "GM", "CSF", "PV", "interior", "boundary")}
+    truth = tiny_msdki.truth_in_mask()
+    pure_wm = tiny_msdki.groups()[tiny_msdki.mask] == 0
+    fit = result.fits["gmvae"]
+    z = (fit.params["K"] - truth["K"]) / fit.std["K"]
+    wm_K = next(r for r in result.calibration if (r["parameter"], r["group"]) == ("K", "WM"))
+    assert wm_K["n"] == pure_wm.sum() and wm_K["coverage_95"] == pytest.approx(np.mean(np.abs(z[pure_wm]) <= 1.96))
     names = {path.name for path in result.files}
-    assert {"results.csv", "speed.csv", "results.md", "phantom_study.json", "maps.png", "clusters.png"} <= names
+    assert {"results.csv", "calibration.csv", "speed.csv", "results.md", "phantom_study.json", "maps.png",
+            "clusters.png"} <= names
+    with open(out / "calibration.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == len(result.calibration)
     assert all(path.stat().st_size > 0 for path in result.files)
     with open(out / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == len(result.rows)
@@ -55,6 +68,7 @@ def test_study_end_to_end(tmp_path, tiny_msdki) -> None:
     assert config["n_brain_voxels"] == tiny_msdki.n_voxels and config["shape"] == [12, 12, 6]
     markdown = (out / "results.md").read_text()
     assert "gmvae clusters" in markdown and "Speed and memory" in markdown
+    assert "Calibration of the reported standard deviations" in markdown
     with pytest.raises(FileExistsError, match="--force"):
         run_phantom_study(methods=("nlls",), phantom=tiny_msdki, output_dir=out, progress=False)
 

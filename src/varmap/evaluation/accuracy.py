@@ -2,7 +2,9 @@
 
 The simulation study groups voxels by prior cluster and divides every method's error by the Bayes
 oracle's (:func:`simulation_rows`, :func:`add_oracle_ratios`); the phantom study groups them by
-tissue purity and distance to a tissue boundary (:class:`PhantomRegions`, :func:`phantom_rows`).
+tissue purity and distance to a tissue boundary (:class:`PhantomRegions`, :func:`phantom_rows`).  Both
+also score the reported standard deviations against the errors in the same groups
+(:func:`simulation_calibration_rows`, :func:`phantom_calibration_rows`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .metrics import calibration_table, error_table
 __all__ = [
     "simulation_rows",
     "simulation_calibration_rows",
+    "phantom_calibration_rows",
     "add_oracle_ratios",
     "PHANTOM_GROUPS",
     "EDGE_GROUPS",
@@ -177,6 +180,36 @@ def phantom_rows(
             row["cluster"] = group
             rows.append(_grouped(row) | {"edge_ratio": float("nan")})
     return rows
+
+
+def phantom_calibration_rows(
+    params: dict[str, np.ndarray], std: dict[str, np.ndarray], truth: dict[str, np.ndarray], names: Sequence[str],
+    regions: PhantomRegions,
+) -> list[dict]:
+    """How one method's reported standard deviations describe its errors on the phantom, per purity group
+    and edge group (:func:`~varmap.evaluation.metrics.calibration_table`).
+
+    Parameters
+    ----------
+    params, std : dict of ndarray
+        Estimates and their standard deviations, (n_voxels,) per scalar, in mask order.
+    truth : dict of ndarray
+        True values, same shapes.
+    names : sequence of str
+        Scalar parameters to compare.
+    regions : PhantomRegions
+
+    Returns
+    -------
+    list of dict
+        Rows with keys ``parameter``, ``group`` (``"all"``, the purity groups present, ``"interior"``,
+        ``"boundary"``), ``n``, ``coverage_95``, ``rms_z``, ``max_abs_z`` and ``share_z_over_4``.
+    """
+    scalars = {name: params[name] for name in names if name in params and name in std}
+    true = {name: truth[name] for name in scalars}
+    by_tissue = calibration_table(scalars, std, true, regions.purity, PHANTOM_GROUPS)
+    by_edge = [row for row in calibration_table(scalars, std, true, regions.edge, EDGE_GROUPS) if row["cluster"] != "all"]
+    return [_grouped(row) for row in by_tissue + by_edge]
 
 
 def _grouped(row: dict) -> dict:

@@ -34,7 +34,7 @@ from ..phantom.fields import NOISE_FIELD_RANGE
 from ..provenance import environment
 from ..results import FitResult
 from ..signal_models import SignalModel, get_signal_model
-from .accuracy import PHANTOM_GROUPS, PhantomRegions, phantom_regions, phantom_rows
+from .accuracy import PHANTOM_GROUPS, PhantomRegions, phantom_calibration_rows, phantom_regions, phantom_rows
 from .baselines import BASELINES
 from .runner import MEMORY_NOTE, Cost, add_speed_ratios, format_csv, markdown_table, measure, speed_row
 
@@ -45,6 +45,7 @@ logger = logging.getLogger("varmap")
 _ACCURACY_COLUMNS = (
     "method", "parameter", "group", "n", "n_nan", "rmse", "bias", "angular_error_deg", "edge_ratio", "time_s",
 )
+_CALIBRATION_COLUMNS = ("method", "parameter", "group", "n", "coverage_95", "rms_z", "max_abs_z", "share_z_over_4")
 _SPEED_COLUMNS = (
     "method", "n_voxels", "n_measurements", "total_s", "prepare_s", "train_s", "infer_s", "voxels_per_s",
     "peak_rss_mb", "peak_gpu_mb", "time_ratio", "memory_ratio",
@@ -64,6 +65,11 @@ class PhantomStudyResult:
         boundary RMSE divided by the interior RMSE.
     speed : list of dict
         One row per method: seconds, voxels per second, peak memory, and ratios to ``reference``.
+    calibration : list of dict
+        For the methods that report standard deviations, one row per method, scalar parameter and group
+        (as ``rows``) with keys of ``_CALIBRATION_COLUMNS``: the share of voxels whose truth lies within
+        ±1.96 std of the estimate, the RMS of z = (estimate − truth) / std, its largest value and the
+        share of voxels with |z| > 4.
     reference : str
         Method the speed ratios divide by.
     phantom : Phantom
@@ -80,6 +86,7 @@ class PhantomStudyResult:
     speed: list[dict]
     reference: str
     phantom: Phantom
+    calibration: list[dict] = field(default_factory=list)
     estimates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     fits: dict[str, FitResult] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
@@ -122,7 +129,8 @@ def run_phantom_study(
         Study a box of the phantom (see :func:`~varmap.phantom.make_phantom`).
     output_dir : path, optional
         Folder for ``results.csv``, ``speed.csv``, ``results.md``, ``phantom_study.json``,
-        ``maps.png`` and (with gmvae) ``clusters.png``; written atomically.  ``None`` writes nothing.
+        ``maps.png``, (with vae or gmvae) ``calibration.csv`` and (with gmvae) ``clusters.png``; written
+        atomically.  ``None`` writes nothing.
     force : bool
         Replace an existing ``output_dir``.
     progress : bool
@@ -194,6 +202,9 @@ def run_phantom_study(
             result.fits[method] = fit
         rows = phantom_rows(params, truth, signal_model.parameter_names, regions)
         result.rows.extend(row | {"method": method, "time_s": cost.seconds} for row in rows)
+        if fit is not None and fit.std:
+            calibration = phantom_calibration_rows(params, fit.std, truth, signal_model.parameter_names, regions)
+            result.calibration.extend(row | {"method": method} for row in calibration)
         timings = {} if fit is None else dict(fit.timings)
         result.speed.append(speed_row(method, *signals.shape, cost, timings))
     result.reference = _speed_reference(runs)
@@ -318,10 +329,12 @@ def _noise_description(phantom: Phantom) -> str:
 
 # ---------------------------------------------------------------------------------------- report
 def format_phantom_markdown(result: PhantomStudyResult) -> str:
-    """Markdown report: set-up, accuracy per parameter and tissue, edge sharpness, speed, clusters."""
+    """Markdown report: set-up, accuracy per parameter and tissue, edge sharpness, calibration of the
+    reported standard deviations, speed, clusters."""
     lines = [*_setup_lines(result.config), "### Accuracy: RMSE / bias", ""]
     for parameter in dict.fromkeys(r["parameter"] for r in result.rows):
         lines += [f"**{parameter}**", "", *_accuracy_table(result.rows, parameter), ""]
+    lines += _calibration_tables(result.calibration)
     lines += [f"### Speed and memory (ratios to {result.reference})", "", *_speed_table(result.speed)]
     lines += ["", MEMORY_NOTE, ""]
     lines += _cluster_tables(result)
@@ -373,6 +386,28 @@ def _accuracy_table(rows: list[dict], parameter: str) -> list[str]:
     return markdown_table(header, table)
 
 
+def _calibration_tables(rows: list[dict]) -> list[str]:
+    """One table per parameter of how the reported standard deviations describe the errors: a row per
+    method, a column per group; nothing without rows."""
+    if not rows:
+        return []
+    lines = ["### Calibration of the reported standard deviations", "",
+             "Each cell: share of voxels whose truth lies within ±1.96 std of the estimate / RMS of z = "
+             "(estimate − truth) / std (share of voxels with |z| > 4). Calibrated: 0.95 / 1.0 (0).", ""]
+    for parameter in dict.fromkeys(r["parameter"] for r in rows):
+        at_parameter = [r for r in rows if r["parameter"] == parameter]
+        groups = list(dict.fromkeys(r["group"] for r in at_parameter))
+        table = []
+        for method in dict.fromkeys(r["method"] for r in at_parameter):
+            cells = {r["group"]: r for r in at_parameter if r["method"] == method}
+            table.append([method, *(
+                "" if group not in cells else
+                f"{cells[group]['coverage_95']:.3f} / {cells[group]['rms_z']:.2f} ({cells[group]['share_z_over_4']:.4f})"
+                for group in groups)])
+        lines += [f"**{parameter}**", "", *markdown_table(["method", *groups], table), ""]
+    return lines
+
+
 def _speed_table(speed: list[dict]) -> list[str]:
     """Seconds per stage, voxels per second, peak memory and ratios of every method."""
     header = ["method", "voxels", "total (s)", "prepare (s)", "train (s)", "infer (s)", "voxels/s",
@@ -419,6 +454,10 @@ def _write_outputs(result: PhantomStudyResult, output_dir: Path, *, force: bool)
     with atomic_output_dir(output_dir, force=force) as staging:
         (staging / "results.csv").write_text(format_csv(result.rows, _ACCURACY_COLUMNS), encoding="utf-8", newline="")
         (staging / "speed.csv").write_text(format_csv(result.speed, _SPEED_COLUMNS), encoding="utf-8", newline="")
+        if result.calibration:
+            (staging / "calibration.csv").write_text(format_csv(result.calibration, _CALIBRATION_COLUMNS),
+                                                     encoding="utf-8", newline="")
+            names.insert(2, "calibration.csv")
         (staging / "results.md").write_text(format_phantom_markdown(result), encoding="utf-8")
         save_json(result.config, staging / "phantom_study.json")
         phantom_maps_figure(result.phantom, result.estimates, staging / "maps.png")
