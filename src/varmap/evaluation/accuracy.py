@@ -9,7 +9,7 @@ also score the reported standard deviations against the errors in the same group
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,10 +164,7 @@ def phantom_rows(
         ``"interior"`` and ``"boundary"``; the direction ``"n"``: ``"WM"`` (pure) and ``"WM-dominant"``.
     """
     scalars = {name: params[name] for name in names if name in params}
-    true = {name: truth[name] for name in scalars}
-    by_tissue = error_table(scalars, true, regions.purity, PHANTOM_GROUPS)
-    by_edge = [row for row in error_table(scalars, true, regions.edge, EDGE_GROUPS) if row["cluster"] != "all"]
-    rows = [_grouped(row) for row in by_tissue + by_edge]
+    rows = _per_group(error_table, regions, scalars, {name: truth[name] for name in scalars})
     interior = {r["parameter"]: r["rmse"] for r in rows if r["group"] == "interior"}
     for row in rows:
         row["edge_ratio"] = float("nan")
@@ -191,13 +188,10 @@ def phantom_calibration_rows(
 
     Parameters
     ----------
-    params, std : dict of ndarray
-        Estimates and their standard deviations, (n_voxels,) per scalar, in mask order.
-    truth : dict of ndarray
-        True values, same shapes.
-    names : sequence of str
-        Scalar parameters to compare.
-    regions : PhantomRegions
+    params, truth, names, regions
+        As for :func:`phantom_rows` (scalars only).
+    std : dict of ndarray
+        The estimates' standard deviations, (n_voxels,) per scalar, in mask order.
 
     Returns
     -------
@@ -206,9 +200,14 @@ def phantom_calibration_rows(
         ``"boundary"``), ``n``, ``coverage_95``, ``rms_z``, ``max_abs_z`` and ``share_z_over_4``.
     """
     scalars = {name: params[name] for name in names if name in params and name in std}
-    true = {name: truth[name] for name in scalars}
-    by_tissue = calibration_table(scalars, std, true, regions.purity, PHANTOM_GROUPS)
-    by_edge = [row for row in calibration_table(scalars, std, true, regions.edge, EDGE_GROUPS) if row["cluster"] != "all"]
+    return _per_group(calibration_table, regions, scalars, std, {name: truth[name] for name in scalars})
+
+
+def _per_group(table: Callable[..., list[dict]], regions: PhantomRegions, *maps: dict[str, np.ndarray]) -> list[dict]:
+    """``table(*maps, labels, names)`` (:func:`error_table` or :func:`calibration_table`) over all voxels and
+    the purity groups, then the edge groups, its ``cluster`` key renamed ``group``."""
+    by_tissue = table(*maps, regions.purity, PHANTOM_GROUPS)
+    by_edge = [row for row in table(*maps, regions.edge, EDGE_GROUPS) if row["cluster"] != "all"]
     return [_grouped(row) for row in by_tissue + by_edge]
 
 
