@@ -266,25 +266,37 @@ def _rician_moment_table() -> tuple[float, np.ndarray, np.ndarray]:
     return float(log_mean[0]), np.interp(grid, log_mean, mean), np.interp(grid, log_mean, 2.0 + a * a - mean * mean)
 
 
+@functools.cache
+def _rician_moment_steps() -> tuple[np.ndarray, np.ndarray]:
+    """The differences between neighbouring entries of :func:`_rician_moment_table`'s means and variance
+    ratios (the linear interpolation's slopes per grid step)."""
+    _, means, ratios = _rician_moment_table()
+    return np.diff(means), np.diff(ratios)
+
+
 def _rician_moments(log_geometric_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean / σ and variance / σ² of the Rician variables whose E[log(M/σ)] is ``log_geometric_mean``
     (linear interpolation in :func:`_rician_moment_table`).  Below the table (no signal) they are the noise
     floor's, √(π/2) and 2 - π/2; beyond it (ν > 60 σ) the mean is the geometric mean and the variance
     ratio 1; NaN stays NaN."""
     start, means, ratios = _rician_moment_table()
+    mean_steps, ratio_steps = _rician_moment_steps()
     last = (means.size - 1) * _RICIAN_TABLE_STEP
     offset = np.nan_to_num(log_geometric_mean - start, nan=0.0, posinf=last, neginf=0.0)
     position = np.clip(offset, 0.0, last) / _RICIAN_TABLE_STEP
     index = np.minimum(position.astype(np.intp), means.size - 2)
     fraction = position - index
-    mean = means[index] + fraction * (means[index + 1] - means[index])
-    ratio = ratios[index] + fraction * (ratios[index + 1] - ratios[index])
+    mean = means[index] + fraction * mean_steps[index]
+    ratio = ratios[index] + fraction * ratio_steps[index]
     beyond = offset > last
-    with np.errstate(over="ignore"):
-        mean = np.where(beyond, np.exp(np.minimum(log_geometric_mean, 700.0)), mean)
-    ratio = np.where(beyond, 1.0, ratio)
+    if beyond.any():  # the fixed point calls this on every measurement several times: skip what is not needed
+        with np.errstate(over="ignore"):
+            mean = np.where(beyond, np.exp(np.minimum(log_geometric_mean, 700.0)), mean)
+        ratio = np.where(beyond, 1.0, ratio)
     missing = np.isnan(log_geometric_mean)
-    return np.where(missing, np.nan, mean), np.where(missing, np.nan, ratio)
+    if missing.any():
+        mean, ratio = np.where(missing, np.nan, mean), np.where(missing, np.nan, ratio)
+    return mean, ratio
 
 
 def _design_matrix(protocol: Protocol, fit: str) -> np.ndarray:
