@@ -375,14 +375,13 @@ def _rician_residual_variance(
         def terms(log_sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             """Squared residuals and their expected values / σ² (0 where a measurement does not count),
             and which voxels fell back on all their measurements, at log σ, shape (n_voxels, 1)."""
-            if count_floor:
+            if count_floor:  # every measurement counts (and a protocol this long has more than _MIN_MEASUREMENTS)
                 mean_ratio, variance_ratio = _rician_moments(log_predicted - log_sigma)
                 squared = (signals - mean_ratio * np.exp(log_sigma)) ** 2
-                used = np.ones(predicted.shape, dtype=bool)
-            else:
-                variance_ratio = _rician_variance_ratio_of_mean(np.exp(log_predicted - log_sigma))
-                squared = (signals - predicted) ** 2
-                used = log_predicted - log_sigma >= np.log(_MIN_SIGNAL_TO_NOISE)
+                return squared, variance_ratio * residual_share, np.zeros(len(signals), dtype=bool)
+            variance_ratio = _rician_variance_ratio_of_mean(np.exp(log_predicted - log_sigma))
+            squared = (signals - predicted) ** 2
+            used = log_predicted - log_sigma >= np.log(_MIN_SIGNAL_TO_NOISE)
             at_floor = used.sum(axis=1) < _MIN_MEASUREMENTS
             used[at_floor] = True
             return np.where(used, squared, 0.0), np.where(used, variance_ratio * residual_share, 0.0), at_floor
