@@ -299,14 +299,11 @@ class VariationalEstimator(Estimator):
     ) -> PosteriorSamples:
         """Importance samples of the voxels' posteriors; ``mode_search`` adds the Laplace proposal,
         ``adaptive=False`` skips the adaptive rounds (the encoder's proposals only); ``scale`` widens the
-        proposals (the prior refinement's; default ``proposal_scale``, the maps').
-
-        The maps' samples pool every adaptive round (without rounds, as many sets of encoder draws); the
-        refinement's keep the last round's, as its EM was tuned on (pooling there too moved the learned
-        prior: on the ABCD-like protocol at SNR 10 free water's K coverage fell from 0.90 to 0.60).
+        proposals (the prior refinement's; default ``proposal_scale``, the maps').  Where the rounds are
+        pooled (:meth:`_pools_rounds`) and skipped, as many sets of encoder draws are pooled instead.
         """
         logits, mean, log_var = self._encode(batch)
-        pool = scale is None
+        pool = self._pools_rounds(scale)
         sample = partial(
             sample_posterior, lambda z: self._log_likelihood(batch, z), self.prior_, logits, mean, log_var,
             n_samples=self.n_posterior_samples, scale=scale or self.proposal_scale,
@@ -316,6 +313,14 @@ class VariationalEstimator(Estimator):
             return sample(n_adaptive_rounds=self.n_adaptive_rounds)
         return PosteriorSamples.pooled(
             [sample(n_adaptive_rounds=0) for _ in range(max(self.n_adaptive_rounds, 1) if pool else 1)])
+
+    @staticmethod
+    def _pools_rounds(scale: float | None) -> bool:
+        """Whether samples drawn with widening ``scale`` pool every adaptive round: the maps' (``None``, the
+        default ``proposal_scale``) do; the prior refinement's (its own widening) keep the last round's, as
+        its EM was tuned on (pooling there too moved the learned prior: on the ABCD-like protocol at SNR 10
+        free water's K coverage fell from 0.90 to 0.60)."""
+        return scale is None
 
     def _infer(self, data: PreparedData) -> Estimates:
         """Maps of every voxel, in two passes over chunks: the proposals of :meth:`_sample` without the
@@ -459,7 +464,7 @@ class VariationalEstimator(Estimator):
             lambda z: self._log_likelihood(voxels, z), self.prior_, torch.zeros_like(start[:, :1]), start[:, None, :],
             torch.full_like(start[:, None, :], 2.0 * math.log(_RESTART_SPREAD)), n_samples=self.n_posterior_samples,
             scale=scale or self.proposal_scale, n_mode_steps=self.n_mode_steps,
-            n_adaptive_rounds=self.n_adaptive_rounds, generator=generator, pool_rounds=scale is None,
+            n_adaptive_rounds=self.n_adaptive_rounds, generator=generator, pool_rounds=self._pools_rounds(scale),
         )
         better = torch.nonzero(again.best_log_joint() > samples.select_voxels(rows).best_log_joint())[:, 0]
         return samples.with_voxels(rows[better], again.select_voxels(better)) if better.numel() else samples
