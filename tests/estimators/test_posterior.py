@@ -12,6 +12,7 @@ from varmap.estimators.posterior import (
     posterior_spread,
     fit_proposal,
     sample_posterior,
+    solve_lower_triangular,
     weighted_mean_axis,
     widening_efficiency,
 )
@@ -257,6 +258,17 @@ def test_cholesky_with_jitter_factors_near_singular_covariances():
     jitter = 1e-6 * covariance[0].diagonal().mean() + 1e-12  # relative to the matrix's scale
     torch.testing.assert_close(tril[0] @ tril[0].T, covariance[0] + jitter * torch.eye(4), rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(tril[2], torch.diag(torch.full((4,), 1e-6)))  # not even PSD: tiny diagonal
+
+
+def test_solve_lower_triangular_solves_every_batched_system():
+    generator = torch.Generator().manual_seed(3)
+    for n_latent in (1, 2, 3, 5):
+        factors = torch.randn(4, 2, n_latent, n_latent, generator=generator, dtype=torch.float64)
+        tril = torch.linalg.cholesky(factors @ factors.transpose(-1, -2) + 0.1 * torch.eye(n_latent, dtype=torch.float64))
+        right = torch.randn(4, 2, n_latent, 7, generator=generator, dtype=torch.float64)
+        solution = solve_lower_triangular(tril, right)
+        torch.testing.assert_close(tril @ solution, right)
+        torch.testing.assert_close(solution, torch.linalg.solve_triangular(tril, right, upper=False))
 
 
 def test_posterior_spread_is_unbiased_and_never_collapses():
