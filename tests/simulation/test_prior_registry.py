@@ -36,3 +36,11 @@ def test_get_prior_registry():
         get_prior("msdki", "nonsense")
     with pytest.raises(ValueError, match="ball_stick"):
         get_prior("ivim", "paper")
+
+
+@pytest.mark.parametrize(("b_max", "hint"), [(3000.0, "divide by 1000"), (0.003, "multiply by 1000"), (0.0, "ms/µm²"),
+                                             (-1.0, "ms/µm²"), (float("nan"), "ms/µm²")])
+def test_physical_prior_refuses_a_b_max_in_the_wrong_unit(b_max, hint):
+    with pytest.raises(ValueError, match=hint):
+        get_prior("msdki", "physical", b_max=b_max)
+    assert get_prior("msdki", "physical", b_max=0.5).max_product == ("D", "K", 6.0)

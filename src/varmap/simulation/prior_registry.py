@@ -10,6 +10,11 @@ from .cluster_prior import ClusterPrior
 
 __all__ = ["PRIORS", "ball_stick_prior", "get_prior", "msdki_paper_prior", "msdki_physical_prior"]
 
+#: Largest b-values, ms/µm², that a protocol may have (the 100-50,000 s/mm² that :mod:`varmap.protocol`
+#: accepts): a ``b_max`` outside them is a unit mistake that would silently move the truncation (3000 cuts
+#: every cluster to D·K < 0.001; 0.003 leaves the prior untruncated).
+_PROTOCOL_B_MAX_MS_PER_UM2 = (0.1, 50.0)
+
 
 def msdki_paper_prior() -> ClusterPrior:
     """The MS-DKI simulation prior of the paper: three untruncated Gaussian clusters over (D, K).
@@ -51,6 +56,11 @@ def msdki_physical_prior(b_max: float = 3.0) -> ClusterPrior:
         matter, (3.0, 0.0) free water; the paper's variances (0.015, and 0.2 × 0.015 for free water).
         Truncated to D > 0, K >= 0 and D·K·b_max < 3.
 
+    Raises
+    ------
+    ValueError
+        If ``b_max`` is not a protocol's largest b-value in ms/µm² (0.1-50), naming the unit it looks like.
+
     Notes
     -----
     The means are typical powder-averaged values in adult brain (mean diffusivity 0.7-0.9 µm²/ms and
@@ -60,8 +70,17 @@ def msdki_physical_prior(b_max: float = 3.0) -> ClusterPrior:
     of the white-matter cluster's Gaussian mass at b_max = 3; the remaining draws keep the cluster's
     weight (re-drawn within the cluster).
     """
-    if not b_max > 0:
-        raise ValueError(f"b_max={b_max} must be a positive b-value in ms/µm² (3.0 for b = 3000 s/mm²).")
+    low, high = _PROTOCOL_B_MAX_MS_PER_UM2
+    if not low <= b_max <= high:
+        hint = ""
+        if b_max > high:
+            hint = f"; {b_max:g} looks like s/mm² (divide by 1000)"
+        elif b_max > 0:
+            hint = f"; {b_max:g} looks like ms/µm² divided by 1000 once more (multiply by 1000)"
+        raise ValueError(
+            f"b_max={b_max:g} must be the protocol's largest b-value in ms/µm², {low:g}-{high:g} (3.0 for "
+            f"b = 3000 s/mm²){hint}."
+        )
     variance = 0.015
     return ClusterPrior(
         names=("D", "K"),
