@@ -12,14 +12,14 @@ from os import PathLike
 
 import numpy as np
 
-__all__ = ["Protocol", "ProtocolError", "BVALUE_UNITS"]
+__all__ = ["Protocol", "ProtocolError", "BVALUE_UNITS", "BVALUE_MAX_RANGES"]
 
 #: Factors converting each accepted b-value unit to ms/µm².
 BVALUE_UNITS: dict[str, float] = {"s/mm2": 1e-3, "ms/um2": 1.0, "s/m2": 1e-9}
 
-# Largest b-value (in each unit) that ``units="auto"`` accepts as that unit, and that ``units="s/mm2"``
-# requires.  Ranges do not overlap: a maximum between them is ambiguous and refused.
-_AUTO_UNIT_RANGES: dict[str, tuple[float, float]] = {
+#: Largest b-value (in each unit) that ``units="auto"`` accepts as that unit, and that ``units="s/mm2"``
+#: requires.  Ranges do not overlap: a maximum between them is ambiguous and refused.
+BVALUE_MAX_RANGES: dict[str, tuple[float, float]] = {
     "ms/um2": (0.0, 25.0),
     "s/mm2": (100.0, 50_000.0),
     "s/m2": (1e8, 5e10),
@@ -309,7 +309,7 @@ def _unit_factor(bvals: np.ndarray, units: str) -> float:
         return BVALUE_UNITS[units]
     if b_max == 0.0:
         return 1.0
-    for unit, (low, high) in _AUTO_UNIT_RANGES.items():
+    for unit, (low, high) in BVALUE_MAX_RANGES.items():
         if low < b_max <= high:
             return BVALUE_UNITS[unit]
     raise ProtocolError(
@@ -321,10 +321,10 @@ def _unit_factor(bvals: np.ndarray, units: str) -> float:
 
 def _check_s_per_mm2(b_max: float) -> None:
     """Refuse b-values said to be in s/mm² whose largest (non-zero) value is implausible in that unit."""
-    low, high = _AUTO_UNIT_RANGES["s/mm2"]
+    low, high = BVALUE_MAX_RANGES["s/mm2"]
     if b_max == 0.0 or low < b_max <= high:
         return
-    if b_max <= _AUTO_UNIT_RANGES["ms/um2"][1]:
+    if b_max <= BVALUE_MAX_RANGES["ms/um2"][1]:
         hint = "they look like ms/µm² (1 ms/µm² = 1000 s/mm²): multiply them by 1000"
     elif b_max > 1e6:
         hint = "they look like s/m² (1 s/mm² = 10⁶ s/m²): divide them by 10⁶"

@@ -6,14 +6,15 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..protocol import BVALUE_MAX_RANGES, BVALUE_UNITS
 from .cluster_prior import ClusterPrior
 
 __all__ = ["PRIORS", "ball_stick_prior", "get_prior", "msdki_paper_prior", "msdki_physical_prior"]
 
-#: Largest b-values, ms/µm², that a protocol may have (the 100-50,000 s/mm² that :mod:`varmap.protocol`
-#: accepts): a ``b_max`` outside them is a unit mistake that would silently move the truncation (3000 cuts
-#: every cluster to D·K < 0.001; 0.003 leaves the prior untruncated).
-_PROTOCOL_B_MAX_MS_PER_UM2 = (0.1, 50.0)
+#: Largest b-values, ms/µm², that a protocol may have (those :mod:`varmap.protocol` accepts in s/mm²): a
+#: ``b_max`` outside them is a unit mistake that would silently move the truncation (3000 cuts every
+#: cluster to D·K < 0.001; 0.003 leaves the prior untruncated).
+_PROTOCOL_B_MAX_MS_PER_UM2 = tuple(b * BVALUE_UNITS["s/mm2"] for b in BVALUE_MAX_RANGES["s/mm2"])
 
 
 def msdki_paper_prior() -> ClusterPrior:
