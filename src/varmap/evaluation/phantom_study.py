@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -363,27 +363,13 @@ def _setup_lines(config: dict) -> list[str]:
 def _accuracy_table(rows: list[dict], parameter: str) -> list[str]:
     """One parameter's errors: a row per method, a column per group (angles for the direction)."""
     rows = [r for r in rows if r["parameter"] == parameter]
-    groups = list(dict.fromkeys(r["group"] for r in rows))
     if parameter == "n":
-        header = ["method", *[f"angle (deg) {g}" for g in groups]]
-    else:
-        header = ["method", *groups, "boundary / interior RMSE"]
-    table = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        cells = {r["group"]: r for r in rows if r["method"] == method}
-        line = [method]
-        for group in groups:
-            r = cells.get(group)
-            if r is None:
-                line.append("")
-            elif parameter == "n":
-                line.append(f"{r['angular_error_deg']:.2f}")
-            else:
-                line.append(f"{r['rmse']:.4f} / {r['bias']:+.4f}")
-        if parameter != "n":
-            line.append(f"{cells.get('boundary', {}).get('edge_ratio', float('nan')):.2f}")
-        table.append(line)
-    return markdown_table(header, table)
+        groups, table = _by_method_and_group(rows, lambda r: f"{r['angular_error_deg']:.2f}")
+        return markdown_table(["method", *[f"angle (deg) {g}" for g in groups]], table)
+    groups, table = _by_method_and_group(rows, lambda r: f"{r['rmse']:.4f} / {r['bias']:+.4f}")
+    edge_ratios = {r["method"]: r["edge_ratio"] for r in rows if r["group"] == "boundary"}
+    table = [[*line, f"{edge_ratios.get(line[0], float('nan')):.2f}"] for line in table]
+    return markdown_table(["method", *groups, "boundary / interior RMSE"], table)
 
 
 def _calibration_tables(rows: list[dict]) -> list[str]:
@@ -395,17 +381,23 @@ def _calibration_tables(rows: list[dict]) -> list[str]:
              "Each cell: share of voxels whose truth lies within ±1.96 std of the estimate / RMS of z = "
              "(estimate − truth) / std (share of voxels with |z| > 4). Calibrated: 0.95 / 1.0 (0).", ""]
     for parameter in dict.fromkeys(r["parameter"] for r in rows):
-        at_parameter = [r for r in rows if r["parameter"] == parameter]
-        groups = list(dict.fromkeys(r["group"] for r in at_parameter))
-        table = []
-        for method in dict.fromkeys(r["method"] for r in at_parameter):
-            cells = {r["group"]: r for r in at_parameter if r["method"] == method}
-            table.append([method, *(
-                "" if group not in cells else
-                f"{cells[group]['coverage_95']:.3f} / {cells[group]['rms_z']:.2f} ({cells[group]['share_z_over_4']:.4f})"
-                for group in groups)])
+        groups, table = _by_method_and_group(
+            [r for r in rows if r["parameter"] == parameter],
+            lambda r: f"{r['coverage_95']:.3f} / {r['rms_z']:.2f} ({r['share_z_over_4']:.4f})",
+        )
         lines += [f"**{parameter}**", "", *markdown_table(["method", *groups], table), ""]
     return lines
+
+
+def _by_method_and_group(rows: list[dict], cell: Callable[[dict], str]) -> tuple[list[str], list[list[str]]]:
+    """One parameter's rows pivoted: its groups in order of appearance, and per method (in order) its name
+    and ``cell(row)`` of each group ("" where the method has no row for it)."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    table = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = {r["group"]: r for r in rows if r["method"] == method}
+        table.append([method, *("" if group not in cells else cell(cells[group]) for group in groups)])
+    return groups, table
 
 
 def _speed_table(speed: list[dict]) -> list[str]:
