@@ -12,7 +12,7 @@ from varmap.estimators import ESTIMATORS, get_estimator
 from varmap.estimators.data import prepare_signals
 from varmap.estimators.networks import voxel_batch
 from varmap.signal_models import get_signal_model
-from varmap.simulation import add_noise, hcp_protocol
+from varmap.simulation import add_noise, ball_stick_prior, hcp_protocol, simulate
 
 NETWORK_METHODS = ["selfsup", "vae", "gmvae"]
 FAST = {"n_epochs": 80, "patience": 10, "batch_size": 256, "learning_rate": 3e-3}
@@ -173,17 +173,52 @@ def test_gmvae_refinement_searches_modes_only_below_what_its_widening_explains(f
     assert 0 < searched[0] < int((ess < estimator.min_effective_samples).sum())
 
 
-def test_gmvae_refined_prior_holds_s0_apart_from_the_tissue_parameters(fitted):
-    """Within every component the refined prior's S0 (the latent decoder's last output) is uncorrelated
-    with the tissue parameters' unconstrained values."""
-    _, _, _, _, results = fitted
-    estimator, _ = results["gmvae"]
+def _parameter_correlations(estimator) -> torch.Tensor:
+    """Each refined component's correlation matrix of the latent decoder's outputs (the unconstrained
+    parameters, then S0), shape (K, L, L)."""
     with torch.no_grad():
         weight = estimator.latent_decoder_.weight.double()
-        tril = estimator.prior_.scale_tril().double()
-        mapped = weight @ tril @ tril.transpose(-1, -2) @ weight.T
-    cross = mapped[:, -1, :-1] / torch.sqrt(mapped[:, -1, -1, None] * mapped.diagonal(dim1=-2, dim2=-1)[:, :-1])
-    torch.testing.assert_close(cross, torch.zeros_like(cross), atol=1e-4, rtol=0)
+        mapped = weight @ estimator.prior_.covariances().double() @ weight.T
+    spread = mapped.diagonal(dim1=-2, dim2=-1).sqrt()
+    return mapped / (spread[:, :, None] * spread[:, None, :])
+
+
+def test_gmvae_refined_prior_holds_s0_apart_and_on_request_every_parameter(fitted):
+    """MS-DKI's default (``component_correlations="tissue"``): every refined component holds S0 uncorrelated
+    with D and K and keeps D and K's correlation; with ``"none"`` a refinement of the same network holds D,
+    K and S0 mutually uncorrelated."""
+    _, signals, _, _, results = fitted
+    estimator = results["gmvae"][0]
+    correlations = _parameter_correlations(estimator)
+    s0_cross = correlations[:, -1, :-1]
+    torch.testing.assert_close(s0_cross, torch.zeros_like(s0_cross), atol=1e-4, rtol=0)
+    assert correlations[:, 0, 1].abs().max().item() > 0.05
+
+    held_apart = copy.deepcopy(estimator)
+    held_apart.component_correlations = "none"
+    held_apart._refine_prior(prepare_signals(signals, held_apart.model, sigma=held_apart.fitted_sigma_))
+    off_diagonal = _parameter_correlations(held_apart)[:, ~torch.eye(3, dtype=torch.bool)]
+    torch.testing.assert_close(off_diagonal, torch.zeros_like(off_diagonal), atol=1e-4, rtol=0)
+
+
+def test_ball_stick_components_keep_the_direction_as_one_block():
+    """Ball-and-stick's default (``component_correlations="none"``): the refined components hold f, d_par,
+    d_iso and S0 uncorrelated with everything, and the direction's three coordinates as one block that
+    may correlate within itself."""
+    protocol = _protocol()
+    model = get_signal_model("ball_stick", protocol)
+    data = simulate(model, ball_stick_prior(), n_voxels=600, snr=30, seed=0)
+    estimator = get_estimator("gmvae", model, seed=0, n_epochs=15, patience=5, batch_size=128, restarts=0,
+                              refinement_rounds=1, refinement_steps=2, refinement_voxels=300,
+                              n_posterior_samples=16)
+    estimator.fit(data.signals)
+    correlations = _parameter_correlations(estimator)
+    labels = torch.tensor([0, 1, 2, 3, 3, 3, 4])
+    between = labels[:, None] != labels[None, :]
+    # zero up to the relative variance floor that each M-step adds in the latent space
+    torch.testing.assert_close(correlations[:, between], torch.zeros_like(correlations[:, between]),
+                               atol=2e-3, rtol=0)
+    assert correlations[:, 3:6, 3:6][:, ~torch.eye(3, dtype=torch.bool)].abs().max().item() > 0.05
 
 
 def test_gmvae_widens_its_stds_by_the_uncertainty_of_the_component_means(fitted, monkeypatch):

@@ -41,7 +41,8 @@ class GMVAEEstimator(VariationalEstimator):
     ``refinement_steps`` EM steps set the mixture weights, means and full covariances to the
     maximum-marginal-likelihood values for those samples, with S0 uncorrelated with the tissue parameters
     within each component (a correlation the data cannot resolve where S0 varies less than one voxel's b=0
-    noise, and which narrows the other parameters' posteriors)
+    noise, and which narrows the other parameters' posteriors), and with ``component_correlations="none"``
+    (ball-and-stick's default) every tissue parameter uncorrelated with the others too
     (:meth:`~varmap.estimators.priors.GaussianMixturePrior.refit`); encoder and decoder stay fixed.  The
     importance-sampling estimate of the mean log evidence per voxel before each step is in
     ``history["refinement_log_evidence"]``.  Maps and cluster probabilities are posterior means and

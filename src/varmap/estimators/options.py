@@ -172,6 +172,11 @@ _MIXTURE = (
     Option("refinement_proposal_scale", float, 2.5, "widening of the proposals' spread when sampling the "
            "refinement voxels' posteriors (wider than at inference: EM sets the prior's covariances from "
            "these samples, and proposals that miss a posterior's tails narrow it)", low=1e-3),
+    Option("component_correlations", str, None, "correlations a prior component keeps between the "
+           "parameters in the empirical-Bayes refinement: 'none' holds every parameter (the fibre direction "
+           "as one) and S0 uncorrelated within a component; 'tissue' lets the tissue parameters correlate "
+           "and holds S0 apart (default: the signal model's, 'none' for ball_stick, 'tissue' for msdki)",
+           choices=("none", "tissue")),
     Option("prior_uncertainty", bool, True, "add to each voxel's std the uncertainty of the learned "
            "components' means (Kass-Steffey, from the linearised model's information; large only where the "
            "data place a component loosely, as free water at b >= 1000 s/mm²)"),

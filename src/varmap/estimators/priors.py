@@ -11,24 +11,55 @@ A variational estimator is given one of these; it needs nothing else from the pr
   proportions), for the importance sampler's defensive proposal,
 - ``responsibilities(z)`` (p(y=k|z), shape (..., K); the softmax of the component densities),
 - ``kl_divergence(mean, log_var)``: KL(q(z|s,k) ‖ p(z|y=k)) for diagonal Gaussians q, shape (B, K),
-- ``refit(z, log_likelihood, log_proposal, n_steps, uncorrelated_last=None)``: empirical-Bayes steps
+- ``refit(z, log_likelihood, log_proposal, n_steps, blocks=None)``: empirical-Bayes steps
   from importance-sampled posteriors; it returns the log-evidence trace (empty for a fixed prior).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["StandardNormalPrior", "GaussianMixturePrior", "PRIORS", "bhattacharyya_distance"]
+__all__ = ["StandardNormalPrior", "GaussianMixturePrior", "CovarianceBlocks", "PRIORS", "bhattacharyya_distance"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 #: Smallest variance an EM step leaves along any axis of a component, relative to the component's
 #: mean variance (keeps a direction that the data pin down, e.g. an S0 shared by all voxels, invertible).
 _RELATIVE_VARIANCE_FLOOR = 1e-6
+
+
+class CovarianceBlocks(NamedTuple):
+    """Coordinates ``transform @ z`` of a latent code, grouped into blocks that a prior component holds
+    mutually uncorrelated (see :meth:`GaussianMixturePrior.refit`).
+
+    Attributes
+    ----------
+    transform : Tensor, shape (L, L)
+        An invertible matrix A.
+    labels : sequence of int, length L
+        The block of every coordinate of ``A z``; coordinates with equal labels may correlate.
+    """
+
+    transform: torch.Tensor
+    labels: Sequence[int]
+
+    def restrict(self, covariance: torch.Tensor) -> torch.Tensor:
+        """The covariances (K, L, L) with every cross-covariance between blocks of ``A z`` set to zero;
+        unchanged where ``transform`` cannot be inverted."""
+        transform = self.transform.to(covariance)
+        inverse, info = torch.linalg.inv_ex(transform)
+        if info != 0 or not bool(torch.isfinite(inverse).all()):
+            return covariance
+        labels = torch.as_tensor(self.labels, device=covariance.device)
+        mapped = transform @ covariance @ transform.T
+        mapped = mapped * (labels[:, None] == labels[None, :])
+        restricted = inverse @ mapped @ inverse.T
+        return 0.5 * (restricted + restricted.transpose(-1, -2))
 
 
 class StandardNormalPrior(nn.Module):
@@ -82,7 +113,7 @@ class StandardNormalPrior(nn.Module):
         return 0.5 * (mean * mean + torch.exp(log_var) - log_var - 1.0).sum(-1)
 
     def refit(self, z: torch.Tensor, log_likelihood: torch.Tensor, log_proposal: torch.Tensor, n_steps: int,
-              uncorrelated_last: torch.Tensor | None = None) -> list[float]:
+              blocks: CovarianceBlocks | None = None) -> list[float]:
         """Nothing to refit: the prior is fixed.  Returns an empty trace."""
         return []
 
@@ -205,7 +236,7 @@ class GaussianMixturePrior(nn.Module):
         log_likelihood: torch.Tensor,
         log_proposal: torch.Tensor,
         n_steps: int,
-        uncorrelated_last: torch.Tensor | None = None,
+        blocks: CovarianceBlocks | None = None,
     ) -> list[float]:
         """Expectation-maximisation steps towards the prior of maximum marginal likelihood (empirical Bayes).
 
@@ -221,12 +252,13 @@ class GaussianMixturePrior(nn.Module):
         z : Tensor, shape (S, B, L)
         log_likelihood, log_proposal : Tensor, shape (S, B)
         n_steps : int
-        uncorrelated_last : Tensor, shape (L, L), optional
-            An invertible matrix A: each component's covariance is then restricted to those whose last
-            coordinate of ``A z`` is uncorrelated with the others (the M-step keeps the block-diagonal
-            part of the weighted covariance in those coordinates, its maximum-likelihood value under
-            that restriction, so a step still does not lower the evidence).  The variational
-            estimators pass their latent decoder's weight, whose last output is S0 (see Notes).
+        blocks : CovarianceBlocks, optional
+            An invertible matrix A and a block label for every coordinate of ``A z``: each component's
+            covariance is then restricted to those under which coordinates of different blocks are
+            uncorrelated (the M-step keeps the block-diagonal part of the weighted covariance in those
+            coordinates, its maximum-likelihood value under that restriction, so a step still does not
+            lower the evidence).  The variational estimators pass their latent decoder's weight, whose
+            outputs are the model's unconstrained parameters and S0 (see Notes).
 
         Returns
         -------
@@ -244,6 +276,14 @@ class GaussianMixturePrior(nn.Module):
         (one b=0 + 2 x 30 directions, SNR 20: gmvae's D std in white matter 0.88x the Bayes posterior's
         with the same errors, decoded S0 correlated -0.78 with K over the prior's white-matter range;
         held apart, 0.99x).
+
+        Whether the tissue parameters may correlate is the signal model's choice (see
+        :class:`CovarianceBlocks` and gmvae's ``component_correlations``).  Held apart, a component's
+        correlations cannot carry what training left in them where the tissues have none (ball-and-stick:
+        f and d_par correlated +0.6 to +0.9 after training); but where the data do not place a component
+        along some direction (MS-DKI's free water at b >= 1000 s/mm², on the likelihood's ridge in D and
+        K), the correlation is what keeps the component wide along that ridge, and held at zero EM
+        contracts it onto one point of it.
         """
         n_samples, n_voxels, n_latent = z.shape
         points = z.reshape(-1, n_latent).double()
@@ -261,8 +301,8 @@ class GaussianMixturePrior(nn.Module):
             second = (weighted.T @ points).reshape(-1, n_latent, n_latent) / mass[:, None, None].clamp_min(1e-300)
             covariance = second - means[:, :, None] * means[:, None, :]
             covariance = 0.5 * (covariance + covariance.transpose(-1, -2))
-            if uncorrelated_last is not None:
-                covariance = _last_coordinate_uncorrelated(covariance, uncorrelated_last.to(covariance))
+            if blocks is not None:
+                covariance = blocks.restrict(covariance)
             floor = _RELATIVE_VARIANCE_FLOOR * covariance.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
             tril, info = torch.linalg.cholesky_ex(covariance + floor[:, None, None] * eye)
             update = (mass > n_latent + 1) & (info == 0)
@@ -288,19 +328,6 @@ def bhattacharyya_distance(
     mahalanobis = difference @ torch.linalg.solve(covariance, difference)
     log_dets = [torch.linalg.slogdet(c)[1] for c in (covariance, covariance_1, covariance_2)]
     return float(mahalanobis / 8.0 + 0.5 * (log_dets[0] - 0.5 * (log_dets[1] + log_dets[2])))
-
-
-def _last_coordinate_uncorrelated(covariance: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
-    """The covariances (K, L, L) with the cross-covariance of the last coordinate of ``transform @ z``
-    and the other coordinates set to zero; unchanged where ``transform`` cannot be inverted."""
-    inverse, info = torch.linalg.inv_ex(transform)
-    if info != 0 or not bool(torch.isfinite(inverse).all()):
-        return covariance
-    mapped = transform @ covariance @ transform.T
-    mapped[..., -1, :-1] = 0.0
-    mapped[..., :-1, -1] = 0.0
-    restricted = inverse @ mapped @ inverse.T
-    return 0.5 * (restricted + restricted.transpose(-1, -2))
 
 
 #: Priors by name; each takes (n_components, n_latent, generator).

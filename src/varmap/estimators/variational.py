@@ -42,7 +42,7 @@ from .neural import (
 from .nlls import INITIALISERS, NLLSEstimator
 from .parametrisation import S0_PER_SCALE
 from .prior_uncertainty import added_covariance, jacobian, latent_fisher_information, mean_covariance, mean_information
-from .priors import bhattacharyya_distance
+from .priors import CovarianceBlocks, bhattacharyya_distance
 from .posterior import (
     COLLAPSED_ESS,
     PosteriorSamples,
@@ -253,18 +253,31 @@ class VariationalEstimator(Estimator):
         self.reseeded_epochs_.append(epoch)
         return True
 
+    def _component_blocks(self) -> CovarianceBlocks | None:
+        """The parameters that each refined prior component holds mutually uncorrelated: with
+        ``component_correlations="none"`` every scalar parameter, the direction's three coordinates
+        together, and S0; with ``"tissue"`` S0 apart from the tissue parameters; by default the signal
+        model's :attr:`~varmap.signal_models.base.SignalModel.component_correlations`.  None where the
+        latent space does not have the default size (its coordinates are then not the parameters)."""
+        weight = self.latent_decoder_.weight.detach()  # outputs: the unconstrained packed parameters, then S0
+        if weight.shape[0] != weight.shape[1]:
+            return None
+        if (self.component_correlations or self.model.component_correlations) == "tissue":
+            return CovarianceBlocks(weight, [0] * (weight.shape[0] - 1) + [1])
+        n_scalars = self.model.n_scalars
+        labels = list(range(n_scalars)) + [n_scalars] * (3 * self.model.has_direction)
+        return CovarianceBlocks(weight, labels + [labels[-1] + 1])
+
     def _refine_prior(self, data: PreparedData) -> list[float]:
         """Empirical-Bayes refinement of the trained prior from importance-sampled posteriors of a random
-        subset of voxels, S0 held uncorrelated with the tissue parameters within each component (where
-        the latent space has the default size; :meth:`.GaussianMixturePrior.refit`); returns the
-        log-evidence trace."""
+        subset of voxels, with the correlations of :meth:`_component_blocks` held at zero within each
+        component (:meth:`.GaussianMixturePrior.refit`); returns the log-evidence trace."""
         if not (self.refinement_rounds and self.refinement_steps):
             return []
         rows = np.sort(numpy_stream(self.seed, "refinement_voxels").permutation(data.n_valid)[: self.refinement_voxels])
         voxels = voxel_batch(data, self.device_, rows)
         evidence: list[float] = []
-        weight = self.latent_decoder_.weight.detach()  # its last output is S0's unconstrained value
-        s0_apart = weight if weight.shape[0] == weight.shape[1] else None
+        blocks = self._component_blocks()
         self.network_.eval()
         with torch.no_grad():
             for round_ in range(self.refinement_rounds):
@@ -275,7 +288,7 @@ class VariationalEstimator(Estimator):
                     torch.cat([p.log_likelihood for p in parts], dim=1),
                     torch.cat([p.log_proposal for p in parts], dim=1),
                     self.refinement_steps,
-                    s0_apart,
+                    blocks,
                 )
         return evidence
 

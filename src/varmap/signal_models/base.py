@@ -99,6 +99,9 @@ class SignalModel(ABC):
     name: ClassVar[str]
     parameters: ClassVar[tuple[Parameter, ...]]
     has_direction: ClassVar[bool] = False
+    #: Whether a learned prior's tissue components may correlate the model's parameters (``"tissue"``)
+    #: or hold each of them uncorrelated (``"none"``): the default of gmvae's ``component_correlations``.
+    component_correlations: ClassVar[str] = "tissue"
 
     def __init__(self, protocol: Protocol) -> None:
         if protocol.n_b0 == 0:

@@ -64,6 +64,11 @@ class MSDKIModel(SignalModel):
     """
 
     name = "msdki"
+    # D and K may correlate within a learned prior component: where the data do not place a component
+    # (free water at b >= 1000 s/mm²) its D-K correlation follows the likelihood's ridge, and held at zero
+    # the component contracts onto one point of that ridge (per-voxel noise, SNR 5: free water's D interval
+    # covers 0.53 -> 0.002 of truths; benchmarks/results/README.md)
+    component_correlations = "tissue"
     parameters = (
         Parameter("D", "µm²/ms", 0.0, 4.0, "mean diffusivity", typical=1.0),
         Parameter("K", "1", -3.0 / 7.0, 3.0, "mean kurtosis", typical=0.5),
