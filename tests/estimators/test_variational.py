@@ -189,6 +189,7 @@ def test_gmvae_refined_prior_holds_s0_apart_and_on_request_every_parameter(fitte
     K and S0 mutually uncorrelated."""
     _, signals, _, _, results = fitted
     estimator = results["gmvae"][0]
+    assert estimator.get_config()["component_correlations"] == "tissue"
     correlations = _parameter_correlations(estimator)
     s0_cross = correlations[:, -1, :-1]
     torch.testing.assert_close(s0_cross, torch.zeros_like(s0_cross), atol=1e-4, rtol=0)
@@ -212,6 +213,7 @@ def test_ball_stick_components_keep_the_direction_as_one_block():
                               refinement_rounds=1, refinement_steps=2, refinement_voxels=300,
                               n_posterior_samples=16)
     estimator.fit(data.signals)
+    assert estimator.get_config()["component_correlations"] == "none"
     correlations = _parameter_correlations(estimator)
     labels = torch.tensor([0, 1, 2, 3, 3, 3, 4])
     between = labels[:, None] != labels[None, :]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..signal_models.base import SignalModel
 from .priors import GaussianMixturePrior
 from .variational import VariationalEstimator
 
@@ -75,3 +78,8 @@ class GMVAEEstimator(VariationalEstimator):
 
     name = "gmvae"
     prior_class = GaussianMixturePrior
+
+    def __init__(self, model: SignalModel, **options: Any) -> None:
+        super().__init__(model, **options)
+        if self.component_correlations is None:  # recorded in the config as the value used
+            self.component_correlations = model.component_correlations

@@ -256,13 +256,13 @@ class VariationalEstimator(Estimator):
     def _component_blocks(self) -> CovarianceBlocks | None:
         """The parameters that each refined prior component holds mutually uncorrelated: with
         ``component_correlations="none"`` every scalar parameter, the direction's three coordinates
-        together, and S0; with ``"tissue"`` S0 apart from the tissue parameters; by default the signal
-        model's :attr:`~varmap.signal_models.base.SignalModel.component_correlations`.  None where the
+        together, and S0; with ``"tissue"`` S0 apart from the tissue parameters (gmvae's default: the signal
+        model's :attr:`~varmap.signal_models.base.SignalModel.component_correlations`).  None where the
         latent space does not have the default size (its coordinates are then not the parameters)."""
         weight = self.latent_decoder_.weight.detach()  # outputs: the unconstrained packed parameters, then S0
         if weight.shape[0] != weight.shape[1]:
             return None
-        if (self.component_correlations or self.model.component_correlations) == "tissue":
+        if self.component_correlations == "tissue":
             return CovarianceBlocks(weight, [0] * (weight.shape[0] - 1) + [1])
         n_scalars = self.model.n_scalars
         labels = list(range(n_scalars)) + [n_scalars] * (3 * self.model.has_direction)
