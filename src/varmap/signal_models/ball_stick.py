@@ -70,10 +70,10 @@ class BallStickModel(SignalModel):
     )
     has_direction = True
     min_directions = 6
-    # f, d_par and d_iso uncorrelated within a learned prior component: training leaves them correlated
-    # (f-d_par +0.6 to +0.9) where the simulated tissues have no correlation, and the posteriors then lose
-    # the trade-off between them (gmvae, SNR 30: d_par's interval covers 0.39 -> 0.89 of truths held
-    # apart, its RMSE halves; benchmarks/results/README.md)
+    # f, d_par and d_iso uncorrelated within a learned prior component: refined with free correlations the
+    # components end correlated (f-d_par +0.6 to +0.9) where the simulated tissues have no correlation, and
+    # the posteriors then lose the trade-off between them (gmvae, SNR 30: white matter's d_par interval
+    # covers 0.48 -> 0.88 of truths held apart, its RMSE halves; benchmarks/results/README.md)
     component_correlations = "none"
 
     def __init__(self, protocol: Protocol) -> None:
