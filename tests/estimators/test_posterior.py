@@ -1,6 +1,7 @@
 """Tests of the importance-sampling proposals of the posterior module and of its posterior summaries."""
 
 import numpy as np
+import pytest
 import torch
 
 from varmap.estimators.posterior import (
@@ -15,6 +16,7 @@ from varmap.estimators.posterior import (
     solve_lower_triangular,
     weighted_mean_axis,
     widening_efficiency,
+    widening_for_efficiency,
 )
 from varmap.estimators.priors import GaussianMixturePrior
 
@@ -246,6 +248,19 @@ def test_widening_efficiency_is_the_effective_sample_share_of_a_widened_gaussian
     assert widening_efficiency(1.0, 3) == 1.0
     assert widening_efficiency(2.5, 3) < widening_efficiency(1.2, 3) < 1.0
     assert widening_efficiency(0.7, 3) == 0.0
+
+
+def test_widening_for_efficiency_inverts_widening_efficiency_and_widens_less_in_more_dimensions():
+    """The widening that leaves a given share of effective samples: the inverse of
+    :func:`widening_efficiency` at every latent size, less widening where there are more dimensions."""
+    for n_latent in (1, 3, 7):
+        for scale in (1.0, 1.2, 1.66, 2.5, 6.0):
+            found = widening_for_efficiency(widening_efficiency(scale, n_latent), n_latent)
+            assert abs(found - scale) < 1e-9 * scale, (n_latent, scale, found)
+    share = widening_efficiency(2.5, 3)
+    assert 1.0 < widening_for_efficiency(share, 7) < widening_for_efficiency(share, 5) < 2.5
+    with pytest.raises(ValueError, match="efficiency"):
+        widening_for_efficiency(0.0, 3)
 
 
 def test_cholesky_with_jitter_factors_near_singular_covariances():

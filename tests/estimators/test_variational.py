@@ -190,6 +190,7 @@ def test_gmvae_refined_prior_holds_s0_apart_and_on_request_every_parameter(fitte
     _, signals, _, _, results = fitted
     estimator = results["gmvae"][0]
     assert estimator.get_config()["component_correlations"] == "tissue"
+    assert estimator.get_config()["refinement_proposal_scale"] == 2.5  # MS-DKI's three latent dimensions
     correlations = _parameter_correlations(estimator)
     s0_cross = correlations[:, -1, :-1]
     torch.testing.assert_close(s0_cross, torch.zeros_like(s0_cross), atol=1e-4, rtol=0)
@@ -205,7 +206,7 @@ def test_gmvae_refined_prior_holds_s0_apart_and_on_request_every_parameter(fitte
 def test_ball_stick_components_keep_the_direction_as_one_block():
     """Ball-and-stick's default (``component_correlations="none"``): the refined components hold f, d_par,
     d_iso and S0 uncorrelated with everything, and the direction's three coordinates as one block that
-    may correlate within itself."""
+    may correlate within itself; the refinement's proposals are widened for seven latent dimensions."""
     protocol = _protocol()
     model = get_signal_model("ball_stick", protocol)
     data = simulate(model, ball_stick_prior(), n_voxels=600, snr=30, seed=0)
@@ -214,6 +215,8 @@ def test_ball_stick_components_keep_the_direction_as_one_block():
                               n_posterior_samples=16)
     estimator.fit(data.signals)
     assert estimator.get_config()["component_correlations"] == "none"
+    # seven latent dimensions: the widening that leaves the share of effective samples 2.5 leaves in three
+    assert estimator.get_config()["refinement_proposal_scale"] == pytest.approx(1.6636, abs=1e-4)
     correlations = _parameter_correlations(estimator)
     labels = torch.tensor([0, 1, 2, 3, 3, 3, 4])
     between = labels[:, None] != labels[None, :]

@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from ..signal_models.base import SignalModel
+from .posterior import widening_efficiency, widening_for_efficiency
 from .priors import GaussianMixturePrior
 from .variational import VariationalEstimator
 
-__all__ = ["GMVAEEstimator"]
+__all__ = ["GMVAEEstimator", "REFINEMENT_EFFICIENCY"]
+
+#: Effective samples per sample that the prior refinement's widened proposals leave from the widening
+#: alone (:func:`~varmap.estimators.posterior.widening_efficiency`): that of the 2.5-fold widening chosen
+#: on MS-DKI's three latent dimensions, kept at other latent sizes (ball-and-stick's seven: 1.66-fold).
+#: The same 2.5-fold widening in seven dimensions leaves about 1 effective sample of 64, and EM on the
+#: samples then gives the prior's components the proposals' correlations.
+REFINEMENT_EFFICIENCY = widening_efficiency(2.5, 3)
 
 
 class GMVAEEstimator(VariationalEstimator):
@@ -37,7 +45,8 @@ class GMVAEEstimator(VariationalEstimator):
     wider than the noise of one voxel's S0).  After training, the prior is therefore refined by empirical
     Bayes: ``refinement_rounds`` times, the posteriors of ``refinement_voxels`` random voxels are drawn by
     importance sampling (as at inference, with every proposal widened by ``refinement_proposal_scale``
-    instead of ``proposal_scale``: the M-step sets each component's covariance from these samples, and
+    instead of ``proposal_scale``, by default the widening that leaves :data:`REFINEMENT_EFFICIENCY`
+    effective samples per sample: the M-step sets each component's covariance from these samples, and
     proposals that miss the posteriors' tails narrow the prior round after round, most along directions
     the data pin down weakly; the mode search's threshold scaled by what the wider proposals cost in
     effective samples alone, :func:`~varmap.estimators.posterior.widening_efficiency`) and
@@ -81,5 +90,8 @@ class GMVAEEstimator(VariationalEstimator):
 
     def __init__(self, model: SignalModel, **options: Any) -> None:
         super().__init__(model, **options)
-        if self.component_correlations is None:  # recorded in the config as the value used
+        # defaults resolved here, so that the config records the values used
+        if self.component_correlations is None:
             self.component_correlations = model.component_correlations
+        if self.refinement_proposal_scale is None:
+            self.refinement_proposal_scale = widening_for_efficiency(REFINEMENT_EFFICIENCY, self.latent_size)

@@ -169,9 +169,12 @@ _MIXTURE = (
            "(0: none)", low=0),
     Option("refinement_steps", int, 5, "EM steps on each draw", low=0),
     Option("refinement_voxels", int, 8192, "voxels whose posteriors the refinement uses", low=1),
-    Option("refinement_proposal_scale", float, 2.5, "widening of the proposals' spread when sampling the "
+    Option("refinement_proposal_scale", float, None, "widening of the proposals' spread when sampling the "
            "refinement voxels' posteriors (wider than at inference: EM sets the prior's covariances from "
-           "these samples, and proposals that miss a posterior's tails narrow it)", low=1e-3),
+           "these samples, and proposals that miss a posterior's tails narrow it; too wide, few effective "
+           "samples are left and EM leans towards the proposals' shape; default: the widening that leaves "
+           "16 % effective samples in the latent space's dimensions, 2.5 for msdki, 1.66 for ball_stick)",
+           low=1e-3),
     Option("component_correlations", str, None, "correlations a prior component keeps between the "
            "parameters in the empirical-Bayes refinement: 'none' holds every parameter (the fibre direction "
            "as one) and S0 uncorrelated within a component; 'tissue' lets the tissue parameters correlate "

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+from scipy import optimize
 from torch import nn
 
 from .mode_search import find_modes
@@ -35,6 +36,7 @@ __all__ = [
     "posterior_spread",
     "COLLAPSED_ESS",
     "widening_efficiency",
+    "widening_for_efficiency",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -151,6 +153,24 @@ def widening_efficiency(scale: float, n_latent: int) -> float:
     """
     spread = 2.0 - 1.0 / scale**2
     return spread ** (n_latent / 2.0) / scale**n_latent if spread > 0.0 else 0.0
+
+
+def widening_for_efficiency(efficiency: float, n_latent: int) -> float:
+    """The widening ``scale`` ≥ 1 whose :func:`widening_efficiency` in ``n_latent`` dimensions is
+    ``efficiency`` (in (0, 1]): the inverse of that function, which falls from 1 at ``scale`` = 1
+    towards 0 as the proposal widens.
+
+    The same share of effective samples needs less widening in more dimensions (0.16: 2.5 for L = 3,
+    1.66 for L = 7), since every dimension multiplies the loss.
+    """
+    if not 0.0 < efficiency <= 1.0:
+        raise ValueError(f"efficiency must lie in (0, 1], got {efficiency}")
+    if efficiency == 1.0:
+        return 1.0
+    high = 2.0
+    while widening_efficiency(high, n_latent) > efficiency:
+        high *= 2.0
+    return float(optimize.brentq(lambda scale: widening_efficiency(scale, n_latent) - efficiency, 1.0, high))
 
 
 def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

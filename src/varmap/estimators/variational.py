@@ -427,7 +427,7 @@ class VariationalEstimator(Estimator):
         than the first pass): :meth:`_search_again` in every voxel.  ``scale`` widens every proposal
         (default ``proposal_scale``); both thresholds, meant for ``proposal_scale``, are then scaled by
         what the other widening alone does to the effective sample size (:func:`.widening_efficiency`):
-        the prior refinement's proposals, 2.5x wide, leave about 10 of 64 effective samples where they
+        MS-DKI's prior refinement's proposals, 2.5x wide, leave about 10 of 64 effective samples where they
         fit the posterior, and searching every voxel below 32 made their sampling 4-7x as slow as the
         first pass alone, for as many effective samples.
         """
