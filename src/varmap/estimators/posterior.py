@@ -165,8 +165,6 @@ def widening_for_efficiency(efficiency: float, n_latent: int) -> float:
     """
     if not 0.0 < efficiency <= 1.0:
         raise ValueError(f"efficiency must lie in (0, 1], got {efficiency}")
-    if efficiency == 1.0:
-        return 1.0
     high = 2.0
     while widening_efficiency(high, n_latent) > efficiency:
         high *= 2.0

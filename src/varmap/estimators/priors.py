@@ -280,10 +280,10 @@ class GaussianMixturePrior(nn.Module):
         Whether the tissue parameters may correlate is the signal model's choice (see
         :class:`CovarianceBlocks` and gmvae's ``component_correlations``).  Held apart, a component's
         correlations cannot carry what the refinement's samples put in them where the tissues have none
-        (ball-and-stick: f and d_par correlated +0.6 to +0.9 when refined with free correlations); but where the data do not place a component
-        along some direction (MS-DKI's free water at b >= 1000 s/mm², on the likelihood's ridge in D and
-        K), the correlation is what keeps the component wide along that ridge, and held at zero EM
-        contracts it onto one point of it.
+        (ball-and-stick: f and d_par correlated +0.6 to +0.9 when refined with free correlations); but
+        where the data do not place a component along some direction (MS-DKI's free water at b >= 1000
+        s/mm², on the likelihood's ridge in D and K), the correlation is what keeps the component wide
+        along that ridge, and held at zero EM contracts it onto one point of it.
         """
         n_samples, n_voxels, n_latent = z.shape
         points = z.reshape(-1, n_latent).double()
