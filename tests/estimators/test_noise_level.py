@@ -70,6 +70,26 @@ def test_per_voxel_sigma_uncertainty_describes_its_errors_at_low_snr():
     assert all(0.8 < value < 1.3 for value in rms[:-1]) and rms[-1] < 1.7, rms
 
 
+@pytest.mark.xfail(strict=True, reason="one noise level: the shrinkage reads a spread between voxels that is not "
+                   "there, and the stated uncertainty of log sigma is 2-4x the estimates' errors (RMS z 0.2-0.6)")
+def test_per_voxel_sigma_uncertainty_describes_its_errors_with_one_noise_level():
+    """With one noise level everywhere each estimate's stated uncertainty of log σ should match its error
+    too.  It does not yet: the spread between voxels is the robust variance of the log variances less
+    their median sampling variance, and sampling variances that differ between voxels (free water's fit
+    keeps fewer degrees of freedom) read as a spread (measured on the studies' data: 0.02-0.08 in log σ
+    where there is none).  An estimate of the spread that measures each voxel against its own sampling
+    noise halves the errors, but the stated uncertainty stays wider than they are (the fixed systematic
+    0.02 alone exceeds them at high SNR), and the maps then lose where σ's shared bias of 1-2 % is no
+    longer hidden (benchmarks/results/README.md, twenty-fourth session)."""
+    protocol = hcp_protocol(seed=0)
+    model = get_signal_model("msdki", protocol)
+    truth = simulate(model, get_prior("msdki", "paper"), n_voxels=3000, snr=20.0, seed=7)
+    estimate = estimate_sigma_per_voxel(truth.signals, protocol)
+    z = np.log(estimate.sigma / truth.sigma) / estimate.log_sd
+    rms = [np.sqrt(np.mean(z[truth.labels == cluster] ** 2)) for cluster in np.unique(truth.labels)]
+    assert all(0.7 < value < 1.3 for value in rms), rms
+
+
 def test_too_short_a_protocol_is_refused():
     protocol = hcp_protocol(n_b0=1, n_directions=6, shells=(1000.0, 2000.0), seed=0)
     with pytest.raises(ValueError, match="Pass sigma="):
