@@ -79,8 +79,8 @@ def test_per_voxel_sigma_uncertainty_describes_its_errors_with_one_noise_level()
     keeps fewer degrees of freedom) read as a spread (measured on the studies' data: 0.02-0.08 in log σ
     where there is none).  An estimate of the spread that measures each voxel against its own sampling
     noise halves the errors, but the stated uncertainty stays wider than they are (the fixed systematic
-    0.02 alone exceeds them at high SNR), and the maps then lose where σ's shared bias of 1-2 % is no
-    longer hidden (benchmarks/results/README.md, twenty-fourth session)."""
+    0.02 alone exceeds them at high SNR), and free water on short protocols then loses: its D and K
+    move with per-voxel σ errors below 1 % (benchmarks/results/README.md, twenty-fourth session)."""
     protocol = hcp_protocol(seed=0)
     model = get_signal_model("msdki", protocol)
     truth = simulate(model, get_prior("msdki", "paper"), n_voxels=3000, snr=20.0, seed=7)
