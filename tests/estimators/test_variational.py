@@ -476,3 +476,52 @@ def test_gmvae_trains_again_while_two_components_duplicate_one_tissue():
     kept = history["restart_kept"][0]
     assert separations[kept] == max(separations)
     assert again._closest_components() == pytest.approx(max(separations))
+
+
+def _merge_two_largest_components(estimator) -> tuple[int, int]:
+    """Make the prior's two largest components what training leaves at low SNR: each spans both tissues
+    (the pair's moment-matched Gaussian, means a little apart)."""
+    prior = estimator.prior_
+    i, j = (int(k) for k in torch.argsort(prior.log_weights(), descending=True)[:2])
+    weights = prior.log_weights().detach().double().exp()[[i, j]]
+    weights = weights / weights.sum()
+    means, covariances = prior.means.detach().double()[[i, j]], prior.covariances()[[i, j]]
+    mean = weights @ means
+    offsets = means - mean
+    pooled = torch.einsum("c,cij->ij", weights, covariances + offsets[:, :, None] * offsets[:, None, :])
+    nudge = 0.02 * pooled.diagonal().sqrt()
+    prior.set_component(i, mean + nudge, pooled)
+    prior.set_component(j, mean - nudge, pooled)
+    return i, j
+
+
+def test_gmvae_refits_a_pair_that_no_voxel_tells_apart_on_a_grid(fitted):
+    """Two components that predict one voxel's signals alike (both across both tissues) are refitted by
+    exact EM on a grid of (D, K): the evidence rises, the pair comes apart in the signals' space and its
+    components land on the two tissues; other components are left as they were."""
+    model, signals, truth, labels, results = fitted
+    estimator = copy.deepcopy(results["gmvae"][0])
+    data = prepare_signals(signals, model)
+    assert estimator._separate_merged_pair(data).keys() == {"closest_in_signals"}  # apart: nothing to do
+    i, j = _merge_two_largest_components(estimator)
+    third = [k for k in range(estimator.n_components) if k not in (i, j)]
+    untouched = estimator.prior_.means.detach()[third].clone()
+    history = estimator._separate_merged_pair(data)
+    pair, before, after, n_steps = history["merged_pair"][:2], *history["merged_pair"][2:]
+    assert sorted(pair) == sorted([i, j]) and after > before and n_steps >= 1
+    assert history["closest_in_signals"][0] < 0.01 < estimator.merged_distance < history["closest_in_signals"][1]
+    assert torch.equal(estimator.prior_.means.detach()[third], untouched)
+    assert float(estimator.prior_.log_weights().detach().exp().sum()) == pytest.approx(1.0, abs=1e-5)
+    codes = estimator.prior_.means.detach()[[i, j]]
+    packed, _ = estimator.decoder_.parameters_of(estimator.latent_decoder_(codes))
+    found = sorted(tuple(round(float(v), 2) for v in row[:2]) for row in packed.detach())
+    tissues = sorted((float(truth["D"][labels == c].mean()), float(truth["K"][labels == c].mean())) for c in (0, 1))
+    assert np.allclose(found, tissues, atol=0.06), (found, tissues)
+
+
+def test_gmvae_merged_pair_refit_is_off_at_zero_distance(fitted):
+    model, signals, _, _, results = fitted
+    estimator = copy.deepcopy(results["gmvae"][0])
+    estimator.merged_distance = 0.0
+    _merge_two_largest_components(estimator)
+    assert estimator._separate_merged_pair(prepare_signals(signals, model)) == {}

@@ -165,6 +165,9 @@ _MIXTURE = (
            "prior holds two components closer than duplicate_distance (two components of one tissue)", low=0),
     Option("duplicate_distance", float, 0.5, "Bhattacharyya distance between two refined components below "
            "which they count as one tissue split in two (see restarts)", low=0.0),
+    Option("merged_distance", float, 0.1, "Bhattacharyya distance between two refined components' "
+           "distributions of one voxel's observables below which the pair is refitted by exact EM on a grid of "
+           "the tissue parameters (models with at most two; 0: never)", low=0.0),
     Option("refinement_rounds", int, 4, "importance-sampling draws of the empirical-Bayes prior refinement "
            "(0: none)", low=0),
     Option("refinement_steps", int, 5, "EM steps on each draw", low=0),

@@ -230,6 +230,14 @@ class GaussianMixturePrior(nn.Module):
         self.lower[dead] = self.lower[donor]
 
     @torch.no_grad()
+    def set_component(self, k: int, mean: torch.Tensor, covariance: torch.Tensor) -> None:
+        """Set component ``k``'s mean (L,) and covariance (L, L) (its weight is left to ``logits``)."""
+        tril = torch.linalg.cholesky(0.5 * (covariance + covariance.T))
+        self.means[k] = mean.to(self.means.dtype)
+        self.log_vars[k] = (2.0 * torch.log(tril.diagonal())).to(self.log_vars.dtype)
+        self.lower[k] = torch.tril(tril, diagonal=-1).to(self.lower.dtype)
+
+    @torch.no_grad()
     def refit(
         self,
         z: torch.Tensor,

@@ -42,6 +42,10 @@ from .neural import (
 from .nlls import INITIALISERS, NLLSEstimator
 from .parametrisation import S0_PER_SCALE
 from .prior_uncertainty import added_covariance, jacobian, latent_fisher_information, mean_covariance, mean_information
+from .merged_components import (
+    GaussianPair, closest_pair, grid_nodes, pair_log_evidence, s0_quadrature, separate_pair, signal_distributions,
+    split_start,
+)
 from .priors import CovarianceBlocks, bhattacharyya_distance
 from .posterior import (
     COLLAPSED_ESS,
@@ -68,6 +72,18 @@ _INFERENCE_BUDGET = 2**24
 
 #: Prior means of a split component move this many standard deviations apart from the donor's centre.
 _SPLIT_OFFSET = 0.8
+
+#: The merged-pair refit (:meth:`VariationalEstimator._separate_merged_pair`): draws per component of the
+#: signals' distributions; tissue parameters a grid may hold; voxels whose likelihoods it holds; nodes per
+#: axis for one and two tissue parameters; the grid's half width in standard deviations of the pair's
+#: mixture; the smallest share of the pair for a voxel to count; float64 values one grid chunk may hold.
+_SIGNAL_DRAWS = 4096
+_GRID_DIMENSIONS = 2
+_GRID_VOXELS = 2048
+_GRID_NODES = {1: 256, 2: 48}
+_GRID_HALF_WIDTH = 4.0
+_MIN_PAIR_SHARE = 1e-3
+_GRID_BUDGET = 2**21
 
 #: Range of the encoder's latent log-variances (the prior's scale is 1): a voxel unlike the training data
 #: (a noise level never seen) must not get a proposal whose density overflows float32.
@@ -189,6 +205,7 @@ class VariationalEstimator(Estimator):
             self.network_.load_state_dict(attempts[best][2])
             history["restart_kept"] = [best]
         history["closest_components"] = [separation for separation, _, _ in attempts]
+        history |= self._separate_merged_pair(data)
         return history
 
     def _train_once(
@@ -227,6 +244,104 @@ class VariationalEstimator(Estimator):
                 covariances = (weight @ covariances @ weight.T)[:, :-1, :-1]
             return float(min(bhattacharyya_distance(means[i], covariances[i], means[j], covariances[j])
                              for i in range(self.n_components) for j in range(i)))
+
+    @torch.no_grad()
+    def _separate_merged_pair(self, data: PreparedData) -> dict[str, list[float]]:
+        """Refit the two refined components that a voxel's observables tell apart least, if they lie closer
+        than ``merged_distance``, by EM of that pair alone on a grid of the tissue parameters
+        (:mod:`varmap.estimators.merged_components`); S0, held apart, takes the pair's pooled spread.  Returns
+        the history entries: ``closest_in_signals`` (the distance before, and after a refit) and
+        ``merged_pair`` (the pair, its mean log evidence per voxel before and after, the EM steps)."""
+        weight, bias = self.latent_decoder_.weight.double(), self.latent_decoder_.bias.double()
+        n_latent = weight.shape[1]
+        if not self.merged_distance or weight.shape[0] != n_latent or not 2 <= n_latent <= _GRID_DIMENSIONS + 1:
+            return {}
+        voxels = voxel_batch(data, self.device_)
+        distance, i, j = self._closest_in_signals(voxels, weight, bias)
+        history = {"closest_in_signals": [distance]}
+        if distance >= self.merged_distance:
+            return history
+        self.network_.eval()
+        rows = np.sort(numpy_stream(self.seed, "merged pair voxels").permutation(data.n_valid)[:_GRID_VOXELS])
+        batch = voxel_batch(data, self.device_, rows)
+        shares, s0_mean, s0_sd = [], [], []
+        for samples in self._map_chunks(self._sample, batch, "merged pair", "merged pair"):
+            weights = samples.summary_weights().double()
+            responsibilities = (weights[..., None] * samples.responsibilities().double()).sum(0)
+            s0 = (samples.z.double() @ weight.T + bias)[..., -1]  # S0's unconstrained coordinate
+            mean = (weights * s0).sum(0)
+            shares.append(responsibilities[:, i] + responsibilities[:, j])
+            s0_mean.append(mean)
+            s0_sd.append((weights * (s0 - mean) ** 2).sum(0).sqrt())
+        share = torch.cat(shares)
+        kept = torch.nonzero(share > _MIN_PAIR_SHARE)[:, 0]
+        if kept.numel() <= n_latent + 1:  # as few voxels as the refinement's EM needs to move a component
+            return history
+        means = self.prior_.means.double() @ weight.T + bias  # (K, L): the unconstrained parameters, S0 last
+        covariances = weight @ self.prior_.covariances() @ weight.T
+        prior_weights = self.prior_.log_weights().double().exp()[[i, j]]
+        pair = GaussianPair(prior_weights / prior_weights.sum(), means[[i, j], :-1], covariances[[i, j], :-1, :-1])
+        s0_prior_mean = pair.weights @ means[[i, j], -1]
+        s0_prior_variance = pair.weights @ (covariances[[i, j], -1, -1] + (means[[i, j], -1] - s0_prior_mean) ** 2)
+        nodes, cell, floor = grid_nodes(pair, _GRID_NODES[n_latent - 1], _GRID_HALF_WIDTH)
+        s0_nodes, s0_log_weights = s0_quadrature(torch.cat(s0_mean)[kept], torch.cat(s0_sd)[kept], s0_prior_mean,
+                                                 s0_prior_variance)
+        likelihood = self._grid_likelihood(batch.select(kept.to(self.device_)), nodes, s0_nodes, s0_log_weights)
+        voxel_weights = share[kept]
+        fit = partial(separate_pair, likelihood, voxel_weights, nodes, cell, floor=floor,
+                      diagonal=self.component_correlations == "none")
+        before = pair_log_evidence(likelihood, voxel_weights, pair, nodes, cell)
+        best = max((fit(start) for start in (pair, split_start(pair))), key=lambda result: result.log_evidence)
+        history["merged_pair"] = [float(i), float(j), before, best.log_evidence, float(best.n_steps)]
+        if best.log_evidence <= before:
+            return history
+        total = prior_weights.sum()
+        logits = self.prior_.log_weights().detach().double().clone()
+        inverse = torch.linalg.inv(weight)
+        for k, share_k, mean, covariance in zip((i, j), best.pair.weights, best.pair.means, best.pair.covariances):
+            logits[k] = torch.log(total * share_k)
+            full = torch.block_diag(covariance, s0_prior_variance.reshape(1, 1))
+            self.prior_.set_component(k, inverse @ (torch.cat([mean, s0_prior_mean[None]]) - bias),
+                                      inverse @ full @ inverse.T)
+        self.prior_.logits.copy_(logits.to(self.prior_.logits.dtype))
+        history["closest_in_signals"].append(self._closest_in_signals(voxels, weight, bias)[0])
+        return history
+
+    def _closest_in_signals(
+        self, voxels: VoxelBatch, weight: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[float, int, int]:
+        """:func:`.closest_pair` of the prior's components, for a voxel with the median b=0 signal and noise."""
+        b0_mean, sigma = voxels.b0_mean.double().median(), voxels.sigma.double().median().reshape(1, 1)
+        counts = self.decoder_.counts.double()
+
+        def moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            predicted = self.decoder_.predict(nn.functional.linear(z, weight, bias), b0_mean)
+            return observable_moments(predicted, sigma, counts, self.decoder_.likelihood)
+
+        generator = torch_stream(self.seed, "signal distributions", self.device_)
+        distributions = signal_distributions(moments, self.prior_.means.double(), self.prior_.scale_tril().double(),
+                                             _SIGNAL_DRAWS, generator)
+        return closest_pair(distributions)
+
+    def _grid_likelihood(
+        self, voxels: VoxelBatch, nodes: torch.Tensor, s0_nodes: torch.Tensor, s0_log_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Each voxel's likelihood (V, G) at the grid's tissue parameters ``nodes`` (G, T), its S0 coordinate
+        integrated over ``s0_nodes`` (V, H) with ``s0_log_weights``, divided by its largest (float32)."""
+        n_nodes, n_s0 = nodes.shape[0], s0_nodes.shape[1]
+        step = max(1, _GRID_BUDGET // (n_nodes * n_s0 * self.model.n_observables))
+        rows = []
+        for start in range(0, voxels.n_voxels, step):
+            chunk = voxels.select(slice(start, start + step))
+            s0 = s0_nodes[start : start + step]
+            codes = torch.cat([nodes[None, :, None, :].expand(len(s0), -1, n_s0, -1),
+                               s0[:, None, :, None].expand(-1, n_nodes, -1, 1)], dim=-1)
+            columns = [t.double()[:, None, None, :] for t in (chunk.observables, chunk.b0_mean, chunk.sigma,
+                                                              chunk.sigma_log_sd)]
+            log_likelihood = -self.decoder_.nll_of(columns[0], codes, *columns[1:])
+            rows.append(torch.logsumexp(log_likelihood + s0_log_weights[start : start + step, None, :], dim=-1))
+        log_likelihood = torch.cat(rows)
+        return torch.exp(log_likelihood - log_likelihood.max(-1, keepdim=True).values).float()
 
     def _reseed_unused_component(self, epoch: int, train_voxels: VoxelBatch) -> bool:
         """Split the most used component into an unused one (see :class:`GMVAEEstimator`); true if done."""
