@@ -10,6 +10,7 @@ import torch
 import varmap
 from varmap.estimators import ESTIMATORS, get_estimator
 from varmap.estimators.data import prepare_signals
+from varmap.estimators.merged_components import GaussianPair, pooled
 from varmap.estimators.networks import voxel_batch
 from varmap.signal_models import get_signal_model
 from varmap.simulation import add_noise, ball_stick_prior, hcp_protocol, simulate
@@ -486,12 +487,10 @@ def _merge_two_largest_components(estimator) -> tuple[int, int]:
     weights = prior.log_weights().detach().double().exp()[[i, j]]
     weights = weights / weights.sum()
     means, covariances = prior.means.detach().double()[[i, j]], prior.covariances()[[i, j]]
-    mean = weights @ means
-    offsets = means - mean
-    pooled = torch.einsum("c,cij->ij", weights, covariances + offsets[:, :, None] * offsets[:, None, :])
-    nudge = 0.02 * pooled.diagonal().sqrt()
-    prior.set_component(i, mean + nudge, pooled)
-    prior.set_component(j, mean - nudge, pooled)
+    mean, covariance = pooled(GaussianPair(weights, means, covariances))
+    nudge = 0.02 * covariance.diagonal().sqrt()
+    prior.set_component(i, mean + nudge, covariance)
+    prior.set_component(j, mean - nudge, covariance)
     return i, j
 
 
@@ -502,11 +501,12 @@ def test_gmvae_refits_a_pair_that_no_voxel_tells_apart_on_a_grid(fitted):
     model, signals, truth, labels, results = fitted
     estimator = copy.deepcopy(results["gmvae"][0])
     data = prepare_signals(signals, model)
-    assert estimator._separate_merged_pair(data).keys() == {"closest_in_signals"}  # apart: nothing to do
+    voxels = voxel_batch(data, estimator.device_)
+    assert estimator._separate_merged_pair(data, voxels).keys() == {"closest_in_signals"}  # apart: nothing to do
     i, j = _merge_two_largest_components(estimator)
     third = [k for k in range(estimator.n_components) if k not in (i, j)]
     untouched = estimator.prior_.means.detach()[third].clone()
-    history = estimator._separate_merged_pair(data)
+    history = estimator._separate_merged_pair(data, voxels)
     pair, before, after, n_steps = history["merged_pair"][:2], *history["merged_pair"][2:]
     assert sorted(pair) == sorted([i, j]) and after > before and n_steps >= 1
     assert history["closest_in_signals"][0] < 0.01 < estimator.merged_distance < history["closest_in_signals"][1]
@@ -524,4 +524,5 @@ def test_gmvae_merged_pair_refit_is_off_at_zero_distance(fitted):
     estimator = copy.deepcopy(results["gmvae"][0])
     estimator.merged_distance = 0.0
     _merge_two_largest_components(estimator)
-    assert estimator._separate_merged_pair(prepare_signals(signals, model)) == {}
+    data = prepare_signals(signals, model)
+    assert estimator._separate_merged_pair(data, voxel_batch(data, estimator.device_)) == {}

@@ -35,7 +35,7 @@ import torch
 from .priors import bhattacharyya_distance
 
 __all__ = [
-    "GaussianPair", "PairFit", "signal_distributions", "closest_pair", "grid_nodes", "split_start",
+    "GaussianPair", "PairFit", "signal_distributions", "closest_pair", "grid_nodes", "pooled", "split_start",
     "pair_log_evidence", "separate_pair", "s0_quadrature",
 ]
 

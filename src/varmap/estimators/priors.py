@@ -232,10 +232,13 @@ class GaussianMixturePrior(nn.Module):
     @torch.no_grad()
     def set_component(self, k: int, mean: torch.Tensor, covariance: torch.Tensor) -> None:
         """Set component ``k``'s mean (L,) and covariance (L, L) (its weight is left to ``logits``)."""
-        tril = torch.linalg.cholesky(0.5 * (covariance + covariance.T))
-        self.means[k] = mean.to(self.means.dtype)
-        self.log_vars[k] = (2.0 * torch.log(tril.diagonal())).to(self.log_vars.dtype)
-        self.lower[k] = torch.tril(tril, diagonal=-1).to(self.lower.dtype)
+        self._set_components(k, mean, torch.linalg.cholesky(0.5 * (covariance + covariance.T)))
+
+    def _set_components(self, index: int | torch.Tensor, means: torch.Tensor, tril: torch.Tensor) -> None:
+        """Write the means and Cholesky factors of the components ``index`` (an index or a mask)."""
+        self.means[index] = means.to(self.means.dtype)
+        self.log_vars[index] = (2.0 * torch.log(tril.diagonal(dim1=-2, dim2=-1))).to(self.log_vars.dtype)
+        self.lower[index] = torch.tril(tril, diagonal=-1).to(self.lower.dtype)
 
     @torch.no_grad()
     def refit(
@@ -315,9 +318,7 @@ class GaussianMixturePrior(nn.Module):
             tril, info = torch.linalg.cholesky_ex(covariance + floor[:, None, None] * eye)
             update = (mass > n_latent + 1) & (info == 0)
             self.logits.copy_(torch.log(mass.clamp_min(1e-12) / n_voxels).to(self.logits.dtype))
-            self.means[update] = means[update].to(self.means.dtype)
-            self.log_vars[update] = (2.0 * torch.log(tril[update].diagonal(dim1=-2, dim2=-1))).to(self.log_vars.dtype)
-            self.lower[update] = torch.tril(tril[update], diagonal=-1).to(self.lower.dtype)
+            self._set_components(update, means[update], tril[update])
         return evidence
 
 

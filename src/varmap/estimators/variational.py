@@ -43,8 +43,8 @@ from .nlls import INITIALISERS, NLLSEstimator
 from .parametrisation import S0_PER_SCALE
 from .prior_uncertainty import added_covariance, jacobian, latent_fisher_information, mean_covariance, mean_information
 from .merged_components import (
-    GaussianPair, closest_pair, grid_nodes, pair_log_evidence, s0_quadrature, separate_pair, signal_distributions,
-    split_start,
+    GaussianPair, closest_pair, grid_nodes, pair_log_evidence, pooled, s0_quadrature, separate_pair,
+    signal_distributions, split_start,
 )
 from .priors import CovarianceBlocks, bhattacharyya_distance
 from .posterior import (
@@ -205,7 +205,7 @@ class VariationalEstimator(Estimator):
             self.network_.load_state_dict(attempts[best][2])
             history["restart_kept"] = [best]
         history["closest_components"] = [separation for separation, _, _ in attempts]
-        history |= self._separate_merged_pair(data)
+        history |= self._separate_merged_pair(data, voxels)
         return history
 
     def _train_once(
@@ -246,24 +246,24 @@ class VariationalEstimator(Estimator):
                              for i in range(self.n_components) for j in range(i)))
 
     @torch.no_grad()
-    def _separate_merged_pair(self, data: PreparedData) -> dict[str, list[float]]:
+    def _separate_merged_pair(self, data: PreparedData, voxels: VoxelBatch) -> dict[str, list[float]]:
         """Refit the two refined components that a voxel's observables tell apart least, if they lie closer
         than ``merged_distance``, by EM of that pair alone on a grid of the tissue parameters
         (:mod:`varmap.estimators.merged_components`); S0, held apart, takes the pair's pooled spread.  Returns
         the history entries: ``closest_in_signals`` (the distance before, and after a refit) and
-        ``merged_pair`` (the pair, its mean log evidence per voxel before and after, the EM steps)."""
+        ``merged_pair`` (the pair, its mean log evidence per voxel before and after, the EM steps).
+        ``voxels`` are ``data``'s valid voxels as :func:`.voxel_batch` gives them."""
         weight, bias = self.latent_decoder_.weight.double(), self.latent_decoder_.bias.double()
         n_latent = weight.shape[1]
         if not self.merged_distance or weight.shape[0] != n_latent or not 2 <= n_latent <= _GRID_DIMENSIONS + 1:
             return {}
-        voxels = voxel_batch(data, self.device_)
         distance, i, j = self._closest_in_signals(voxels, weight, bias)
         history = {"closest_in_signals": [distance]}
         if distance >= self.merged_distance:
             return history
         self.network_.eval()
         rows = np.sort(numpy_stream(self.seed, "merged pair voxels").permutation(data.n_valid)[:_GRID_VOXELS])
-        batch = voxel_batch(data, self.device_, rows)
+        batch = voxels.select(torch.as_tensor(rows, device=self.device_))
         shares, s0_mean, s0_sd = [], [], []
         for samples in self._map_chunks(self._sample, batch, "merged pair", "merged pair"):
             weights = samples.summary_weights().double()
@@ -281,11 +281,11 @@ class VariationalEstimator(Estimator):
         covariances = weight @ self.prior_.covariances() @ weight.T
         prior_weights = self.prior_.log_weights().double().exp()[[i, j]]
         pair = GaussianPair(prior_weights / prior_weights.sum(), means[[i, j], :-1], covariances[[i, j], :-1, :-1])
-        s0_prior_mean = pair.weights @ means[[i, j], -1]
-        s0_prior_variance = pair.weights @ (covariances[[i, j], -1, -1] + (means[[i, j], -1] - s0_prior_mean) ** 2)
+        s0_prior_mean, s0_prior_variance = pooled(GaussianPair(pair.weights, means[[i, j], -1:],
+                                                               covariances[[i, j], -1:, -1:]))
         nodes, cell, floor = grid_nodes(pair, _GRID_NODES[n_latent - 1], _GRID_HALF_WIDTH)
-        s0_nodes, s0_log_weights = s0_quadrature(torch.cat(s0_mean)[kept], torch.cat(s0_sd)[kept], s0_prior_mean,
-                                                 s0_prior_variance)
+        s0_nodes, s0_log_weights = s0_quadrature(torch.cat(s0_mean)[kept], torch.cat(s0_sd)[kept], s0_prior_mean[0],
+                                                 s0_prior_variance[0, 0])
         likelihood = self._grid_likelihood(batch.select(kept.to(self.device_)), nodes, s0_nodes, s0_log_weights)
         voxel_weights = share[kept]
         fit = partial(separate_pair, likelihood, voxel_weights, nodes, cell, floor=floor,
@@ -300,8 +300,8 @@ class VariationalEstimator(Estimator):
         inverse = torch.linalg.inv(weight)
         for k, share_k, mean, covariance in zip((i, j), best.pair.weights, best.pair.means, best.pair.covariances):
             logits[k] = torch.log(total * share_k)
-            full = torch.block_diag(covariance, s0_prior_variance.reshape(1, 1))
-            self.prior_.set_component(k, inverse @ (torch.cat([mean, s0_prior_mean[None]]) - bias),
+            full = torch.block_diag(covariance, s0_prior_variance)
+            self.prior_.set_component(k, inverse @ (torch.cat([mean, s0_prior_mean]) - bias),
                                       inverse @ full @ inverse.T)
         self.prior_.logits.copy_(logits.to(self.prior_.logits.dtype))
         history["closest_in_signals"].append(self._closest_in_signals(voxels, weight, bias)[0])
