@@ -10,7 +10,7 @@ import torch
 import varmap
 from varmap.estimators import ESTIMATORS, get_estimator
 from varmap.estimators.data import prepare_signals
-from varmap.estimators.merged_components import GaussianPair, pooled
+from varmap.estimators.merged_components import GridComponents, pooled
 from varmap.estimators.networks import voxel_batch
 from varmap.signal_models import get_signal_model
 from varmap.simulation import add_noise, ball_stick_prior, hcp_protocol, simulate
@@ -398,7 +398,8 @@ def test_maps_do_not_depend_on_how_many_chunks_run_at_once(fitted):
     """Chunks mapped in parallel threads draw from streams of their own: the same maps with one torch
     thread (one chunk at a time) and with two (two chunks at once), over several chunks, up to float32
     rounding (a pass of one chunk, such as the mode search of the few voxels that need it, runs with
-    every thread; one generator shared between chunks would differ by Monte Carlo error, ~1e-3)."""
+    every thread; one generator shared between chunks would differ by Monte Carlo error, ~1e-3); the stds, a
+    second moment, to 5e-4 (measured: 4e-4 in one voxel of 1,500, whose weights rest on few samples)."""
     from varmap.estimators.neural import torch_threads
 
     _, signals, _, _, results = fitted
@@ -410,7 +411,7 @@ def test_maps_do_not_depend_on_how_many_chunks_run_at_once(fitted):
             maps.append(estimator.transform(signals, sigma=estimator.fitted_sigma_))
     for name in ("D", "K"):
         np.testing.assert_allclose(maps[0].params[name], maps[1].params[name], rtol=1e-5)
-        np.testing.assert_allclose(maps[0].std[name], maps[1].std[name], rtol=1e-4)
+        np.testing.assert_allclose(maps[0].std[name], maps[1].std[name], rtol=5e-4)
     np.testing.assert_allclose(maps[0].cluster_probs, maps[1].cluster_probs, atol=1e-5)
 
 
@@ -487,11 +488,20 @@ def _merge_two_largest_components(estimator) -> tuple[int, int]:
     weights = prior.log_weights().detach().double().exp()[[i, j]]
     weights = weights / weights.sum()
     means, covariances = prior.means.detach().double()[[i, j]], prior.covariances()[[i, j]]
-    mean, covariance = pooled(GaussianPair(weights, means, covariances))
+    mean, covariance = pooled(GridComponents(weights, means, covariances))
     nudge = 0.02 * covariance.diagonal().sqrt()
     prior.set_component(i, mean + nudge, covariance)
     prior.set_component(j, mean - nudge, covariance)
     return i, j
+
+
+def _tissue_means(estimator, components: list[int], truth, labels) -> tuple[list, list]:
+    """The decoded (D, K) of ``components``' means, and the true tissues' mean (D, K), both sorted."""
+    codes = estimator.prior_.means.detach()[components]
+    packed, _ = estimator.decoder_.parameters_of(estimator.latent_decoder_(codes))
+    found = sorted(tuple(round(float(v), 2) for v in row[:2]) for row in packed.detach())
+    tissues = sorted((float(truth["D"][labels == c].mean()), float(truth["K"][labels == c].mean())) for c in (0, 1))
+    return found, tissues
 
 
 def test_gmvae_refits_a_pair_that_no_voxel_tells_apart_on_a_grid(fitted):
@@ -500,29 +510,57 @@ def test_gmvae_refits_a_pair_that_no_voxel_tells_apart_on_a_grid(fitted):
     components land on the two tissues; other components are left as they were."""
     model, signals, truth, labels, results = fitted
     estimator = copy.deepcopy(results["gmvae"][0])
+    estimator.merge_split_distance = 0.0
     data = prepare_signals(signals, model)
     voxels = voxel_batch(data, estimator.device_)
-    assert estimator._separate_merged_pair(data, voxels).keys() == {"closest_in_signals"}  # apart: nothing to do
+    assert estimator._repair_merged_components(data, voxels).keys() == {"closest_in_signals"}  # apart: nothing to do
     i, j = _merge_two_largest_components(estimator)
     third = [k for k in range(estimator.n_components) if k not in (i, j)]
     untouched = estimator.prior_.means.detach()[third].clone()
-    history = estimator._separate_merged_pair(data, voxels)
-    pair, before, after, n_steps = history["merged_pair"][:2], *history["merged_pair"][2:]
-    assert sorted(pair) == sorted([i, j]) and after > before and n_steps >= 1
+    history = estimator._repair_merged_components(data, voxels)
+    pair, gain, n_steps = history["merged_pair"][:2], *history["merged_pair"][2:]
+    assert sorted(pair) == sorted([i, j]) and gain > 0.0 and n_steps >= 1 and "merge_split" not in history
     assert history["closest_in_signals"][0] < 0.01 < estimator.merged_distance < history["closest_in_signals"][1]
     assert torch.equal(estimator.prior_.means.detach()[third], untouched)
     assert float(estimator.prior_.log_weights().detach().exp().sum()) == pytest.approx(1.0, abs=1e-5)
-    codes = estimator.prior_.means.detach()[[i, j]]
-    packed, _ = estimator.decoder_.parameters_of(estimator.latent_decoder_(codes))
-    found = sorted(tuple(round(float(v), 2) for v in row[:2]) for row in packed.detach())
-    tissues = sorted((float(truth["D"][labels == c].mean()), float(truth["K"][labels == c].mean())) for c in (0, 1))
+    found, tissues = _tissue_means(estimator, [i, j], truth, labels)
     assert np.allclose(found, tissues, atol=0.06), (found, tissues)
 
 
-def test_gmvae_merged_pair_refit_is_off_at_zero_distance(fitted):
+def test_gmvae_merges_two_components_of_one_tissue_and_splits_one_across_two(fitted):
+    """A prior with two components on one tissue and a third across both: merging the pair and splitting
+    the third raises the evidence more than refitting the pair, and puts a component on each tissue."""
+    model, signals, truth, labels, results = fitted
+    estimator = copy.deepcopy(results["gmvae"][0])
+    data = prepare_signals(signals, model)
+    voxels = voxel_batch(data, estimator.device_)
+    prior = estimator.prior_
+    i, j = (int(k) for k in torch.argsort(prior.log_weights(), descending=True)[:2])
+    (t,) = [k for k in range(estimator.n_components) if k not in (i, j)]
+    means, covariances = prior.means.detach().double(), prior.covariances()
+    weights = prior.log_weights().detach().double().exp()[[i, j]]
+    across = pooled(GridComponents(weights / weights.sum(), means[[i, j]], covariances[[i, j]]))
+    nudge = 0.02 * covariances[i].diagonal().sqrt()
+    prior.set_component(j, means[i] - nudge, covariances[i])  # j joins i on i's tissue
+    prior.set_component(i, means[i] + nudge, covariances[i])
+    prior.set_component(t, *across)
+    with torch.no_grad():
+        prior.logits.copy_(torch.log(torch.tensor([1 / 3] * 3)))
+    history = estimator._repair_merged_components(data, voxels)
+    merged_i, merged_j, split_t, merge_gain, split_gain = history["merge_split"]
+    assert sorted([int(merged_i), int(merged_j)]) == sorted([i, j]) and int(split_t) == t
+    assert split_gain > 0.0 and merge_gain + split_gain > 0.0
+    assert history["closest_in_signals"][1] > history["closest_in_signals"][0]
+    found, tissues = _tissue_means(estimator, [0, 1, 2], truth, labels)
+    for tissue in tissues:
+        assert min(np.hypot(d - tissue[0], k - tissue[1]) for d, k in found) < 0.08, (found, tissues)
+    assert float(prior.log_weights().detach().exp().sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_gmvae_repair_of_merged_components_is_off_at_zero_distances(fitted):
     model, signals, _, _, results = fitted
     estimator = copy.deepcopy(results["gmvae"][0])
-    estimator.merged_distance = 0.0
+    estimator.merged_distance, estimator.merge_split_distance = 0.0, 0.0
     _merge_two_largest_components(estimator)
     data = prepare_signals(signals, model)
-    assert estimator._separate_merged_pair(data, voxel_batch(data, estimator.device_)) == {}
+    assert estimator._repair_merged_components(data, voxel_batch(data, estimator.device_)) == {}

@@ -81,7 +81,12 @@ class GMVAEEstimator(VariationalEstimator):
     them, every voxel's likelihood computed once with S0 integrated by quadrature, from the learned pair
     and from a split of it, and the result is kept where its evidence is higher
     (:mod:`~varmap.estimators.merged_components`; ``history["closest_in_signals"]``, before and after,
-    and ``history["merged_pair"]``).
+    and ``history["merged_pair"]``).  Training can also spend two components on what one describes (two
+    on free water) and leave one across both tissues.  Where the closest pair lies below
+    ``merge_split_distance``, merging it into one component while splitting another in two (each other
+    component tried; the same grid EM, every other component fixed) is scored too, by the log evidence
+    the merge loses plus what the split gains (``history["merge_split"]``); the move that adds more
+    evidence, the refit or this one, is made if it adds any.
 
     The refined prior is an estimate, and the maps' posteriors treat it as known.  With
     ``prior_uncertainty`` (the default) each voxel's std also carries the uncertainty of the components'

@@ -1,4 +1,4 @@
-"""Two prior components that no voxel's signals tell apart, and their separation by exact EM on a grid.
+"""Prior components that no voxel's signals tell apart, and their repair by exact EM on a grid.
 
 At low SNR on short protocols, training can end with two mixture components that each span two
 tissues (white and grey matter, each component across both, with D and K strongly anticorrelated).
@@ -7,15 +7,19 @@ parameters on the clinical protocol at SNR 5, seeds 0-4), so the restarts on dup
 not see them; in what they predict a voxel measures they are one component: the distance between the
 two components' distributions of one voxel's observables (noise included) is 0.010-0.053, where the
 true white and grey matter of the same data lie 0.81 apart.  Such a prior ties K to D, and K's
-intervals come out too narrow.  :func:`signal_distributions` and :func:`closest_pair` find such a pair.
+intervals come out too narrow.  Training can also spend two components on what one describes (free
+water, whose signal has decayed into the noise floor) and leave one component across two tissues.
+:func:`signal_distributions` and :func:`closest_pair` find the pair that the signals tell apart least.
 
-The refinement's EM on importance samples does not leave the merged pair: its few effective samples per
+The refinement's EM on importance samples does not leave such a prior: its few effective samples per
 voxel bias the fixed point, and it moves slowly along the directions that separate the tissues.  Where
 the tissue parameters are at most two, each voxel's likelihood is computed once on a shared grid of them
-(S0 integrated by quadrature), and EM of the pair alone (:func:`separate_pair`, a partial EM as in Ueda
-et al.'s split-and-merge EM: every other component and each voxel's share of the pair stay fixed) runs
-to convergence without sampling error, from the learned pair and from a split of it
-(:func:`split_start`); the start that ends at the higher evidence is kept if it beats the learned pair.
+(S0 integrated by quadrature, :func:`s0_quadrature`), and EM of one or two components alone
+(:func:`grid_em`, a partial EM as in Ueda et al.'s split-and-merge EM: every other component and each
+voxel's share of the components refitted stay fixed) runs to convergence without sampling error.  Two
+moves are scored by the log evidence they change (:func:`grid_log_evidence`): the pair refitted, from
+itself and from a split of it (:func:`split_start`), and the pair merged into one component while
+another is split in two, which keeps the number of components.
 
 References
 ----------
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -35,23 +40,23 @@ import torch
 from .priors import bhattacharyya_distance
 
 __all__ = [
-    "GaussianPair", "PairFit", "signal_distributions", "closest_pair", "grid_nodes", "pooled", "split_start",
-    "pair_log_evidence", "separate_pair", "s0_quadrature",
+    "GridComponents", "GridFit", "GridProblem", "signal_distributions", "closest_pair", "grid_nodes", "pooled",
+    "merged_start", "split_start", "grid_log_evidence", "grid_em", "s0_quadrature",
 ]
 
 #: Share of a component's principal spread by which :func:`split_start` places each half from the centre.
 _SPLIT_OFFSET = 0.8
 
 
-class GaussianPair(NamedTuple):
-    """Two Gaussian components over the grid's coordinates.
+class GridComponents(NamedTuple):
+    """One or more Gaussian components over the grid's coordinates (C components).
 
     Attributes
     ----------
-    weights : Tensor, shape (2,)
-        Shares of the pair, summing to one.
-    means : Tensor, shape (2, T)
-    covariances : Tensor, shape (2, T, T)
+    weights : Tensor, shape (C,)
+        Shares of the components, summing to one.
+    means : Tensor, shape (C, T)
+    covariances : Tensor, shape (C, T, T)
     """
 
     weights: torch.Tensor
@@ -59,13 +64,59 @@ class GaussianPair(NamedTuple):
     covariances: torch.Tensor
 
 
-class PairFit(NamedTuple):
-    """The outcome of :func:`separate_pair`: the pair, its mean log evidence per voxel (up to the
+class GridFit(NamedTuple):
+    """The outcome of :func:`grid_em`: the components, their mean log evidence per voxel (up to the
     voxels' likelihood shifts) and the EM steps taken."""
 
-    pair: GaussianPair
+    components: GridComponents
     log_evidence: float
     n_steps: int
+
+
+@dataclass(frozen=True)
+class GridProblem:
+    """Some of a mixture prior's components, refitted alone on a grid of the tissue parameters.
+
+    Attributes
+    ----------
+    likelihood : Tensor, shape (V, G)
+        Each voxel's likelihood at the nodes, divided by its largest.
+    voxel_weights : Tensor, shape (V,)
+        Each voxel's share of the components.
+    nodes : Tensor, shape (G, T)
+    cell : float
+    floor : Tensor, shape (T, T)
+        See :func:`grid_nodes`.
+    learned : GridComponents
+        The components as the refinement left them, their weights relative to each other.
+    prior_share : float
+        Their total weight in the mixture.
+    s0_mean, s0_variance : Tensor, shape (1,) and (1, 1)
+        Their pooled moments of S0's coordinate, which every refitted component takes.
+    diagonal : bool
+        Covariances held diagonal.
+    """
+
+    likelihood: torch.Tensor
+    voxel_weights: torch.Tensor
+    nodes: torch.Tensor
+    cell: float
+    floor: torch.Tensor
+    learned: GridComponents
+    prior_share: float
+    s0_mean: torch.Tensor
+    s0_variance: torch.Tensor
+    diagonal: bool
+
+    def fit(self, start: GridComponents) -> GridFit:
+        """:func:`grid_em` from ``start`` (which may hold another number of components than ``learned``)."""
+        return grid_em(self.likelihood, self.voxel_weights, self.nodes, self.cell, start, self.floor,
+                       diagonal=self.diagonal)
+
+    def gain(self, fit: GridFit) -> float:
+        """Log evidence (nats, summed over the voxels by their weights) that ``fit`` adds to ``learned``'s."""
+        before = grid_log_evidence(self.likelihood, self.voxel_weights, self.learned, self.nodes, self.cell)
+        return (fit.log_evidence - before) * float(self.voxel_weights.sum())
 
 
 def signal_distributions(
@@ -112,9 +163,9 @@ def closest_pair(distributions: list[tuple[torch.Tensor, torch.Tensor]]) -> tupl
 
 
 def grid_nodes(
-    pair: GaussianPair, n_per_axis: int, half_width: float
+    components: GridComponents, n_per_axis: int, half_width: float
 ) -> tuple[torch.Tensor, float, torch.Tensor]:
-    """A regular grid over the pair's moment-matched Gaussian, ``half_width`` standard deviations either
+    """A regular grid over the components' moment-matched Gaussian, ``half_width`` standard deviations either
     side of its mean along every axis.
 
     Returns
@@ -126,7 +177,7 @@ def grid_nodes(
         The variance of a uniform spread over one cell (h²/12 per axis), added to every covariance the
         grid EM estimates so that a component cannot shrink onto one node.
     """
-    mean, covariance = pooled(pair)
+    mean, covariance = pooled(components)
     half = half_width * covariance.diagonal().sqrt()
     axes = [torch.linspace(float(m - h), float(m + h), n_per_axis, dtype=mean.dtype, device=mean.device)
             for m, h in zip(mean, half)]
@@ -135,67 +186,76 @@ def grid_nodes(
     return nodes, float(steps.prod()), torch.diag(steps**2 / 12.0)
 
 
-def pooled(pair: GaussianPair) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (T,) and covariance (T, T) of the pair's mixture."""
-    mean = pair.weights @ pair.means
-    offsets = pair.means - mean
-    covariance = torch.einsum("c,cij->ij", pair.weights, pair.covariances + offsets[:, :, None] * offsets[:, None, :])
+def pooled(components: GridComponents) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (T,) and covariance (T, T) of the components' mixture."""
+    mean = components.weights @ components.means
+    offsets = components.means - mean
+    covariance = torch.einsum("c,cij->ij", components.weights,
+                              components.covariances + offsets[:, :, None] * offsets[:, None, :])
     return mean, covariance
 
 
-def split_start(pair: GaussianPair) -> GaussianPair:
-    """Two halves of the pair's mixture, ∓ 0.8 standard deviations along its principal axis, each with
-    the mixture's covariance less the part that the split's offset explains."""
-    mean, covariance = pooled(pair)
+def merged_start(components: GridComponents) -> GridComponents:
+    """One component: the components' moment-matched Gaussian."""
+    mean, covariance = pooled(components)
+    return GridComponents(torch.ones(1, dtype=mean.dtype, device=mean.device), mean[None], covariance[None])
+
+
+def split_start(components: GridComponents) -> GridComponents:
+    """Two halves of the components' mixture, ∓ 0.8 standard deviations along its principal axis, each
+    with the mixture's covariance less the part that the split's offset explains."""
+    mean, covariance = pooled(components)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
     offset = _SPLIT_OFFSET * eigenvalues[-1].sqrt() * eigenvectors[:, -1]
     within = covariance - torch.outer(offset, offset)
     half = torch.tensor([0.5, 0.5], dtype=mean.dtype, device=mean.device)
-    return GaussianPair(half, torch.stack([mean - offset, mean + offset]), torch.stack([within, within]))
+    return GridComponents(half, torch.stack([mean - offset, mean + offset]), torch.stack([within, within]))
 
 
-def _prior_on_grid(pair: GaussianPair, nodes: torch.Tensor, cell: float) -> torch.Tensor:
-    """Each component's probability mass at every node, weight included, shape (2, G)."""
-    difference = nodes[None] - pair.means[:, None, :]  # (2, G, T)
-    solved = torch.linalg.solve(pair.covariances[:, None], difference[..., None])[..., 0]
-    log_density = -0.5 * ((difference * solved).sum(-1) + torch.logdet(2.0 * math.pi * pair.covariances)[:, None])
-    return pair.weights[:, None] * torch.exp(log_density) * cell
+def _prior_on_grid(components: GridComponents, nodes: torch.Tensor, cell: float) -> torch.Tensor:
+    """Each component's probability mass at every node, weight included, shape (C, G)."""
+    difference = nodes[None] - components.means[:, None, :]  # (C, G, T)
+    solved = torch.linalg.solve(components.covariances[:, None], difference[..., None])[..., 0]
+    log_density = -0.5 * ((difference * solved).sum(-1)
+                          + torch.logdet(2.0 * math.pi * components.covariances)[:, None])
+    return components.weights[:, None] * torch.exp(log_density) * cell
 
 
-def pair_log_evidence(
-    likelihood: torch.Tensor, voxel_weights: torch.Tensor, pair: GaussianPair, nodes: torch.Tensor, cell: float
+def grid_log_evidence(
+    likelihood: torch.Tensor, voxel_weights: torch.Tensor, components: GridComponents, nodes: torch.Tensor,
+    cell: float,
 ) -> float:
-    """Mean over voxels (weighted) of log Σ_g L_vg p(g) under the pair, with ``likelihood`` (V, G) each
+    """Mean over voxels (weighted) of log Σ_g L_vg p(g) under the components, with ``likelihood`` (V, G) each
     voxel's likelihood at the nodes relative to its largest."""
-    prior = _prior_on_grid(pair, nodes, cell).sum(0).to(likelihood.dtype)
+    prior = _prior_on_grid(components, nodes, cell).sum(0).to(likelihood.dtype)
     evidence = torch.log((likelihood @ prior).double().clamp_min(1e-300))
     return float((voxel_weights * evidence).sum() / voxel_weights.sum())
 
 
-def separate_pair(
+def grid_em(
     likelihood: torch.Tensor,
     voxel_weights: torch.Tensor,
     nodes: torch.Tensor,
     cell: float,
-    start: GaussianPair,
+    start: GridComponents,
     floor: torch.Tensor,
     *,
     diagonal: bool = False,
     max_steps: int = 2000,
     tolerance: float = 1e-7,
-) -> PairFit:
-    """EM of two Gaussian components whose voxels' likelihoods are held on a grid.
+) -> GridFit:
+    """EM of Gaussian components (as many as ``start`` holds) whose voxels' likelihoods are held on a grid.
 
     Parameters
     ----------
     likelihood : Tensor, shape (V, G)
         Each voxel's likelihood at every node, divided by its largest (float32 suffices).
     voxel_weights : Tensor, shape (V,)
-        Each voxel's share of the pair (its posterior probability of belonging to either component).
+        Each voxel's share of the components (its posterior probability of belonging to any of them).
     nodes : Tensor, shape (G, T)
     cell : float
         Volume of one grid cell.
-    start : GaussianPair
+    start : GridComponents
     floor : Tensor, shape (T, T)
         Added to every estimated covariance (:func:`grid_nodes`).
     diagonal : bool
@@ -206,13 +266,13 @@ def separate_pair(
 
     Returns
     -------
-    PairFit
+    GridFit
     """
-    pair, previous = start, -math.inf
+    components, previous = start, -math.inf
     weights = voxel_weights.to(likelihood.dtype)
     total = float(voxel_weights.sum())
     for step in range(1, max_steps + 1):
-        prior = _prior_on_grid(pair, nodes, cell)  # (2, G)
+        prior = _prior_on_grid(components, nodes, cell)  # (C, G)
         evidence = likelihood @ prior.sum(0).to(likelihood.dtype)
         log_evidence = float((voxel_weights * torch.log(evidence.double().clamp_min(1e-300))).sum()) / total
         # node masses of each component, summed over voxels: p_c(g) Σ_v w_v L_vg / Z_v
@@ -223,11 +283,11 @@ def separate_pair(
         covariances = torch.einsum("cg,cgi,cgj->cij", mass, offsets, offsets) / totals[:, None, None] + floor
         if diagonal:
             covariances = torch.diag_embed(covariances.diagonal(dim1=-2, dim2=-1))
-        pair = GaussianPair(totals / totals.sum(), means, covariances)
+        components = GridComponents(totals / totals.sum(), means, covariances)
         if log_evidence - previous < tolerance:
             break
         previous = log_evidence
-    return PairFit(pair, pair_log_evidence(likelihood, voxel_weights, pair, nodes, cell), step)
+    return GridFit(components, grid_log_evidence(likelihood, voxel_weights, components, nodes, cell), step)
 
 
 def s0_quadrature(

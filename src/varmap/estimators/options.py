@@ -168,6 +168,10 @@ _MIXTURE = (
     Option("merged_distance", float, 0.1, "Bhattacharyya distance between two refined components' "
            "distributions of one voxel's observables below which the pair is refitted by exact EM on a grid of "
            "the tissue parameters (models with at most two; 0: never)", low=0.0),
+    Option("merge_split_distance", float, 0.5, "Bhattacharyya distance between the two refined components "
+           "whose distributions of one voxel's observables lie closest below which merging them while splitting "
+           "another in two is tried by exact EM on a grid of the tissue parameters (models with at most two), "
+           "and kept where it raises the evidence more than any refit (0: never)", low=0.0),
     Option("refinement_rounds", int, 4, "importance-sampling draws of the empirical-Bayes prior refinement "
            "(0: none)", low=0),
     Option("refinement_steps", int, 5, "EM steps on each draw", low=0),

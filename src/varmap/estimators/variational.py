@@ -43,8 +43,8 @@ from .nlls import INITIALISERS, NLLSEstimator
 from .parametrisation import S0_PER_SCALE
 from .prior_uncertainty import added_covariance, jacobian, latent_fisher_information, mean_covariance, mean_information
 from .merged_components import (
-    GaussianPair, closest_pair, grid_nodes, pair_log_evidence, pooled, s0_quadrature, separate_pair,
-    signal_distributions, split_start,
+    GridComponents, GridProblem, closest_pair, grid_nodes, merged_start, pooled, s0_quadrature, signal_distributions,
+    split_start,
 )
 from .priors import CovarianceBlocks, bhattacharyya_distance
 from .posterior import (
@@ -73,10 +73,11 @@ _INFERENCE_BUDGET = 2**24
 #: Prior means of a split component move this many standard deviations apart from the donor's centre.
 _SPLIT_OFFSET = 0.8
 
-#: The merged-pair refit (:meth:`VariationalEstimator._separate_merged_pair`): draws per component of the
-#: signals' distributions; tissue parameters a grid may hold; voxels whose likelihoods it holds; nodes per
-#: axis for one and two tissue parameters; the grid's half width in standard deviations of the pair's
-#: mixture; the smallest share of the pair for a voxel to count; float64 values one grid chunk may hold.
+#: The repair of merged components (:meth:`VariationalEstimator._repair_merged_components`): draws per
+#: component of the signals' distributions; tissue parameters a grid may hold; voxels whose likelihoods it
+#: holds; nodes per axis for one and two tissue parameters; the grid's half width in standard deviations of
+#: the refitted components' mixture; the smallest share of them for a voxel to count; float64 values one
+#: grid chunk may hold.
 _SIGNAL_DRAWS = 4096
 _GRID_DIMENSIONS = 2
 _GRID_VOXELS = 2048
@@ -205,7 +206,7 @@ class VariationalEstimator(Estimator):
             self.network_.load_state_dict(attempts[best][2])
             history["restart_kept"] = [best]
         history["closest_components"] = [separation for separation, _, _ in attempts]
-        history |= self._separate_merged_pair(data, voxels)
+        history |= self._repair_merged_components(data, voxels)
         return history
 
     def _train_once(
@@ -246,66 +247,125 @@ class VariationalEstimator(Estimator):
                              for i in range(self.n_components) for j in range(i)))
 
     @torch.no_grad()
-    def _separate_merged_pair(self, data: PreparedData, voxels: VoxelBatch) -> dict[str, list[float]]:
-        """Refit the two refined components that a voxel's observables tell apart least, if they lie closer
-        than ``merged_distance``, by EM of that pair alone on a grid of the tissue parameters
-        (:mod:`varmap.estimators.merged_components`); S0, held apart, takes the pair's pooled spread.  Returns
-        the history entries: ``closest_in_signals`` (the distance before, and after a refit) and
-        ``merged_pair`` (the pair, its mean log evidence per voxel before and after, the EM steps).
-        ``voxels`` are ``data``'s valid voxels as :func:`.voxel_batch` gives them."""
+    def _repair_merged_components(self, data: PreparedData, voxels: VoxelBatch) -> dict[str, list[float]]:
+        """Repair a refined mixture whose two components a voxel's observables tell apart least, by exact EM
+        of a few components alone on a grid of the tissue parameters (models with at most two;
+        :mod:`varmap.estimators.merged_components`).  Two moves are scored by the log evidence they add
+        over a sample of the voxels (nats, each voxel weighted by its share of the components moved):
+
+        - where the pair lies closer than ``merged_distance``, the pair refitted, from itself and from a
+          split of it; made if it adds evidence to the learned prior;
+        - where it lies closer than ``merge_split_distance``, the pair merged into one component and
+          another component split in two (each other component tried; the number of components stays).
+          The merge is scored against the pair refitted and the split against the component refitted
+          alone, so that the move is not credited with what EM gains without it; made if the two add
+          up to a gain, in place of the refit.
+
+        Returns the history entries: ``closest_in_signals`` (the distance before, and after a move),
+        ``merged_pair`` (the pair, the refit's gain, its EM steps) and ``merge_split`` (the pair, the
+        component split, the merge's and the split's gains).  ``voxels`` are ``data``'s valid
+        voxels as :func:`.voxel_batch` gives them."""
         weight, bias = self.latent_decoder_.weight.double(), self.latent_decoder_.bias.double()
         n_latent = weight.shape[1]
-        if not self.merged_distance or weight.shape[0] != n_latent or not 2 <= n_latent <= _GRID_DIMENSIONS + 1:
+        if (not (self.merged_distance or self.merge_split_distance) or weight.shape[0] != n_latent
+                or not 2 <= n_latent <= _GRID_DIMENSIONS + 1):
             return {}
         distance, i, j = self._closest_in_signals(voxels, weight, bias)
         history = {"closest_in_signals": [distance]}
-        if distance >= self.merged_distance:
+        refit, merge_split = distance < self.merged_distance, distance < self.merge_split_distance
+        if not (refit or merge_split):
             return history
         self.network_.eval()
-        rows = np.sort(numpy_stream(self.seed, "merged pair voxels").permutation(data.n_valid)[:_GRID_VOXELS])
-        batch = voxels.select(torch.as_tensor(rows, device=self.device_))
-        shares, s0_mean, s0_sd = [], [], []
-        for samples in self._map_chunks(self._sample, batch, "merged pair", "merged pair"):
-            weights = samples.summary_weights().double()
-            responsibilities = (weights[..., None] * samples.responsibilities().double()).sum(0)
-            s0 = (samples.z.double() @ weight.T + bias)[..., -1]  # S0's unconstrained coordinate
-            mean = (weights * s0).sum(0)
-            shares.append(responsibilities[:, i] + responsibilities[:, j])
-            s0_mean.append(mean)
-            s0_sd.append((weights * (s0 - mean) ** 2).sum(0).sqrt())
-        share = torch.cat(shares)
-        kept = torch.nonzero(share > _MIN_PAIR_SHARE)[:, 0]
-        if kept.numel() <= n_latent + 1:  # as few voxels as the refinement's EM needs to move a component
+        problem = self._grid_problems(data, voxels, weight, bias)
+        pair = problem((i, j))
+        if pair is None:
             return history
-        means = self.prior_.means.double() @ weight.T + bias  # (K, L): the unconstrained parameters, S0 last
-        covariances = weight @ self.prior_.covariances() @ weight.T
-        prior_weights = self.prior_.log_weights().double().exp()[[i, j]]
-        pair = GaussianPair(prior_weights / prior_weights.sum(), means[[i, j], :-1], covariances[[i, j], :-1, :-1])
-        s0_prior_mean, s0_prior_variance = pooled(GaussianPair(pair.weights, means[[i, j], -1:],
-                                                               covariances[[i, j], -1:, -1:]))
-        nodes, cell, floor = grid_nodes(pair, _GRID_NODES[n_latent - 1], _GRID_HALF_WIDTH)
-        s0_nodes, s0_log_weights = s0_quadrature(torch.cat(s0_mean)[kept], torch.cat(s0_sd)[kept], s0_prior_mean[0],
-                                                 s0_prior_variance[0, 0])
-        likelihood = self._grid_likelihood(batch.select(kept.to(self.device_)), nodes, s0_nodes, s0_log_weights)
-        voxel_weights = share[kept]
-        fit = partial(separate_pair, likelihood, voxel_weights, nodes, cell, floor=floor,
-                      diagonal=self.component_correlations == "none")
-        before = pair_log_evidence(likelihood, voxel_weights, pair, nodes, cell)
-        best = max((fit(start) for start in (pair, split_start(pair))), key=lambda result: result.log_evidence)
-        history["merged_pair"] = [float(i), float(j), before, best.log_evidence, float(best.n_steps)]
-        if best.log_evidence <= before:
+        refitted = max((pair.fit(start) for start in (pair.learned, split_start(pair.learned))),
+                       key=lambda result: result.log_evidence)
+        writes: list[tuple[tuple[int, ...], GridProblem, GridComponents]] = []
+        if refit:
+            history["merged_pair"] = [float(i), float(j), pair.gain(refitted), float(refitted.n_steps)]
+            if pair.gain(refitted) > 0.0:
+                writes = [((i, j), pair, refitted.components)]
+        if merge_split:
+            # each part scored against the same components converged by the same EM, so that the move is
+            # not credited with what EM alone gains over the learned prior
+            merged = pair.fit(merged_start(pair.learned))
+            merge = pair.gain(merged) - pair.gain(refitted)
+            splits = []
+            for t in (k for k in range(self.n_components) if k not in (i, j)):
+                single = problem((t,))
+                if single is not None:
+                    split = single.fit(split_start(single.learned))
+                    splits.append((single.gain(split) - single.gain(single.fit(single.learned)), t, single, split))
+            if splits:
+                split_gain, t, single, split = max(splits, key=lambda candidate: candidate[0])
+                history["merge_split"] = [float(i), float(j), float(t), merge, split_gain]
+                if merge + split_gain > 0.0:
+                    writes = [((i,), pair, merged.components), ((j, t), single, split.components)]
+        if not writes:
             return history
-        total = prior_weights.sum()
-        logits = self.prior_.log_weights().detach().double().clone()
-        inverse = torch.linalg.inv(weight)
-        for k, share_k, mean, covariance in zip((i, j), best.pair.weights, best.pair.means, best.pair.covariances):
-            logits[k] = torch.log(total * share_k)
-            full = torch.block_diag(covariance, s0_prior_variance)
-            self.prior_.set_component(k, inverse @ (torch.cat([mean, s0_prior_mean]) - bias),
-                                      inverse @ full @ inverse.T)
-        self.prior_.logits.copy_(logits.to(self.prior_.logits.dtype))
+        self._write_components(writes, weight, bias)
         history["closest_in_signals"].append(self._closest_in_signals(voxels, weight, bias)[0])
         return history
+
+    def _grid_problems(
+        self, data: PreparedData, voxels: VoxelBatch, weight: torch.Tensor, bias: torch.Tensor
+    ) -> Callable[[tuple[int, ...]], GridProblem | None]:
+        """Sample the posteriors of ``_GRID_VOXELS`` of ``data``'s voxels once, and return what builds the
+        :class:`.GridProblem` of some components from them (None where fewer voxels than the
+        refinement's EM needs to move a component hold a share of them)."""
+        rows = np.sort(numpy_stream(self.seed, "merged pair voxels").permutation(data.n_valid)[:_GRID_VOXELS])
+        batch = voxels.select(torch.as_tensor(rows, device=self.device_))
+        responsibilities, s0_mean, s0_sd = [], [], []
+        for samples in self._map_chunks(self._sample, batch, "merged pair", "merged pair"):
+            weights = samples.summary_weights().double()
+            s0 = (samples.z.double() @ weight.T + bias)[..., -1]  # S0's unconstrained coordinate
+            mean = (weights * s0).sum(0)
+            responsibilities.append((weights[..., None] * samples.responsibilities().double()).sum(0))
+            s0_mean.append(mean)
+            s0_sd.append((weights * (s0 - mean) ** 2).sum(0).sqrt())
+        shares_all, s0_mean_all, s0_sd_all = (torch.cat(columns) for columns in (responsibilities, s0_mean, s0_sd))
+        means = self.prior_.means.double() @ weight.T + bias  # (K, L): the unconstrained parameters, S0 last
+        covariances = weight @ self.prior_.covariances() @ weight.T
+        prior_weights = self.prior_.log_weights().double().exp()
+        n_latent = weight.shape[1]
+
+        def problem(components: tuple[int, ...]) -> GridProblem | None:
+            index = list(components)
+            share = shares_all[:, index].sum(-1)
+            kept = torch.nonzero(share > _MIN_PAIR_SHARE)[:, 0]
+            if kept.numel() <= n_latent + 1:
+                return None
+            relative = prior_weights[index] / prior_weights[index].sum()
+            learned = GridComponents(relative, means[index, :-1], covariances[index, :-1, :-1])
+            s0_prior_mean, s0_prior_variance = pooled(GridComponents(relative, means[index, -1:],
+                                                                     covariances[index, -1:, -1:]))
+            nodes, cell, floor = grid_nodes(learned, _GRID_NODES[n_latent - 1], _GRID_HALF_WIDTH)
+            s0_nodes, s0_log_weights = s0_quadrature(s0_mean_all[kept], s0_sd_all[kept], s0_prior_mean[0],
+                                                     s0_prior_variance[0, 0])
+            likelihood = self._grid_likelihood(batch.select(kept.to(self.device_)), nodes, s0_nodes, s0_log_weights)
+            return GridProblem(likelihood, share[kept], nodes, cell, floor, learned, float(prior_weights[index].sum()),
+                               s0_prior_mean, s0_prior_variance, self.component_correlations == "none")
+
+        return problem
+
+    def _write_components(
+        self, writes: list[tuple[tuple[int, ...], GridProblem, GridComponents]], weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> None:
+        """Write grid-fitted components into the prior: for each (slots, problem, components), component
+        ``slots[c]`` takes ``components``' c-th Gaussian, its share of ``problem.prior_share`` and the
+        problem's S0 moments."""
+        logits = self.prior_.log_weights().detach().double().clone()
+        inverse = torch.linalg.inv(weight)
+        for slots, problem, components in writes:
+            for k, share, mean, covariance in zip(slots, components.weights, components.means, components.covariances):
+                logits[k] = math.log(problem.prior_share * float(share))
+                full = torch.block_diag(covariance, problem.s0_variance)
+                self.prior_.set_component(k, inverse @ (torch.cat([mean, problem.s0_mean]) - bias),
+                                          inverse @ full @ inverse.T)
+        self.prior_.logits.copy_(logits.to(self.prior_.logits.dtype))
 
     def _closest_in_signals(
         self, voxels: VoxelBatch, weight: torch.Tensor, bias: torch.Tensor
