@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -41,11 +42,12 @@ from .priors import bhattacharyya_distance
 
 __all__ = [
     "GridComponents", "GridFit", "GridProblem", "signal_distributions", "closest_pair", "grid_nodes", "pooled",
-    "merged_start", "split_start", "grid_log_evidence", "grid_em", "s0_quadrature",
+    "merged_start", "split_start", "grid_log_evidence", "grid_em", "s0_quadrature", "SPLIT_OFFSET",
 ]
 
-#: Share of a component's principal spread by which :func:`split_start` places each half from the centre.
-_SPLIT_OFFSET = 0.8
+#: Share of a component's principal spread by which a split places each half from the centre
+#: (:func:`split_start`, and the re-seeding of unused components in training).
+SPLIT_OFFSET = 0.8
 
 
 class GridComponents(NamedTuple):
@@ -113,10 +115,14 @@ class GridProblem:
         return grid_em(self.likelihood, self.voxel_weights, self.nodes, self.cell, start, self.floor,
                        diagonal=self.diagonal)
 
+    @cached_property
+    def learned_log_evidence(self) -> float:
+        """:func:`grid_log_evidence` of ``learned``."""
+        return grid_log_evidence(self.likelihood, self.voxel_weights, self.learned, self.nodes, self.cell)
+
     def gain(self, fit: GridFit) -> float:
         """Log evidence (nats, summed over the voxels by their weights) that ``fit`` adds to ``learned``'s."""
-        before = grid_log_evidence(self.likelihood, self.voxel_weights, self.learned, self.nodes, self.cell)
-        return (fit.log_evidence - before) * float(self.voxel_weights.sum())
+        return (fit.log_evidence - self.learned_log_evidence) * float(self.voxel_weights.sum())
 
 
 def signal_distributions(
@@ -206,7 +212,7 @@ def split_start(components: GridComponents) -> GridComponents:
     with the mixture's covariance less the part that the split's offset explains."""
     mean, covariance = pooled(components)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-    offset = _SPLIT_OFFSET * eigenvalues[-1].sqrt() * eigenvectors[:, -1]
+    offset = SPLIT_OFFSET * eigenvalues[-1].sqrt() * eigenvectors[:, -1]
     within = covariance - torch.outer(offset, offset)
     half = torch.tensor([0.5, 0.5], dtype=mean.dtype, device=mean.device)
     return GridComponents(half, torch.stack([mean - offset, mean + offset]), torch.stack([within, within]))

@@ -43,8 +43,8 @@ from .nlls import INITIALISERS, NLLSEstimator
 from .parametrisation import S0_PER_SCALE
 from .prior_uncertainty import added_covariance, jacobian, latent_fisher_information, mean_covariance, mean_information
 from .merged_components import (
-    GridComponents, GridProblem, closest_pair, grid_nodes, merged_start, pooled, s0_quadrature, signal_distributions,
-    split_start,
+    SPLIT_OFFSET, GridComponents, GridProblem, closest_pair, grid_nodes, merged_start, pooled, s0_quadrature,
+    signal_distributions, split_start,
 )
 from .priors import CovarianceBlocks, bhattacharyya_distance
 from .posterior import (
@@ -69,9 +69,6 @@ _RESTART_SPREAD = 0.05
 
 #: Elements (samples × voxels × observables) one inference chunk may hold.
 _INFERENCE_BUDGET = 2**24
-
-#: Prior means of a split component move this many standard deviations apart from the donor's centre.
-_SPLIT_OFFSET = 0.8
 
 #: The repair of merged components (:meth:`VariationalEstimator._repair_merged_components`): draws per
 #: component of the signals' distributions; tissue parameters a grid may hold; voxels whose likelihoods it
@@ -282,16 +279,17 @@ class VariationalEstimator(Estimator):
             return history
         refitted = max((pair.fit(start) for start in (pair.learned, split_start(pair.learned))),
                        key=lambda result: result.log_evidence)
+        refit_gain = pair.gain(refitted)
         writes: list[tuple[tuple[int, ...], GridProblem, GridComponents]] = []
         if refit:
-            history["merged_pair"] = [float(i), float(j), pair.gain(refitted), float(refitted.n_steps)]
-            if pair.gain(refitted) > 0.0:
+            history["merged_pair"] = [float(i), float(j), refit_gain, float(refitted.n_steps)]
+            if refit_gain > 0.0:
                 writes = [((i, j), pair, refitted.components)]
         if merge_split:
             # each part scored against the same components converged by the same EM, so that the move is
             # not credited with what EM alone gains over the learned prior
             merged = pair.fit(merged_start(pair.learned))
-            merge = pair.gain(merged) - pair.gain(refitted)
+            merge = pair.gain(merged) - refit_gain
             splits = []
             for t in (k for k in range(self.n_components) if k not in (i, j)):
                 single = problem((t,))
@@ -421,7 +419,7 @@ class VariationalEstimator(Estimator):
                 return False
             donor = int(torch.argmax(usage))
             axis, spread = _principal_axis(mean[:, donor], q_y[:, donor])
-            self.prior_.split_component(dead, donor, _SPLIT_OFFSET * spread * axis)
+            self.prior_.split_component(dead, donor, SPLIT_OFFSET * spread * axis)
             head = self.encoder_.head
             head.weight[self._head_rows(dead)] = head.weight[self._head_rows(donor)]
             head.bias[self._head_rows(dead)] = head.bias[self._head_rows(donor)]
