@@ -385,7 +385,16 @@ class VariationalEstimator(Estimator):
         self, voxels: VoxelBatch, nodes: torch.Tensor, s0_nodes: torch.Tensor, s0_log_weights: torch.Tensor
     ) -> torch.Tensor:
         """Each voxel's likelihood (V, G) at the grid's tissue parameters ``nodes`` (G, T), its S0 coordinate
-        integrated over ``s0_nodes`` (V, H) with ``s0_log_weights``, divided by its largest (float32)."""
+        integrated over ``s0_nodes`` (V, H) with ``s0_log_weights``, divided by its largest (float32).
+
+        The likelihood is taken at each voxel's noise level as a point value: its stated uncertainty is not
+        marginalised here, unlike in training and in the maps.  The grid EM deconvolves the components from
+        these likelihoods, so every bit that widens them is taken off the components' spread; where σ was
+        estimated from each voxel's residuals, its stated uncertainty is about twice its error with one
+        noise level (7 % against 4 % on the ABCD-like protocol at b=0 SNR 5), and the errors it has are
+        largely shared by the voxels, which widening each voxel's likelihood does not describe.  Measured
+        there (seeds 0 and 1): grey matter's refitted K spread 0.07 -> 0.10 (the simulated voxels: 0.105),
+        its K coverage 0.81 -> 0.92-0.93, all voxels' K 0.89 -> 0.94."""
         n_nodes, n_s0 = nodes.shape[0], s0_nodes.shape[1]
         step = max(1, _GRID_BUDGET // (n_nodes * n_s0 * self.model.n_observables))
         rows = []
@@ -394,9 +403,8 @@ class VariationalEstimator(Estimator):
             s0 = s0_nodes[start : start + step]
             codes = torch.cat([nodes[None, :, None, :].expand(len(s0), -1, n_s0, -1),
                                s0[:, None, :, None].expand(-1, n_nodes, -1, 1)], dim=-1)
-            columns = [t.double()[:, None, None, :] for t in (chunk.observables, chunk.b0_mean, chunk.sigma,
-                                                              chunk.sigma_log_sd)]
-            log_likelihood = -self.decoder_.nll_of(columns[0], codes, *columns[1:])
+            columns = [t.double()[:, None, None, :] for t in (chunk.observables, chunk.b0_mean, chunk.sigma)]
+            log_likelihood = -self.decoder_.nll_of(*columns[:1], codes, *columns[1:])
             rows.append(torch.logsumexp(log_likelihood + s0_log_weights[start : start + step, None, :], dim=-1))
         log_likelihood = torch.cat(rows)
         return torch.exp(log_likelihood - log_likelihood.max(-1, keepdim=True).values).float()
