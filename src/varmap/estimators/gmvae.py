@@ -78,7 +78,8 @@ class GMVAEEstimator(VariationalEstimator):
     closest are therefore compared too: below ``merged_distance`` (a Bhattacharyya distance; the true
     white and grey matter of the clinical protocol at SNR 5 lie 0.81 apart, merged pairs 0.01-0.06), and
     where the model has at most two tissue parameters, that pair alone is refitted by EM on a grid of
-    them, every voxel's likelihood computed once with S0 integrated by quadrature, from the learned pair
+    them, every voxel's likelihood computed once with S0 integrated by quadrature and σ taken as a point
+    value (a marginalised uncertainty of σ would be taken off the components' spread), from the learned pair
     and from a split of it, and the result is kept where its evidence is higher
     (:mod:`~varmap.estimators.merged_components`; ``history["closest_in_signals"]``, before and after,
     and ``history["merged_pair"]``).  Training can also spend two components on what one describes (two

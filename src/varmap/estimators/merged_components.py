@@ -14,12 +14,12 @@ water, whose signal has decayed into the noise floor) and leave one component ac
 The refinement's EM on importance samples does not leave such a prior: its few effective samples per
 voxel bias the fixed point, and it moves slowly along the directions that separate the tissues.  Where
 the tissue parameters are at most two, each voxel's likelihood is computed once on a shared grid of them
-(S0 integrated by quadrature, :func:`s0_quadrature`), and EM of one or two components alone
-(:func:`grid_em`, a partial EM as in Ueda et al.'s split-and-merge EM: every other component and each
-voxel's share of the components refitted stay fixed) runs to convergence without sampling error.  Two
-moves are scored by the log evidence they change (:func:`grid_log_evidence`): the pair refitted, from
-itself and from a split of it (:func:`split_start`), and the pair merged into one component while
-another is split in two, which keeps the number of components.
+(S0 integrated by quadrature, :func:`s0_quadrature`; σ taken as a point value), and EM of one or two
+components alone (:func:`grid_em`, a partial EM as in Ueda et al.'s split-and-merge EM: every other
+component and each voxel's share of the components refitted stay fixed) runs to convergence without
+sampling error.  Two moves are scored by the log evidence they change (:func:`grid_log_evidence`): the
+pair refitted, from itself and from a split of it (:func:`split_start`), and the pair merged into one
+component while another is split in two, which keeps the number of components.
 
 References
 ----------
