@@ -404,7 +404,7 @@ class VariationalEstimator(Estimator):
             codes = torch.cat([nodes[None, :, None, :].expand(len(s0), -1, n_s0, -1),
                                s0[:, None, :, None].expand(-1, n_nodes, -1, 1)], dim=-1)
             columns = [t.double()[:, None, None, :] for t in (chunk.observables, chunk.b0_mean, chunk.sigma)]
-            log_likelihood = -self.decoder_.nll_of(*columns[:1], codes, *columns[1:])
+            log_likelihood = -self.decoder_.nll_of(columns[0], codes, *columns[1:])
             rows.append(torch.logsumexp(log_likelihood + s0_log_weights[start : start + step, None, :], dim=-1))
         log_likelihood = torch.cat(rows)
         return torch.exp(log_likelihood - log_likelihood.max(-1, keepdim=True).values).float()
