@@ -90,6 +90,27 @@ def test_per_voxel_sigma_uncertainty_describes_its_errors_with_one_noise_level()
     assert all(0.7 < value < 1.3 for value in rms), rms
 
 
+@pytest.mark.xfail(strict=True, reason="free water's noise level reads 5-6 % low: where its signal meets the noise "
+                   "floor the kurtosis fit implies Rician variance ratios 13-26 % too large "
+                   "(benchmarks/results/README.md, twenty-eighth session)")
+@pytest.mark.parametrize("snr", [10.0, 20.0])
+def test_per_voxel_sigma_of_free_water_is_unbiased(snr):
+    """Noise levels 1-4x between voxels: free water's estimates should be as unbiased as the tissues'.
+    They are not yet (mean log-σ error -0.058 at b=0 SNR 10, -0.048 at 20; tissues within 0.013).  In
+    free water (D = 3 µm²/ms) the Rician variance ratios that the kurtosis fit's predictions imply on the
+    b = 1 and 3 ms/µm² shells, where the signal meets the floor, are 13-26 % larger than the truth's (in
+    tissue within 0.2 %), so the residuals are read against too large an expectation.  A Rician-corrected
+    refit, in the log or in the magnitude domain, left the bias as it was.  Where the noise varies, the
+    shrinkage keeps it in free water, and it alone collapses the free-water component of gmvae's prior."""
+    protocol = hcp_protocol(seed=0)
+    model = get_signal_model("msdki", protocol)
+    truth = simulate(model, get_prior("msdki", "paper"), n_voxels=3000, snr=snr, noise_variation=4.0, seed=7)
+    estimate = estimate_sigma_per_voxel(truth.signals, protocol)
+    log_ratio = np.log(estimate.sigma / truth.sigma)
+    for cluster in np.unique(truth.labels):
+        assert abs(np.mean(log_ratio[truth.labels == cluster])) < 0.02, cluster
+
+
 def test_too_short_a_protocol_is_refused():
     protocol = hcp_protocol(n_b0=1, n_directions=6, shells=(1000.0, 2000.0), seed=0)
     with pytest.raises(ValueError, match="Pass sigma="):
