@@ -1,0 +1,43 @@
+"""The continuum benchmark script, ``benchmarks/bench_continuum.py``, on a few hundred voxels."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_continuum.py"
+
+
+def load_script():
+    """The script as a module (``benchmarks/`` is no package)."""
+    spec = importlib.util.spec_from_file_location("bench_continuum", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_continuum_benchmark_writes_a_table_scored_against_the_bayes_posterior(tmp_path):
+    output = tmp_path / "continuum.md"
+    load_script().main(["--snr", "20", "--n-voxels", "300", "--methods", "nlls", "--output", str(output)])
+    lines = [line for line in output.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    header, rows = cells[0], cells[2:]
+    assert header[:6] == ["SNR", "seed", "method", "parameter", "voxels (true D)", "n"]
+    by_method = {(row[2], row[3], row[4]): row for row in rows}
+    oracle, nlls = by_method[("Bayes (true prior)", "K", "all")], by_method[("nlls", "K", "all")]
+    assert oracle[header.index("/ Bayes")] == "1.00"
+    assert float(nlls[header.index("/ Bayes")]) > 1.0  # least squares cannot beat the posterior mean
+    assert 0.85 < float(oracle[header.index("coverage ±1.96 std")]) <= 1.0
+    assert nlls[header.index("coverage ±1.96 std")] == ""  # nlls reports no std
+    assert sum(int(row[5]) for row in rows if row[2] == "nlls" and row[3] == "D" and row[4] != "all") == 300
+    assert "Machine:" in output.read_text(encoding="utf-8")
+
+
+def test_continuum_benchmark_refuses_to_overwrite(tmp_path):
+    output = tmp_path / "continuum.md"
+    output.write_text("kept", encoding="utf-8")
+    with pytest.raises(SystemExit):
+        load_script().parse_args(["--output", str(output)])
+    assert output.read_text(encoding="utf-8") == "kept"
