@@ -8,6 +8,8 @@ estimators.  They are not estimators for real data.
 - :func:`msdki_oracle` (module ``msdki``) integrates the two-dimensional (D, K) posterior on
   adaptively refined grids (``grid_posterior``, with the tabulated likelihood of ``shell_likelihood``);
   deterministic, converged to well below the posterior standard deviation.
+- :func:`~varmap.evaluation.oracle.box.msdki_box_oracle` (module ``box``) is MS-DKI's posterior where (D, K)
+  is uniform over a box instead of drawn from clusters (``benchmarks/bench_continuum.py``).
 - :func:`ball_stick_oracle` (module ``ball_stick``) samples the five-dimensional posterior (three
   scalars and a fibre direction) with a random-walk Metropolis sampler, so its result carries Monte
   Carlo error.
