@@ -48,12 +48,18 @@ def in_box_support(
     ValueError
         On an empty or reversed range, D_range reaching 0 or K_range below 0.
     """
+    _check_box(D_range, K_range)
+    (D_low, D_high), (K_low, K_high) = D_range, K_range
+    return (D >= D_low) & (D <= D_high) & (K >= K_low) & (K <= K_high) & (D * K * b_max < 3.0)
+
+
+def _check_box(D_range: tuple[float, float], K_range: tuple[float, float]) -> None:
+    """Refuse an empty or reversed box, one whose D reaches 0 or whose K goes below 0."""
     (D_low, D_high), (K_low, K_high) = D_range, K_range
     if not (0.0 < D_low < D_high and 0.0 <= K_low < K_high):
         raise ValueError(
             f"the box needs 0 < D_low < D_high and 0 <= K_low < K_high; got D_range={D_range}, K_range={K_range}."
         )
-    return (D >= D_low) & (D <= D_high) & (K >= K_low) & (K <= K_high) & (D * K * b_max < 3.0)
 
 
 def sample_box(
@@ -93,7 +99,7 @@ def msdki_box_oracle(
     signals : ndarray, shape (n_voxels, n_measurements)
         Rician magnitudes, raw units.
     protocol : Protocol
-        The acquisition; at least two non-zero shells.
+        The acquisition (with S0 known, its b=0 measurements carry no information on (D, K)).
     D_range, K_range : (low, high)
         The box (D in µm²/ms); the support is cut by D·K·b_max < 3 as :func:`in_box_support` says.
     sigma : float or ndarray, shape (n_voxels,)
@@ -125,10 +131,10 @@ def msdki_box_oracle(
     prior is flat there and zero outside, so the edges are resolved to a fine cell).
     """
     signals, sigma_v, S0_v = check_inputs(signals, protocol, sigma, S0)
+    _check_box(D_range, K_range)
     lows = torch.tensor([D_range[0], K_range[0]], dtype=DTYPE)
     highs = torch.tensor([D_range[1], K_range[1]], dtype=DTYPE)
     b_max = float(protocol.bvals.max())
-    in_box_support(np.array(1.0), np.array(0.0), D_range, K_range, b_max)  # checks the box
     shells = [s for s, b in enumerate(protocol.shell_bvals) if b > protocol.b0_threshold]
     shell_bvals = torch.tensor(protocol.shell_bvals[shells], dtype=DTYPE)
     masks = [torch.as_tensor(protocol.shell_index == s) for s in shells]
@@ -154,15 +160,15 @@ def msdki_box_oracle(
             inside = torch.as_tensor(in_box_support(theta[..., 0].numpy(), theta[..., 1].numpy(), D_range, K_range, b_max))
             return torch.where(inside, value, -torch.inf)
 
-        first = log_posterior(coarse.expand(m.shape[0], -1, -1))
-        held = first >= first.max(1, keepdim=True).values - _WINDOW_DEPTH
         points = coarse.expand(m.shape[0], -1, -1)
+        first = log_posterior(points)
+        held = first >= first.max(1, keepdim=True).values - _WINDOW_DEPTH
         far = torch.where(held[..., None], points, torch.inf).amin(1) - coarse_cell
         near = torch.where(held[..., None], points, -torch.inf).amax(1) + coarse_cell
         low, high = torch.maximum(far, lows), torch.minimum(near, highs)
         axes = low[:, None, :] + (high - low)[:, None, :] * fine_unit[None, :, None]  # (B, n_fine, 2)
-        theta = torch.stack(torch.meshgrid(torch.arange(n_fine), torch.arange(n_fine), indexing="ij"), -1).reshape(-1, 2)
-        nodes = torch.stack([axes[:, theta[:, 0], 0], axes[:, theta[:, 1], 1]], -1)  # (B, n_fine², 2)
+        pairs = torch.stack(torch.meshgrid(torch.arange(n_fine), torch.arange(n_fine), indexing="ij"), -1).reshape(-1, 2)
+        nodes = torch.stack([axes[:, pairs[:, 0], 0], axes[:, pairs[:, 1], 1]], -1)  # (B, n_fine², 2)
         weights = torch.softmax(log_posterior(nodes), dim=1)
         mu = (weights[..., None] * nodes).sum(1)
         var = (weights[..., None] * (nodes - mu[:, None]) ** 2).sum(1)
