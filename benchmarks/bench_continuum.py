@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the box's D, µm²/ms (default 0.4 3.0)")
     parser.add_argument("--K-range", type=float, nargs=2, default=[0.0, 1.6], metavar=("LOW", "HIGH"),
                         help="the box's K (default 0 1.6)")
+    parser.add_argument("--sigma-known", action="store_true",
+                        help="give the methods the true noise level (default: they estimate it, as varmap.fit does)")
     parser.add_argument("--output", type=Path, default=None, help="also write the Markdown table here")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --output file")
     args = parser.parse_args(argv)
@@ -86,7 +88,8 @@ def measure(args: argparse.Namespace) -> list[list[str]]:
             fits["Bayes (true prior)"] = (oracle.params, oracle.std, time.perf_counter() - start)
             for method in args.methods:
                 start = time.perf_counter()
-                fit = get_estimator(method, model, seed=seed).fit(signals)
+                options = {"sigma": 1.0 / snr} if args.sigma_known else {}
+                fit = get_estimator(method, model, seed=seed, **options).fit(signals)
                 fits[method] = (fit.params, fit.std, time.perf_counter() - start)
             bands = [("all", np.ones(args.n_voxels, dtype=bool))] + [
                 (f"D {low:g}-{high:g}" if np.isfinite(high) else f"D >= {low:g}", (D >= low) & (D < high))
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         f"# MS-DKI on a continuum: (D, K) uniform on D {args.D_range[0]:g}-{args.D_range[1]:g} µm²/ms, "
         f"K {args.K_range[0]:g}-{args.K_range[1]:g}, D·K·b_max < 3",
         "",
-        f"Protocol `{args.protocol}`, {args.n_voxels} voxels per data set, S0 = 1, σ = 1/SNR (Rician). "
+        f"Protocol `{args.protocol}`, {args.n_voxels} voxels per data set, S0 = 1, σ = 1/SNR (Rician); the methods "
+        f"{'are given σ' if args.sigma_known else 'estimate σ'}. "
         "Bayes (true prior): the exact posterior under the uniform prior, S0 and σ known.",
         "",
         *markdown_table(header, rows),

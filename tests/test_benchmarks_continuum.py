@@ -20,7 +20,7 @@ def load_script():
 
 def test_continuum_benchmark_writes_a_table_scored_against_the_bayes_posterior(tmp_path):
     output = tmp_path / "continuum.md"
-    load_script().main(["--snr", "20", "--n-voxels", "300", "--methods", "nlls", "--output", str(output)])
+    load_script().main(["--snr", "20", "--n-voxels", "300", "--methods", "nlls", "--sigma-known", "--output", str(output)])
     lines = [line for line in output.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
     header, rows = cells[0], cells[2:]
@@ -32,7 +32,8 @@ def test_continuum_benchmark_writes_a_table_scored_against_the_bayes_posterior(t
     assert 0.85 < float(oracle[header.index("coverage ±1.96 std")]) <= 1.0
     assert nlls[header.index("coverage ±1.96 std")] == ""  # nlls reports no std
     assert sum(int(row[5]) for row in rows if row[2] == "nlls" and row[3] == "D" and row[4] != "all") == 300
-    assert "Machine:" in output.read_text(encoding="utf-8")
+    text = output.read_text(encoding="utf-8")
+    assert "the methods are given σ" in text and "Machine:" in text
 
 
 def test_continuum_benchmark_refuses_to_overwrite(tmp_path):
