@@ -58,10 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def score(estimate: np.ndarray, std: np.ndarray | None, truth: np.ndarray, oracle_rmse: float | None) -> list[str]:
+def score(estimate: np.ndarray, std: np.ndarray | None, truth: np.ndarray, oracle_rmse: float) -> list[str]:
     """RMSE, its ratio to the oracle's, bias, coverage and RMS z of one parameter over some voxels."""
     error = rmse(estimate, truth)
-    cells = [f"{error:.4f}", "" if oracle_rmse is None else f"{error / oracle_rmse:.2f}", f"{bias(estimate, truth):+.4f}"]
+    cells = [f"{error:.4f}", f"{error / oracle_rmse:.2f}", f"{bias(estimate, truth):+.4f}"]
     if std is None:
         return cells + ["", ""]
     z = (estimate - truth) / std

@@ -20,7 +20,8 @@ def load_script():
 
 def test_continuum_benchmark_writes_a_table_scored_against_the_bayes_posterior(tmp_path):
     output = tmp_path / "continuum.md"
-    load_script().main(["--snr", "20", "--n-voxels", "300", "--methods", "nlls", "--sigma-known", "--output", str(output)])
+    load_script().main(["--snr", "20", "--n-voxels", "300", "--methods", "nlls", "--sigma-known",
+                        "--output", str(output)])
     lines = [line for line in output.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
     header, rows = cells[0], cells[2:]

@@ -16,7 +16,7 @@ import torch
 
 from ...protocol import Protocol
 from ...signal_models import msdki_signal
-from .common import DTYPE, OracleResult, check_inputs, chunks
+from .common import DTYPE, OracleResult, check_inputs, chunks, diffusion_shells
 from .shell_likelihood import ShellLikelihood
 
 __all__ = ["in_box_support", "sample_box", "msdki_box_oracle"]
@@ -135,9 +135,7 @@ def msdki_box_oracle(
     lows = torch.tensor([D_range[0], K_range[0]], dtype=DTYPE)
     highs = torch.tensor([D_range[1], K_range[1]], dtype=DTYPE)
     b_max = float(protocol.bvals.max())
-    shells = [s for s, b in enumerate(protocol.shell_bvals) if b > protocol.b0_threshold]
-    shell_bvals = torch.tensor(protocol.shell_bvals[shells], dtype=DTYPE)
-    masks = [torch.as_tensor(protocol.shell_index == s) for s in shells]
+    shell_bvals, masks = diffusion_shells(protocol)
     unit = torch.linspace(0.0, 1.0, n_coarse, dtype=DTYPE)
     coarse = torch.stack(torch.meshgrid(lows[0] + (highs[0] - lows[0]) * unit,
                                         lows[1] + (highs[1] - lows[1]) * unit, indexing="ij"), -1).reshape(-1, 2)
@@ -157,7 +155,8 @@ def msdki_box_oracle(
             """Unnormalised log posterior at nodes theta (B, N, 2): -inf outside the support."""
             nu = s0[:, None, None] * msdki_signal(shell_bvals, theta[..., 0], theta[..., 1])
             value = sum(table(nu[..., i], rows) for i, table in enumerate(tables))
-            inside = torch.as_tensor(in_box_support(theta[..., 0].numpy(), theta[..., 1].numpy(), D_range, K_range, b_max))
+            D, K = theta[..., 0].numpy(), theta[..., 1].numpy()
+            inside = torch.as_tensor(in_box_support(D, K, D_range, K_range, b_max))
             return torch.where(inside, value, -torch.inf)
 
         points = coarse.expand(m.shape[0], -1, -1)
@@ -167,7 +166,7 @@ def msdki_box_oracle(
         near = torch.where(held[..., None], points, -torch.inf).amax(1) + coarse_cell
         low, high = torch.maximum(far, lows), torch.minimum(near, highs)
         axes = low[:, None, :] + (high - low)[:, None, :] * fine_unit[None, :, None]  # (B, n_fine, 2)
-        pairs = torch.stack(torch.meshgrid(torch.arange(n_fine), torch.arange(n_fine), indexing="ij"), -1).reshape(-1, 2)
+        pairs = torch.cartesian_prod(torch.arange(n_fine), torch.arange(n_fine))  # (n_fine², 2), row-major
         nodes = torch.stack([axes[:, pairs[:, 0], 0], axes[:, pairs[:, 1], 1]], -1)  # (B, n_fine², 2)
         weights = torch.softmax(log_posterior(nodes), dim=1)
         mu = (weights[..., None] * nodes).sum(1)

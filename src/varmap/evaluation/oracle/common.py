@@ -10,7 +10,7 @@ import torch
 from ...protocol import Protocol
 from ...simulation import ClusterPrior
 
-__all__ = ["DTYPE", "OracleResult", "check_inputs", "check_prior", "chunks", "trapezoid_nodes"]
+__all__ = ["DTYPE", "OracleResult", "check_inputs", "check_prior", "chunks", "diffusion_shells", "trapezoid_nodes"]
 
 #: Floating-point type of every oracle computation.
 DTYPE = torch.float64
@@ -118,6 +118,21 @@ def _per_voxel(value: float | np.ndarray, n_voxels: int, name: str, meaning: str
             f"{name} must be positive and finite: the {meaning}, raw units (a float, or one value per voxel)."
         )
     return np.broadcast_to(array, (n_voxels,)).copy()
+
+
+def diffusion_shells(protocol: Protocol) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The protocol's diffusion-weighted shells, whose measurements the MS-DKI oracles tabulate per shell.
+
+    Returns
+    -------
+    shell_bvals : Tensor, shape (n_shells,)
+        Their b-values, ms/µm² (``DTYPE``).
+    masks : list of Tensor
+        For each shell, which of the protocol's measurements belong to it (bool, shape (n_measurements,)).
+    """
+    shells = [s for s, b in enumerate(protocol.shell_bvals) if b > protocol.b0_threshold]
+    return (torch.tensor(protocol.shell_bvals[shells], dtype=DTYPE),
+            [torch.as_tensor(protocol.shell_index == s) for s in shells])
 
 
 def chunks(n: int, size: int) -> list[slice]:

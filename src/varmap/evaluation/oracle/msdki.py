@@ -11,7 +11,7 @@ from ...protocol import Protocol
 from ...signal_models import MSDKIModel, msdki_signal
 from ...simulation import ClusterPrior
 from ...simulation.datasets import check_range
-from .common import DTYPE, OracleResult, check_inputs, check_prior, chunks
+from .common import DTYPE, OracleResult, check_inputs, check_prior, chunks, diffusion_shells
 from .grid_posterior import combine_clusters, grid_posterior
 from .s0_quadrature import S0_WINDOW, S0_nodes, window_edge_mass
 from .shell_likelihood import ShellLikelihood
@@ -167,9 +167,7 @@ def msdki_oracle(
             raise ValueError(f"n_S0={n_S0} must be >= 2 (quadrature nodes over S0).")
         nodes, log_weights = S0_nodes(signals[:, protocol.b0_mask], sigma_v, S0_range, n_S0)
     n_nodes = nodes.shape[1]
-    shells = [s for s, b in enumerate(protocol.shell_bvals) if b > protocol.b0_threshold]
-    shell_bvals = torch.tensor(protocol.shell_bvals[shells], dtype=DTYPE)
-    masks = [torch.as_tensor(protocol.shell_index == s) for s in shells]
+    shell_bvals, masks = diffusion_shells(protocol)
     start = perf_counter()
     means, covs, log_evidence, n_refinements = [], [], [], 0
     for chunk in chunks(signals.shape[0], max(1, chunk_size // n_nodes)):
