@@ -53,10 +53,11 @@ def test_box_oracle_is_calibrated(protocol):
 
 
 def test_box_oracle_matches_brute_force_integration(protocol):
-    """Exact likelihood of every measurement on a dense grid over the whole support, for a low-D voxel
-    and one at the free-water edge, where the box cuts the posterior."""
+    """Exact likelihood of every measurement on a dense grid over the whole support, for a low-D voxel,
+    one at the free-water edge (the box cuts the posterior) and one at the cut D·K·b_max = 3 (the support
+    does)."""
     D, K, signals = _data(protocol, 200, snr=20, seed=2)
-    voxels = [int(np.argmin(D)), int(np.argmax(D))]
+    voxels = [int(np.argmin(D)), int(np.argmax(D)), int(np.argmax(D * K))]
     result = msdki_box_oracle(signals[voxels], protocol, D_range=D_RANGE, K_range=K_RANGE, sigma=0.05, S0=1.0)
     dw = ~protocol.b0_mask
     for i, v in enumerate(voxels):
