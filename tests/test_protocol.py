@@ -176,6 +176,14 @@ def test_far_from_unit_direction_is_refused_naming_the_measurement(scale):
     assert f"{scale:.3f}" in str(info.value)
 
 
+def test_weighted_measurement_without_direction_is_named_as_a_trace_image():
+    """A b > 0 volume with bvec 0 0 0 is a scanner's isotropic (trace) image, not a typo in a direction."""
+    bvals, bvecs = shell_table()
+    bvecs[9] = 0.0
+    with pytest.raises(ProtocolError, match=r"measurement 9 has b = .*trace.*remove that volume"):
+        Protocol.from_bvals_bvecs(bvals, bvecs)
+
+
 def test_norm_tolerance_is_adjustable():
     bvals, bvecs = shell_table()
     bvecs[7] *= 1.05
@@ -344,7 +352,7 @@ def test_from_fsl_round_trip(tmp_path, orientation):
     # str paths and keyword arguments work too
     assert Protocol.from_fsl(str(paths[0]), str(paths[1]), units="s/mm2") == p
     # with a lower b=0 threshold, the b=5 measurement is diffusion-weighted and needs a direction
-    with pytest.raises(ProtocolError, match="measurement 1 "):
+    with pytest.raises(ProtocolError, match="measurement 1 .*raise b0_threshold"):
         Protocol.from_fsl(*paths, b0_threshold=1.0)
 
 

@@ -154,6 +154,20 @@ class Protocol:
         # array, normalised in place below
         bvecs = np.where(not_finite[:, None], 0.0, bvecs)
         norms = np.linalg.norm(bvecs, axis=1)
+        undirected = weighted & (norms == 0.0)
+        if np.any(undirected):
+            first = int(np.flatnonzero(undirected)[0])
+            cause = (
+                f"a b=0 volume above the b=0 threshold ({b0_threshold:g} s/mm²): raise b0_threshold"
+                if bvals_ms[first] < _LOW_B_MS_UM2
+                else "usually the scanner's isotropic (trace) image, the mean of other measurements, which some "
+                "scanners (Philips) append: remove that volume from the image, the bvals and the bvecs (dcm2niix "
+                "does so by default)"
+            )
+            raise ProtocolError(
+                f"{undirected.sum()} diffusion-weighted measurement(s) have no gradient direction (measurement "
+                f"{first} has b = {bvals[first]:g} and bvec 0 0 0); that is {cause}."
+            )
         bad = weighted & (np.abs(norms - 1.0) > norm_tolerance)
         if np.any(bad):
             first = int(np.flatnonzero(bad)[0])
@@ -292,6 +306,10 @@ class Protocol:
             shell_tolerance=data["shell_tolerance_s_per_mm2"],
             echo_times=data.get("echo_times_ms"),
         )
+
+
+#: Below this b-value (ms/µm²) a measurement without direction is taken for a b=0 volume, not a trace image.
+_LOW_B_MS_UM2 = 0.2
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
