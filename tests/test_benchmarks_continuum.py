@@ -28,8 +28,12 @@ def test_continuum_benchmark_writes_a_table_scored_against_the_bayes_posterior(t
     assert header[:6] == ["SNR", "seed", "method", "parameter", "voxels (true D)", "n"]
     by_method = {(row[2], row[3], row[4]): row for row in rows}
     oracle, nlls = by_method[("Bayes (true prior)", "K", "all")], by_method[("nlls", "K", "all")]
-    assert oracle[header.index("/ Bayes")] == "1.00"
-    assert float(nlls[header.index("/ Bayes")]) > 1.0  # least squares cannot beat the posterior mean
+    ratio, rmse = header.index("/ Bayes"), header.index("RMSE")
+    for parameter in ("D", "K"):  # each row's ratio is its RMSE over the Bayes RMSE of the same voxels
+        for band in ("all", "D 0-1.2", "D >= 2.5"):
+            method_row, bayes_row = by_method[("nlls", parameter, band)], by_method[("Bayes (true prior)", parameter, band)]
+            assert float(method_row[ratio]) == pytest.approx(float(method_row[rmse]) / float(bayes_row[rmse]), rel=0.02)
+    assert float(nlls[ratio]) > 1.0  # least squares cannot beat the posterior mean
     assert 0.85 < float(oracle[header.index("coverage ±1.96 std")]) <= 1.0
     assert nlls[header.index("coverage ±1.96 std")] == ""  # nlls reports no std
     assert sum(int(row[5]) for row in rows if row[2] == "nlls" and row[3] == "D" and row[4] != "all") == 300
