@@ -307,7 +307,8 @@ BAD_INPUTS = {
                         ["noise map", "n.nii.gz", "(5, 4, 4)", "(5, 4, 3)"]),
     "noise map not positive": (lambda s, t: {"noise_map": write_nifti(t / "n0.nii.gz", np.zeros(SHAPE))},
                                ["noise map", "n0.nii.gz", "60 <= 0 of 60", "--noise-map"]),
-    "no b=0": (lambda s, t: _without_b0(*s["table"], t), ["needs at least one b=0", "smallest b-value 500"]),
+    "no b=0, two shells": (lambda s, t: _without_b0(*s["table"], t),
+                           ["without a b=0 measurement needs at least 3 non-zero shells", "smallest b-value 1000"]),
     "mask shape": (lambda s, t: {"mask": write_nifti(t / "m.nii.gz", np.ones((5, 4, 4)))},
                    ["m.nii.gz", "(5, 4, 4)", "(5, 4, 3)"]),
     "empty mask": (lambda s, t: {"mask": write_nifti(t / "m0.nii.gz", np.zeros(SHAPE))}, ["selects no voxel"]),
@@ -332,9 +333,10 @@ def _text(path):
 
 
 def _without_b0(bvals, bvecs, folder):
-    """FSL files of the scan's table with every b=0 measurement turned into b=500 along x."""
+    """FSL files of the scan's table with every b=0 measurement turned into b=1000 along x: two shells and
+    no b=0, too few for MS-DKI to determine S0 besides D and K."""
     b0 = bvals == 0
-    return {"bvals": write_table(folder / "nob0.bval", np.where(b0, 500.0, bvals)[None]),
+    return {"bvals": write_table(folder / "nob0.bval", np.where(b0, 1000.0, bvals)[None]),
             "bvecs": write_table(folder / "nob0.bvec", np.where(b0[:, None], [1.0, 0.0, 0.0], bvecs).T)}
 
 

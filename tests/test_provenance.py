@@ -45,7 +45,7 @@ def test_fit_record(tmp_path, clinical_protocol):
     timings = {"fit_s": 1.0}
     record = provenance.fit_record(
         kind="fit", command="varmap fit x", config={"seed": 4, "model": "msdki"}, image=open_dwi(path),
-        protocol=clinical_protocol, voxels=valid_voxels(signals, clinical_protocol.b0_mask), mask_computed=True,
+        protocol=clinical_protocol, voxels=valid_voxels(signals, clinical_protocol), mask_computed=True,
         units={"D": "µm²/ms"}, history={"train_loss": [np.float32(1.5)]}, timings=timings,
     )
     assert record["varmap_version"] == varmap.__version__ and record["seed"] == 4 and record["kind"] == "fit"

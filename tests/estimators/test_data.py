@@ -5,6 +5,7 @@ import pytest
 
 from varmap.estimators import data
 from varmap.signal_models import get_signal_model
+from varmap.protocol import Protocol
 from varmap.simulation import PRIORS, get_prior, hcp_protocol, simulate
 
 
@@ -24,10 +25,34 @@ def signals(model):
 
 
 def test_valid_voxels_rule_and_counts(model, signals):
-    voxels = data.valid_voxels(signals, model.protocol.b0_mask)
+    voxels = data.valid_voxels(signals, model.protocol)
     assert np.flatnonzero(~voxels.valid).tolist() == [3, 10, 11]
     assert (voxels.n_nonfinite, voxels.n_nonpositive_b0, voxels.n_excluded) == (1, 2, 3)
     assert (voxels.b0_mean_raw[~voxels.valid] == 0).all()
+
+
+def test_reference_intensity_without_b0_extrapolates_the_two_lowest_shells():
+    """Without b=0 measurements: exact for a mono-exponential decay, the diffusivity kept within 0-3 µm²/ms
+    (noise can put the second shell above the first, or in the floor), and invalid where the lowest shell
+    has no positive signal."""
+    protocol = hcp_protocol(n_b0=2, n_directions=6, shells=(500.0, 1000.0, 2000.0), seed=0)
+    weighted = ~protocol.b0_mask
+    no_b0 = Protocol.from_bvals_bvecs(protocol.bvals[weighted] * 1000.0, protocol.bvecs[weighted])
+    b = no_b0.bvals
+    S0 = np.array([1000.0, 1000.0, 1000.0, 800.0, 500.0])
+    signals = S0[:, None] * np.exp(-b[None, :] * np.array([0.8, 3.0, 5.0, 0.0, 1.0])[:, None])
+    signals[3, no_b0.shell_index == 1] *= 1.2  # the second shell above the first: no decay (d = 0)
+    signals[4, no_b0.shell_index == 0] = 0.0  # no signal on the lowest shell
+    reference = data.reference_intensity(signals, no_b0)
+    np.testing.assert_allclose(reference[:2], 1000.0, rtol=1e-12)  # mono-exponential, d <= 3: exact
+    assert reference[2] == pytest.approx(1000.0 * np.exp(-0.5 * 5.0 + 0.5 * 3.0))  # d = 5 read as 3
+    assert reference[3] == pytest.approx(800.0)  # d = 0: the lowest shell's mean
+    assert not reference[4] > 0
+    voxels = data.valid_voxels(signals, no_b0)
+    assert voxels.valid.tolist() == [True, True, True, True, False] and voxels.n_nonpositive_b0 == 1
+    # with b=0 measurements, their mean
+    ramp = np.arange(float(protocol.n_measurements))[None]
+    assert data.reference_intensity(ramp, protocol)[0] == ramp[0, protocol.b0_mask].mean()
 
 
 def test_chunked_preparation_matches_one_pass(model, signals, monkeypatch):

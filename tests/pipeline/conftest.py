@@ -28,3 +28,10 @@ def varying_noise_scan(tmp_path_factory):
 def varying_noise_one_b0_scan(tmp_path_factory):
     """The ellipsoid with one b=0 volume and a noise level rising from 25 to 75 along x, seed 3."""
     return write_ellipsoid_scan(tmp_path_factory.mktemp("ellipsoid_ramp_one_b0"), n_b0=1, varying_noise=True, seed=3)
+
+
+@pytest.fixture(scope="session")
+def no_b0_scan(tmp_path_factory):
+    """The ellipsoid without b=0 volumes, on b = 1000, 2000, 3000 s/mm², seed 4."""
+    return write_ellipsoid_scan(tmp_path_factory.mktemp("ellipsoid_no_b0"), n_b0=0, shells=(1000.0, 2000.0, 3000.0),
+                                seed=4)

@@ -20,9 +20,11 @@ AFFINE = np.array([[-2.0, 0.0, 0.0, 30.0], [0.0, 2.0, 0.0, -20.0], [0.0, 0.0, 2.
 SIGMA = 25.0
 
 
-def ellipsoid(n_b0: int = 4) -> tuple[np.ndarray, dict[str, np.ndarray], Protocol]:
-    """Known MS-DKI maps in an ellipsoid (zero background), and a protocol of ``n_b0`` b=0 then 16
-    directions on each of b = 1000, 2000 s/mm²."""
+def ellipsoid(
+    n_b0: int = 4, shells: tuple[float, ...] = (1000.0, 2000.0)
+) -> tuple[np.ndarray, dict[str, np.ndarray], Protocol]:
+    """Known MS-DKI maps in an ellipsoid (zero background), and a protocol of ``n_b0`` b=0 (none: 0) then
+    16 directions on each of ``shells`` (s/mm²)."""
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij")
     inside = x**2 + y**2 + z**2 < 0.85
     truth = {
@@ -30,7 +32,11 @@ def ellipsoid(n_b0: int = 4) -> tuple[np.ndarray, dict[str, np.ndarray], Protoco
         "K": np.where(y > 0, 0.9, 0.4),  # two "tissues"
         "S0": 1000.0 + 200.0 * z,
     }
-    return inside, truth, hcp_protocol(n_b0=n_b0, n_directions=16, shells=(1000.0, 2000.0))
+    protocol = hcp_protocol(n_b0=max(n_b0, 1), n_directions=16, shells=shells)
+    if not n_b0:
+        weighted = ~protocol.b0_mask
+        protocol = Protocol.from_bvals_bvecs(protocol.bvals[weighted] * 1000.0, protocol.bvecs[weighted])
+    return inside, truth, protocol
 
 
 def noise_ramp() -> np.ndarray:
@@ -40,9 +46,11 @@ def noise_ramp() -> np.ndarray:
 
 
 def write_ellipsoid_scan(
-    folder: Path, *, n_b0: int = 4, seed: int = 0, varying_noise: bool = False
+    folder: Path, *, n_b0: int = 4, shells: tuple[float, ...] = (1000.0, 2000.0), seed: int = 0,
+    varying_noise: bool = False,
 ) -> tuple[tuple[Path, Path, Path], np.ndarray, dict[str, np.ndarray]]:
-    """Simulate the ellipsoid with Rician noise (σ = 25, or :func:`noise_ramp`) and write NIfTI + FSL files.
+    """Simulate the ellipsoid (:func:`ellipsoid`) with Rician noise (σ = 25, or :func:`noise_ramp`) and
+    write NIfTI + FSL files.
 
     Returns
     -------
@@ -52,7 +60,7 @@ def write_ellipsoid_scan(
     truth : dict of ndarray
         ``D``, ``K``, ``S0`` and ``sigma`` (the noise standard deviation) maps.
     """
-    inside, truth, protocol = ellipsoid(n_b0)
+    inside, truth, protocol = ellipsoid(n_b0, shells)
     truth["sigma"] = noise_ramp() if varying_noise else np.full(SHAPE, SIGMA)
     model = get_signal_model("msdki", protocol)
     clean = model.predict({"D": truth["D"], "K": truth["K"]}, S0=truth["S0"]) * inside[..., None]

@@ -108,13 +108,18 @@ def test_msdki_refuses_a_single_shell():
     MSDKIModel(hcp_protocol(n_b0=2, n_directions=3, shells=(1000.0, 2000.0)))  # two shells suffice
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_every_model_refuses_a_protocol_without_b0(name, hcp_small_protocol):
-    no_b0 = in_s_mm2(hcp_small_protocol, rows=~hcp_small_protocol.b0_mask)
-    with pytest.raises(ProtocolError, match="b=0") as info:
-        get_signal_model(name, no_b0)
+@pytest.mark.parametrize("name, enough", [("msdki", 3), ("ball_stick", 2)])
+def test_without_b0_a_model_needs_one_more_shell_for_S0(name, enough):
+    """Without b=0, S0 is one more unknown: MS-DKI's three (S0, D, K) need three shell means, and
+    ball-and-stick needs two shells to tell S0 from the ball's decay."""
+    shells = (1000.0, 2000.0, 3000.0)[:enough]
+    full = hcp_protocol(n_b0=2, n_directions=10, shells=shells, seed=0)
+    get_signal_model(name, in_s_mm2(full, rows=~full.b0_mask))  # accepted
+    short = hcp_protocol(n_b0=2, n_directions=10, shells=shells[:-1], seed=0)
+    with pytest.raises(ProtocolError, match=f"without a b=0 measurement needs at least {enough}") as info:
+        get_signal_model(name, in_s_mm2(short, rows=~short.b0_mask))
     assert name in str(info.value)
-    assert "1000" in str(info.value)  # smallest b-value, in s/mm²
+    assert "1000 s/mm²" in str(info.value)  # smallest b-value, in s/mm²
 
 
 def test_ball_stick_needs_six_weighted_measurements():

@@ -21,7 +21,7 @@ from torch.func import jacfwd, vmap
 from ..signal_models import Parameter, SignalModel
 from .base import Estimates, Estimator
 from .data import PreparedData
-from .parametrisation import S0_PER_B0, decode_unconstrained
+from .parametrisation import decode_unconstrained, s0_per_reference
 
 __all__ = ["NLLSEstimator", "INITIALISERS"]
 
@@ -94,7 +94,7 @@ def _init_msdki(model: SignalModel, observables: torch.Tensor, counts: torch.Ten
     a = _log_linear_fit(design, observables, counts)
     D = _clip(D_param, -a[:, 1])
     K = _clip(K_param, 6.0 * a[:, 2] / (D * D))
-    S0 = _clip(S0_PER_B0, torch.exp(a[:, 0]))
+    S0 = _clip(s0_per_reference(model.protocol), torch.exp(a[:, 0]))
     candidates = [torch.stack([D, K, S0], dim=-1)]
     ones = torch.ones_like(D)
     for D_grid in (0.5, 1.0, 1.5, 2.0, 3.0):
@@ -115,6 +115,7 @@ def _init_ball_stick(model: SignalModel, observables: torch.Tensor, counts: torc
     f_param, d_par_param, d_iso_param = model.parameters
     direction = _tensor_direction(model, observables, counts)
     ones = torch.ones_like(observables[:, :1])
+    S0_parameter = s0_per_reference(model.protocol)
 
     def compartment(f: float, d_par: float, d_iso: float) -> torch.Tensor:
         return model.forward(torch.cat([ones * f, ones * d_par, ones * d_iso, direction], dim=-1))
@@ -131,7 +132,7 @@ def _init_ball_stick(model: SignalModel, observables: torch.Tensor, counts: torc
             stick_weight = (ee * sy - se * ey) / determinant
             ball_weight = (ss * ey - se * sy) / determinant
             f = _clip(f_param, stick_weight / (stick_weight + ball_weight))
-            S0 = _clip(S0_PER_B0, stick_weight + ball_weight)
+            S0 = _clip(S0_parameter, stick_weight + ball_weight)
             predicted = S0[:, None] * (f[:, None] * stick + (1.0 - f[:, None]) * ball)
             objective = (counts * (observables - predicted) ** 2).sum(-1)
             better = objective < best_objective
@@ -256,6 +257,11 @@ class NLLSEstimator(Estimator):
             )
         super().__init__(model, **settings)
 
+    @functools.cached_property
+    def _S0(self) -> Parameter:
+        """S0 relative to each voxel's normalisation reference (:func:`~.parametrisation.s0_per_reference`)."""
+        return s0_per_reference(self.model.protocol)
+
     @property
     def voxels_per_chunk(self) -> int:
         """Voxels fitted together: ``chunk_size``, or as many as keep the Jacobians near 1.5 GB."""
@@ -283,7 +289,7 @@ class NLLSEstimator(Estimator):
             solutions.append(self._fit_chunk(chunk, counts))
         unconstrained = torch.cat([s.unconstrained for s in solutions])
         with torch.no_grad():
-            packed, S0_per_b0 = decode_unconstrained(self.model, unconstrained, S0_PER_B0)
+            packed, S0_per_b0 = decode_unconstrained(self.model, unconstrained, self._S0)
         self.converged_ = torch.cat([s.converged for s in solutions]).cpu().numpy()
         self.n_iterations_ = torch.cat([s.n_iterations for s in solutions]).cpu().numpy()
         self.objective_ = torch.cat([s.objective for s in solutions]).cpu().numpy()
@@ -306,20 +312,20 @@ class NLLSEstimator(Estimator):
         observables = observables.double()
         counts = torch.as_tensor(self.model.observation_counts, dtype=torch.float64, device=observables.device)
         with torch.no_grad():
-            return decode_unconstrained(self.model, self._fit_chunk(observables, counts).unconstrained, S0_PER_B0)
+            return decode_unconstrained(self.model, self._fit_chunk(observables, counts).unconstrained, self._S0)
 
     def _residual(
         self, unconstrained: torch.Tensor, observables: torch.Tensor, sqrt_counts: torch.Tensor
     ) -> torch.Tensor:
         """Weighted residuals ``√count · (observable - S0 φ)`` (S0 per b=0 mean); broadcasts over leading axes."""
-        packed, S0 = decode_unconstrained(self.model, unconstrained, S0_PER_B0)
+        packed, S0 = decode_unconstrained(self.model, unconstrained, self._S0)
         return sqrt_counts * (observables - S0 * self.model.forward(packed))
 
     def _start(self, observables: torch.Tensor, sqrt_counts: torch.Tensor) -> torch.Tensor:
         """Unconstrained starting point of every voxel: the initialiser's candidate of lowest objective."""
         candidates = INITIALISERS[self.model.name](self.model, observables, sqrt_counts * sqrt_counts)
         unconstrained = torch.cat(
-            [self.model.unconstrain(candidates[..., :-1]), S0_PER_B0.to_unconstrained(candidates[..., -1:])], dim=-1
+            [self.model.unconstrain(candidates[..., :-1]), self._S0.to_unconstrained(candidates[..., -1:])], dim=-1
         )
         objectives = torch.stack(
             [

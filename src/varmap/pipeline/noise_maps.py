@@ -302,10 +302,10 @@ NOISE_MAP_METHODS: dict[str, NoiseMapMethod] = {
                        "mask, chi-square corrected"),
         NoiseMapMethod("pca_local", pca_local, {"patch_radius": 1, "smooth": 2},
                        description="dipy pca_noise_estimate (MUBE with >= 2 b=0, SIBE with one)"),
-        NoiseMapMethod("pseudo_residual_local", pseudo_residual_local, {"radius": 2},
+        NoiseMapMethod("pseudo_residual_local", pseudo_residual_local, {"radius": 2}, min_b0=0,
                        description="1.4826 median |pseudo-residual| over the volumes, averaged over a (2r+1)^3 "
                        "neighbourhood in the mask"),
-        NoiseMapMethod("fit_residual_local", fit_residual_local, {"radius": 2},
+        NoiseMapMethod("fit_residual_local", fit_residual_local, {"radius": 2}, min_b0=0,
                        description="residuals of each voxel's kurtosis (tensor) fit, leverage and Rician corrected, "
                        "averaged over a (2r+1)^3 neighbourhood in the mask"),
         NoiseMapMethod("global_constant", global_constant, min_b0=1,

@@ -87,8 +87,8 @@ def open_scan(
 
 
 def brain_mask(scan: Scan) -> np.ndarray:
-    """The given mask, or one computed from the mean b=0 image and the mean of a few strongly
-    diffusion-weighted volumes (:func:`varmap.io.compute_mask`).
+    """The given mask, or one computed from the mean b=0 image (without b=0 volumes, that of the lowest
+    shell) and the mean of a few strongly diffusion-weighted volumes (:func:`varmap.io.compute_mask`).
 
     Returns
     -------
@@ -102,7 +102,9 @@ def brain_mask(scan: Scan) -> np.ndarray:
     if scan.mask is not None:
         return scan.mask
     protocol = scan.protocol
-    mean_b0 = scan.image.mean_volume(np.flatnonzero(protocol.b0_mask))
+    # without b=0 volumes, the least weighted shell stands in for them (the brightest brain image there is)
+    least_weighted = protocol.b0_mask if protocol.n_b0 else protocol.shell_index == 0
+    mean_b0 = scan.image.mean_volume(np.flatnonzero(least_weighted))
     # the first few volumes weighted enough for tissue to lose signal (the cheapest to reach in a .nii.gz),
     # or the most weighted ones where none is
     weighted = np.flatnonzero(~protocol.b0_mask)
@@ -140,7 +142,7 @@ def read_signals(scan: Scan, mask: np.ndarray, *, progress: bool) -> tuple[np.nd
     from ..estimators.data import valid_voxels
 
     signals = scan.image.extract(mask, progress=progress)
-    voxels = valid_voxels(signals, scan.protocol.b0_mask)
+    voxels = valid_voxels(signals, scan.protocol)
     if voxels.n_excluded:
         logger.warning(
             "%d of %d mask voxels are excluded from the fit (%d with NaN/Inf values, %d with a b=0 signal "

@@ -103,11 +103,19 @@ class SignalModel(ABC):
     #: or hold each of them uncorrelated (``"none"``): the default of gmvae's ``component_correlations``.
     component_correlations: ClassVar[str] = "tissue"
 
+    #: Non-zero shells the model needs where the protocol has no b=0 measurement: the signals are then
+    #: normalised by their extrapolation to b=0 (:func:`varmap.estimators.data.reference_intensity`) and
+    #: S0 is one more unknown that the shells must determine besides the tissue parameters.
+    min_shells_without_b0: ClassVar[int] = 2
+
     def __init__(self, protocol: Protocol) -> None:
-        if protocol.n_b0 == 0:
+        n_shells = protocol.dw_shell_bvals.size
+        if protocol.n_b0 == 0 and n_shells < self.min_shells_without_b0:
             raise ProtocolError(
-                f"{self.name} needs at least one b=0 measurement to normalise signals; the protocol has "
-                f"none (smallest b-value {protocol.bvals.min() * 1000:g} s/mm²)."
+                f"{self.name} without a b=0 measurement needs at least {self.min_shells_without_b0} non-zero "
+                f"shells, to determine S0 beside the tissue parameters; the protocol has no b=0 and {n_shells} "
+                f"shell(s) (smallest b-value {protocol.bvals.min() * 1000:g} s/mm²). Add the b=0 volumes of "
+                "the scan."
             )
         self.check_protocol(protocol)
         self.protocol = protocol

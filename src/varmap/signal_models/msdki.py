@@ -55,7 +55,7 @@ class MSDKIModel(SignalModel):
     """MS-DKI: parameters ``D`` (µm²/ms) and ``K`` fitted to the powder-averaged signal of each shell.
 
     Observables are the normalised mean signals of every shell, b=0 included (which carries the
-    information on S0).  Needs at least two non-zero shells.
+    information on S0).  Needs at least two non-zero shells, three without a b=0 measurement.
 
     ``K`` ranges from -3/7, the theoretical limit for water confined to spherical pores that dipy's
     DKI uses as its lower kurtosis bound, to 3.  Allowing slightly negative values matters where the
@@ -69,6 +69,8 @@ class MSDKIModel(SignalModel):
     # the component contracts onto one point of that ridge (per-voxel noise, SNR 5: free water's D interval
     # covers 0.53 -> 0.002 of truths; benchmarks/results/README.md)
     component_correlations = "tissue"
+    # without b=0, S0, D and K from the shell means: three unknowns
+    min_shells_without_b0 = 3
     parameters = (
         Parameter("D", "µm²/ms", 0.0, 4.0, "mean diffusivity", typical=1.0),
         Parameter("K", "1", -3.0 / 7.0, 3.0, "mean kurtosis", typical=0.5),
