@@ -51,8 +51,14 @@ def test_hcp_protocol_takes_a_direction_count_per_shell():
         hcp_protocol(n_directions=2.5, shells=(1000.0,))
 
 
+def test_hcp_protocol_without_b0():
+    protocol = hcp_protocol(n_b0=0, n_directions=(6, 15), shells=(500, 1000))
+    assert protocol.n_b0 == 0 and protocol.n_measurements == 21
+    np.testing.assert_allclose(protocol.shell_bvals, [0.5, 1.0])
+
+
 @pytest.mark.parametrize("kwargs", [
-    {"n_b0": 0}, {"n_directions": 0}, {"n_directions": (30, 0, 30)}, {"n_directions": (30, 30)}, {"shells": ()},
+    {"n_b0": -1}, {"n_directions": 0}, {"n_directions": (30, 0, 30)}, {"n_directions": (30, 30)}, {"shells": ()},
     {"shells": (-5.0,)},
 ])
 def test_hcp_protocol_rejects_bad_arguments(kwargs):

@@ -149,8 +149,8 @@ def run_study(
         default the methods estimate it.
     protocol : str
         Acquisition (:data:`varmap.simulation.STUDY_PROTOCOLS`): ``"hcp"`` (288 measurements, three
-        shells), ``"clinical"`` (one b=0, two shells) or ``"abcd"`` (seven b=0, four shells from
-        b = 500 s/mm²).  The ``"physical"`` MS-DKI prior is truncated
+        shells), ``"clinical"`` (one b=0, two shells), ``"abcd"`` (seven b=0, four shells from
+        b = 500 s/mm²) or ``"abcd_no_b0"`` (the same without b=0).  The ``"physical"`` MS-DKI prior is truncated
         at the protocol's largest b-value.
 
     Returns

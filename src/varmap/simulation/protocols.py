@@ -52,7 +52,7 @@ def hcp_protocol(
     Parameters
     ----------
     n_b0 : int
-        Number of b=0 measurements (placed first).
+        Number of b=0 measurements (placed first); 0 for none (the models then need one more shell).
     n_directions : int or tuple of int
         Number of gradient directions of every shell, or of each shell in the order of ``shells``.
     shells : tuple of float
@@ -69,7 +69,7 @@ def hcp_protocol(
     Raises
     ------
     ValueError
-        On ``n_b0`` or a number of directions below 1, no or non-positive shells, or a tuple of
+        On a negative ``n_b0``, a number of directions below 1, no or non-positive shells, or a tuple of
         direction counts whose length is not that of ``shells``.
 
     Notes
@@ -79,8 +79,8 @@ def hcp_protocol(
     hemisphere by antipodally symmetric electrostatic repulsion.  Shells therefore hold different
     direction sets, as in real acquisitions.
     """
-    if n_b0 < 1:
-        raise ValueError(f"n_b0={n_b0}: models normalise by the b=0 signal, so use at least 1.")
+    if n_b0 < 0:
+        raise ValueError(f"n_b0={n_b0}: give the number of b=0 measurements, 0 or more.")
     shells = tuple(float(b) for b in shells)
     if not shells or any(b <= 0 for b in shells):
         raise ValueError(f"shells={shells}: give one or more positive b-values in s/mm².")
@@ -114,6 +114,8 @@ STUDY_PROTOCOLS: dict[str, tuple[dict, str]] = {
                  "clinical: 1 b=0 + 30 directions at 1000, 2000 s/mm²"),
     "abcd": ({"n_b0": 7, "n_directions": (6, 15, 15, 60), "shells": (500.0, 1000.0, 2000.0, 3000.0)},
              "ABCD-like: 7 b=0 + 6, 15, 15, 60 directions at 500, 1000, 2000, 3000 s/mm²"),
+    "abcd_no_b0": ({"n_b0": 0, "n_directions": (6, 15, 15, 60), "shells": (500.0, 1000.0, 2000.0, 3000.0)},
+                   "ABCD-like without its b=0 volumes: 6, 15, 15, 60 directions at 500, 1000, 2000, 3000 s/mm²"),
 }
 
 
