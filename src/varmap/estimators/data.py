@@ -207,7 +207,8 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | np.ndarray | N
         )
     voxels = valid_voxels(signals, protocol)
     if not voxels.valid.any():
-        raise ValueError("no voxel has finite signals and a positive mean b=0 signal; check the data and mask.")
+        reference = "mean b=0 signal" if protocol.n_b0 else "signal extrapolated to b=0 (there is no b=0 measurement)"
+        raise ValueError(f"no voxel has finite signals and a positive {reference}; check the data and mask.")
     valid_index = np.flatnonzero(voxels.valid)
     sigma_valid, sigma_log_sd, source = _noise_level(signals, valid_index, protocol, sigma)
     b0_mean_raw = voxels.b0_mean_raw[valid_index]

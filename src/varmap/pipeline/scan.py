@@ -143,14 +143,15 @@ def read_signals(scan: Scan, mask: np.ndarray, *, progress: bool) -> tuple[np.nd
 
     signals = scan.image.extract(mask, progress=progress)
     voxels = valid_voxels(signals, scan.protocol)
+    reference = "b=0 signal" if scan.protocol.n_b0 else "signal extrapolated to b=0 (no b=0 volume)"
     if voxels.n_excluded:
         logger.warning(
-            "%d of %d mask voxels are excluded from the fit (%d with NaN/Inf values, %d with a b=0 signal "
-            "<= 0); they are 0 in the maps", voxels.n_excluded, len(signals), voxels.n_nonfinite,
-            voxels.n_nonpositive_b0)
+            "%d of %d mask voxels are excluded from the fit (%d with NaN/Inf values, %d with a %s <= 0); they "
+            "are 0 in the maps", voxels.n_excluded, len(signals), voxels.n_nonfinite, voxels.n_nonpositive_b0,
+            reference)
     if not voxels.valid.any():
         raise InputError(
-            f"no voxel of the mask has finite signals and a positive b=0 signal in {scan.image.path}; check "
+            f"no voxel of the mask has finite signals and a positive {reference} in {scan.image.path}; check "
             f"the image and the mask."
         )
     logger.info("read %d voxels x %d volumes (%.0f MB float32)", *signals.shape, signals.nbytes / 2**20)
