@@ -114,6 +114,7 @@ STUDY_PROTOCOLS: dict[str, tuple[dict, str]] = {
                  "clinical: 1 b=0 + 30 directions at 1000, 2000 s/mm²"),
     "abcd": ({"n_b0": 7, "n_directions": (6, 15, 15, 60), "shells": (500.0, 1000.0, 2000.0, 3000.0)},
              "ABCD-like: 7 b=0 + 6, 15, 15, 60 directions at 500, 1000, 2000, 3000 s/mm²"),
+    "hcp_no_b0": ({"n_b0": 0}, "HCP-like without its b=0 volumes: 90 directions at 1000, 2000, 3000 s/mm²"),
     "abcd_no_b0": ({"n_b0": 0, "n_directions": (6, 15, 15, 60), "shells": (500.0, 1000.0, 2000.0, 3000.0)},
                    "ABCD-like without its b=0 volumes: 6, 15, 15, 60 directions at 500, 1000, 2000, 3000 s/mm²"),
 }
