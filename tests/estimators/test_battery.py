@@ -286,7 +286,8 @@ def test_protocol_without_b0(case, hcp_small_protocol, simulated):
     no_b0 = varmap.Protocol.from_bvals_bvecs(hcp_small_protocol.bvals[weighted] * 1000.0,
                                              hcp_small_protocol.bvecs[weighted])
     model = get_signal_model(case.model_name, no_b0)
-    result = get_estimator(case.method, model, seed=SEED, **tiny_options(case.method)).fit(case.data.signals[:, weighted])
+    with pytest.warns(UserWarning, match="no b=0 measurement, so S0 is fitted from the diffusion-weighted shells"):
+        result = get_estimator(case.method, model, seed=SEED, **tiny_options(case.method)).fit(case.data.signals[:, weighted])
     assert result.valid.all() and "residuals" in result.sigma_source
     for parameter in model.parameters:
         assert np.all((result.params[parameter.name] > parameter.low) & (result.params[parameter.name] < parameter.high))

@@ -116,11 +116,11 @@ def brain_mask(scan: Scan) -> np.ndarray:
     mask = compute_mask(mean_b0, mean_dw=mean_dw)
     if not mask.any():
         raise InputError(
-            f"the brain mask computed from the mean b=0 image of {scan.image.path} is empty; give a mask "
-            f"with --mask."
+            f"the brain mask computed from the mean {'b=0' if protocol.n_b0 else 'lowest-shell'} image of "
+            f"{scan.image.path} is empty; give a mask with --mask."
         )
-    logger.info("no mask given: computed one with median_otsu on the mean b=0 image (%d voxels); "
-                "it is saved as mask.nii.gz", int(mask.sum()))
+    logger.info("no mask given: computed one with median_otsu on the mean %s image (%d voxels); it is saved as "
+                "mask.nii.gz", "b=0" if protocol.n_b0 else "lowest-shell", int(mask.sum()))
     return mask
 
 
