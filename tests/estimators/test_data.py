@@ -50,7 +50,7 @@ def test_reference_intensity_without_b0_extrapolates_the_two_lowest_shells():
     assert not reference[4] > 0
     voxels = data.valid_voxels(signals, no_b0)
     assert voxels.valid.tolist() == [True, True, True, True, False] and voxels.n_nonpositive_b0 == 1
-    with pytest.raises(ValueError, match="positive signal extrapolated to b=0"):
+    with pytest.raises(ValueError, match="positive signal extrapolated to b=0"), pytest.warns(UserWarning, match="no b=0"):
         data.prepare_signals(signals[4:], get_signal_model("msdki", no_b0), sigma=1.0)
     # with b=0 measurements, their mean
     ramp = np.arange(float(protocol.n_measurements))[None]
