@@ -34,6 +34,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -423,6 +424,11 @@ def _configure_logging(quiet: bool) -> logging.Handler:
     return handler
 
 
+def _log_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """Show a warning raised during a command as the command's other messages are shown."""
+    logger.warning("warning: %s", " ".join(str(message).split()))
+
+
 def _one_line(error: BaseException) -> str:
     message = " ".join(str(error).split()) or type(error).__name__
     if isinstance(error, KeyError):
@@ -447,7 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_level, previous_propagate = logger.level, logger.propagate
     handler = _configure_logging(quiet)
     try:
-        return int(args.handler(args, argv))
+        with warnings.catch_warnings():  # the library's warnings, as one "varmap: warning:" line each
+            warnings.showwarning = _log_warning
+            return int(args.handler(args, argv))
     except KeyboardInterrupt:
         print("varmap: interrupted; no output folder was written.", file=sys.stderr)
         return 130
