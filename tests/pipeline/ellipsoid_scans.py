@@ -32,11 +32,7 @@ def ellipsoid(
         "K": np.where(y > 0, 0.9, 0.4),  # two "tissues"
         "S0": 1000.0 + 200.0 * z,
     }
-    protocol = hcp_protocol(n_b0=max(n_b0, 1), n_directions=16, shells=shells)
-    if not n_b0:
-        weighted = ~protocol.b0_mask
-        protocol = Protocol.from_bvals_bvecs(protocol.bvals[weighted] * 1000.0, protocol.bvecs[weighted])
-    return inside, truth, protocol
+    return inside, truth, hcp_protocol(n_b0=n_b0, n_directions=16, shells=shells)
 
 
 def noise_ramp() -> np.ndarray:
