@@ -126,6 +126,7 @@ def test_scan_without_b0_is_fitted(no_b0_scan, tmp_path, capsys):
     meta = json.loads((out / "fit.json").read_text())
     assert meta["noise"]["method"] == "fit_residual_local"
     assert meta["noise"]["median"] == pytest.approx(SIGMA, rel=0.25)
+    assert meta["config"]["mask"].startswith("computed: dipy median_otsu on the mean lowest-shell image")
 
 
 def test_varying_noise_end_to_end(varying_noise_scan, tmp_path):

@@ -32,7 +32,7 @@ from ..io import InputError, atomic_output_dir, check_output_dir, save_checkpoin
 from ..pipeline.checkpoint import checkpoint_of
 from ..pipeline.checks import checked_device, checked_options
 from ..pipeline.noise import noise_level
-from ..pipeline.scan import COMPUTED_MASK, Scan, brain_mask, open_scan, read_signals
+from ..pipeline.scan import Scan, brain_mask, computed_mask_note, open_scan, read_signals
 from ..provenance import environment, input_checksums, jsonable
 from ..random_streams import numpy_stream
 
@@ -318,7 +318,7 @@ def _pool_voxels(
             "subject": files.subject,
             "session": files.session,
             "inputs": input_checksums(scan.files),
-            "mask": "given" if files.mask is not None else COMPUTED_MASK,
+            "mask": "given" if files.mask is not None else computed_mask_note(scan.protocol),
             "voxels": {"in_mask": len(all_signals), "valid": int(valid.size), "drawn": int(rows.size)},
             "noise": noise.record(np.where(voxels.valid, all_sigma, np.nan)),
         })

@@ -22,7 +22,7 @@ from .noise import NoiseLevel, noise_level
 from .noise_maps import NOISE_MAP_METHODS
 from .outputs import write_outputs
 from .result import ImageFitResult
-from .scan import COMPUTED_MASK, Scan, brain_mask, open_scan, read_signals
+from .scan import Scan, brain_mask, computed_mask_note, open_scan, read_signals
 
 if TYPE_CHECKING:
     import numpy as np
@@ -230,7 +230,7 @@ def _map_scan(
     config.update({
         "seed": fit.seed,
         "estimator": jsonable(fit.config),
-        "mask": "given" if not scan.mask_computed else COMPUTED_MASK,
+        "mask": "given" if not scan.mask_computed else computed_mask_note(scan.protocol),
         "sigma": noise_record["median"],
         "sigma_source": noise.source,
     })

@@ -16,13 +16,25 @@ from ..protocol import Protocol
 if TYPE_CHECKING:  # the estimators load torch
     from ..estimators.data import ValidVoxels
 
-__all__ = ["Scan", "open_scan", "brain_mask", "read_signals", "COMPUTED_MASK"]
+__all__ = ["Scan", "open_scan", "brain_mask", "read_signals", "computed_mask_note"]
 
 logger = logging.getLogger("varmap")
 
-#: How a mask that was not given is made, as recorded in fit.json.
-COMPUTED_MASK = ("computed: dipy median_otsu on the mean b=0 image, holes filled (every voxel with a positive "
-                 "b=0 signal where what Otsu left out is bright or attenuated by diffusion weighting: no background)")
+
+def computed_mask_note(protocol: Protocol) -> str:
+    """How a mask that was not given is made (:func:`brain_mask`), as recorded in fit.json."""
+    _, image = _least_weighted(protocol)
+    return (f"computed: dipy median_otsu on the mean {image} image, holes filled (every voxel with a positive "
+            f"{image} signal where what Otsu left out is bright or attenuated by diffusion weighting: no background)")
+
+
+def _least_weighted(protocol: Protocol) -> tuple[np.ndarray, str]:
+    """The volumes the computed mask starts from and their name: the b=0 volumes, or without them the lowest
+    shell's (the brightest brain image there is)."""
+    if protocol.n_b0:
+        return np.flatnonzero(protocol.b0_mask), "b=0"
+    return np.flatnonzero(protocol.shell_index == 0), "lowest-shell"
+
 
 #: The computed mask's background check reads the first this many volumes with at least this b-value
 #: (ms/µm²): tissue keeps 20-60 % of its b=0 signal at b = 1-3 ms/µm², about 70 % at 0.5; noise all of it.
@@ -102,9 +114,8 @@ def brain_mask(scan: Scan) -> np.ndarray:
     if scan.mask is not None:
         return scan.mask
     protocol = scan.protocol
-    # without b=0 volumes, the least weighted shell stands in for them (the brightest brain image there is)
-    least_weighted = protocol.b0_mask if protocol.n_b0 else protocol.shell_index == 0
-    mean_b0 = scan.image.mean_volume(np.flatnonzero(least_weighted))
+    least_weighted, image = _least_weighted(protocol)
+    mean_b0 = scan.image.mean_volume(least_weighted)
     # the first few volumes weighted enough for tissue to lose signal (the cheapest to reach in a .nii.gz),
     # or the most weighted ones where none is
     weighted = np.flatnonzero(~protocol.b0_mask)
@@ -116,11 +127,11 @@ def brain_mask(scan: Scan) -> np.ndarray:
     mask = compute_mask(mean_b0, mean_dw=mean_dw)
     if not mask.any():
         raise InputError(
-            f"the brain mask computed from the mean {'b=0' if protocol.n_b0 else 'lowest-shell'} image of "
-            f"{scan.image.path} is empty; give a mask with --mask."
+            f"the brain mask computed from the mean {image} image of {scan.image.path} is empty; give a mask "
+            f"with --mask."
         )
     logger.info("no mask given: computed one with median_otsu on the mean %s image (%d voxels); it is saved as "
-                "mask.nii.gz", "b=0" if protocol.n_b0 else "lowest-shell", int(mask.sum()))
+                "mask.nii.gz", image, int(mask.sum()))
     return mask
 
 
