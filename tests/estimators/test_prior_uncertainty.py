@@ -8,8 +8,11 @@ from varmap.estimators.prior_uncertainty import (
     added_covariance,
     jacobian,
     latent_fisher_information,
+    latent_noise_score,
     mean_covariance,
     mean_information,
+    mean_noise_score,
+    shared_noise_covariance,
 )
 
 FLAT = 1e12 * torch.eye(1, dtype=torch.float64)  # a hyperprior that says nothing
@@ -55,6 +58,43 @@ def test_added_variance_is_the_closed_form_of_the_hierarchical_model():
     # a hyperprior as wide as the component halves nothing away: Cov(mu) = (I + 1/h)^-1
     narrow = mean_covariance(torch.full((1, 1, 1), 4.0, dtype=torch.float64), torch.full((1, 1), 0.25, dtype=torch.float64))
     np.testing.assert_allclose(narrow[0, 0, 0], 1.0 / 8.0, rtol=1e-12)
+
+
+def test_a_shared_noise_level_error_moves_the_mean_as_it_moves_every_voxel():
+    """A noise floor that adds σ·u to every voxel's expected observables (linear model m = Wz + σu): a
+    noise level wrong by a factor e^δ moves every voxel's signal-implied code by F⁻¹ g δ, so the mean
+    learned from them moves by exactly that, whatever the prior's covariance, and the shared error's
+    variance s² adds s² (F⁻¹g)(F⁻¹g)ᵀ to Cov(μ)."""
+    rng = np.random.default_rng(2)
+    n, log_sd = 7, 0.05
+    design, floor = torch.as_tensor(rng.normal(size=(4, 2))), torch.as_tensor(rng.uniform(0.2, 1.0, size=4))
+    variance = torch.as_tensor(rng.uniform(0.5, 2.0, size=4)).expand(n, 4)
+
+    def moments(codes, log_noise_scale=0.0):
+        return codes @ design.T + floor * np.exp(log_noise_scale), variance.expand(*codes.shape[:-1], 4)
+
+    z = torch.as_tensor(rng.normal(size=(n, 2)))
+    fisher = latent_fisher_information(moments, z)
+    score = latent_noise_score(moments, z)
+    np.testing.assert_allclose(score, (design.T @ (floor / variance[0])).expand(n, 2), rtol=1e-6)
+    shift = torch.linalg.solve(fisher[0], score[0])  # each voxel's code moves by this per unit log σ
+    covariances = torch.as_tensor([[[0.3, 0.1], [0.1, 0.5]]], dtype=torch.float64)
+    flat = 1e12 * torch.eye(2, dtype=torch.float64)
+    responsibilities = torch.ones(n, 1, dtype=torch.float64)
+    means_covariance = mean_covariance(mean_information(fisher, responsibilities, covariances), flat)
+    pull = mean_noise_score(fisher, score, responsibilities, covariances)
+    shared = shared_noise_covariance(means_covariance, pull, log_sd)
+    np.testing.assert_allclose(shared[0], log_sd**2 * torch.outer(shift, shift), rtol=1e-6)
+    # a given noise level, or voxels whose signals do not depend on it, add nothing
+    assert shared_noise_covariance(means_covariance, pull, 0.0).abs().max() == 0
+    silent = mean_noise_score(fisher, torch.zeros_like(score), responsibilities, covariances)
+    assert shared_noise_covariance(means_covariance, silent, log_sd).abs().max() == 0
+    # two components share the voxels: each mean still moves by the voxels' shift
+    two = torch.tensor([[1.0, 0.0]] * 3 + [[0.25, 0.75]] * 4, dtype=torch.float64)
+    covariances = torch.cat([covariances, torch.as_tensor([[[0.2, -0.05], [-0.05, 0.9]]], dtype=torch.float64)])
+    means_covariance = mean_covariance(mean_information(fisher, two, covariances), flat)
+    shared = shared_noise_covariance(means_covariance, mean_noise_score(fisher, score, two, covariances), log_sd)
+    np.testing.assert_allclose(shared, log_sd**2 * torch.outer(shift, shift).expand(2, 2, 2), rtol=1e-6)
 
 
 def test_corrected_intervals_cover_where_the_empirical_bayes_ones_do_not():

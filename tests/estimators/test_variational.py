@@ -251,6 +251,32 @@ def test_gmvae_widens_its_stds_by_the_uncertainty_of_the_component_means(fitted,
         assert np.all(np.isfinite(uninformed.std[name])) and np.median(uninformed.std[name] / plain.std[name]) > 3, name
 
 
+def test_gmvae_counts_the_shared_error_of_an_estimated_noise_level(fitted, monkeypatch):
+    """A noise level estimated from the signals carries a systematic error common to all voxels, which
+    moves the learned means; the stds gain it, the maps do not change, and a given noise level adds
+    nothing."""
+    import varmap.estimators.variational as variational
+    from varmap.estimators.noise_level import _SYSTEMATIC_LOG_SD
+
+    _, signals, _, _, results = fitted
+    estimator = copy.deepcopy(results["gmvae"][0])
+    real, errors = variational.shared_noise_covariance, []
+
+    def recorded(means_covariance, score, log_sd):
+        errors.append(log_sd)
+        return real(means_covariance, score, log_sd)
+
+    monkeypatch.setattr(variational, "shared_noise_covariance", recorded)
+    with_shared = estimator.transform(signals)
+    estimator.transform(signals, sigma=estimator.fitted_sigma_)
+    assert errors == [_SYSTEMATIC_LOG_SD]
+    monkeypatch.setattr(variational, "shared_noise_covariance", lambda covariance, score, log_sd: 0 * covariance)
+    without = estimator.transform(signals)
+    for name in ("D", "K"):
+        np.testing.assert_array_equal(with_shared.params[name], without.params[name])
+        assert np.all(with_shared.std[name] >= without.std[name]) and np.any(with_shared.std[name] > without.std[name])
+
+
 @pytest.mark.parametrize("method", ["vae", "gmvae"])
 def test_noisier_voxels_get_wider_posteriors(method):
     """The same signals with three times the noise level: the networks and the likelihood both see each

@@ -159,6 +159,8 @@ class PreparedData:
         Noise standard deviation of one measurement in each valid voxel, raw units (float64).
     sigma_log_sd : ndarray, shape (n_valid,)
         Uncertainty of that noise level, the standard deviation of log σ (0 where it was given).
+    sigma_shared_log_sd : float
+        The part of it that is one error shared by every voxel (0 where the level was given or pooled).
     sigma_source : str
         Where ``sigma`` came from.
     """
@@ -169,6 +171,7 @@ class PreparedData:
     observables: np.ndarray
     sigma: np.ndarray
     sigma_log_sd: np.ndarray
+    sigma_shared_log_sd: float
     sigma_source: str
 
     @property
@@ -223,7 +226,7 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | np.ndarray | N
         reference = "mean b=0 signal" if protocol.n_b0 else "signal extrapolated to b=0 (there is no b=0 measurement)"
         raise ValueError(f"no voxel has finite signals and a positive {reference}; check the data and mask.")
     valid_index = np.flatnonzero(voxels.valid)
-    sigma_valid, sigma_log_sd, source = _noise_level(signals, valid_index, protocol, sigma)
+    sigma_valid, sigma_log_sd, shared_log_sd, source = _noise_level(signals, valid_index, protocol, sigma)
     b0_mean_raw = voxels.b0_mean_raw[valid_index]
     signal_scale = float(np.median(b0_mean_raw))
     parts = []
@@ -238,15 +241,16 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | np.ndarray | N
         observables=np.concatenate(parts),
         sigma=sigma_valid,
         sigma_log_sd=sigma_log_sd,
+        sigma_shared_log_sd=shared_log_sd,
         sigma_source=source,
     )
 
 
 def _noise_level(
     signals: np.ndarray, valid_index: np.ndarray, protocol, sigma: float | np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """The noise level of every valid voxel (raw units), its uncertainty (standard deviation of log σ)
-    and where it came from."""
+) -> tuple[np.ndarray, np.ndarray, float, str]:
+    """The noise level of every valid voxel (raw units), its uncertainty (standard deviation of log σ),
+    the part of that shared by all voxels, and where it came from."""
     n_valid = valid_index.size
     exact = np.zeros(n_valid)
     if sigma is None:
@@ -254,14 +258,14 @@ def _noise_level(
         if not has_residuals(protocol):
             pooled = estimate_sigma_from_b0(valid_signals[:, protocol.b0_mask])
             if pooled is not None:  # pooled over every voxel: its uncertainty is negligible
-                return np.full(n_valid, pooled), exact, f"pooled variance of the {protocol.n_b0} b=0 measurements"
+                return np.full(n_valid, pooled), exact, 0.0, f"pooled variance of the {protocol.n_b0} b=0 measurements"
         estimate = estimate_sigma_per_voxel(valid_signals, protocol)  # refuses a protocol too short
-        return estimate.sigma, estimate.log_sd, estimate.describe(residual_unknowns(protocol)[0])
+        return estimate.sigma, estimate.log_sd, estimate.shared_log_sd, estimate.describe(residual_unknowns(protocol)[0])
     values = np.asarray(sigma, dtype=np.float64)
     if values.ndim == 0:
         if not (np.isfinite(values) and values > 0):
             raise ValueError(f"sigma must be a positive noise standard deviation; got {sigma!r}.")
-        return np.full(n_valid, float(values)), exact, "given"
+        return np.full(n_valid, float(values)), exact, 0.0, "given"
     if values.shape != (signals.shape[0],):
         raise ValueError(
             f"sigma must be one number or one value per voxel, shape ({signals.shape[0]},); got shape "
@@ -274,4 +278,4 @@ def _noise_level(
             f"sigma is not a positive finite noise level in {int(bad.sum())} of the {n_valid} fitted voxels; "
             "check the noise map (it must cover every voxel of the mask)."
         )
-    return values, exact, "given per voxel"
+    return values, exact, 0.0, "given per voxel"

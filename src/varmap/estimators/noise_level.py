@@ -97,6 +97,9 @@ class VoxelNoise:
         Uncertainty of each voxel's estimate: the standard deviation of log σ (its posterior under the
         shrinkage prior, plus a systematic part), which the likelihoods of averaged observables
         marginalise (:func:`varmap.estimators.likelihood.rician_nll`).
+    shared_log_sd : float
+        The part of that uncertainty that is one error for all voxels (the estimator's systematic error),
+        which moves the learned prior's means (:mod:`varmap.estimators.prior_uncertainty`).
     typical : float
         The median noise level over voxels.
     spread : float
@@ -109,6 +112,7 @@ class VoxelNoise:
 
     sigma: np.ndarray
     log_sd: np.ndarray
+    shared_log_sd: float
     typical: float
     spread: float
     shrinkage: float
@@ -428,6 +432,7 @@ def _shrink(
     return VoxelNoise(
         sigma=np.exp(0.5 * shrunk),
         log_sd=np.sqrt(posterior_sd**2 + systematic_log_sd**2),
+        shared_log_sd=_SYSTEMATIC_LOG_SD,
         typical=float(np.exp(0.5 * centre)),
         spread=float(0.5 * np.sqrt(between)),
         shrinkage=float(np.median(weight[good])),

@@ -15,6 +15,15 @@ estimated from importance samples, this has no Monte Carlo bias: a posterior var
 a tenth reads as a tenth of the prior's precision gained, which summed over a thousand voxels would pin
 a mean the data do not.
 
+A noise level estimated from the data has, besides each voxel's own error (which the voxel's likelihood
+marginalises), a systematic error that all voxels share.  Through the noise floor it moves every voxel's
+signal-implied code the same way, so it moves the learned means too: by ∂μ_k/∂log σ =
+-Cov(μ_k) Σ_v r_vk A_vkᵀ g_v (g_v = Jᵀ V⁻¹ ∂m/∂log σ, each voxel's score shift; the derivative of the
+empirical-Bayes fixed point in the linearised model), and its variance s² (∂μ_k/∂log σ)(∂μ_k/∂log σ)ᵀ joins
+Cov(μ_k) (:func:`shared_noise_covariance`).  Only components whose data sit in the noise floor (free
+water at high b) move appreciably.  The correlation between this shift of the mean and the voxel's own
+shift through its likelihood is left out.
+
 References
 ----------
 Kass RE, Steffey D (1989) Approximate Bayesian inference in conditionally independent hierarchical
@@ -27,7 +36,20 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["latent_fisher_information", "mean_information", "mean_covariance", "added_covariance", "jacobian"]
+__all__ = [
+    "latent_fisher_information",
+    "latent_noise_score",
+    "mean_information",
+    "mean_noise_score",
+    "mean_covariance",
+    "shared_noise_covariance",
+    "added_covariance",
+    "jacobian",
+]
+
+#: Moments of each voxel's observables: codes (..., B, L) and a relative change of the noise level,
+#: log σ'/σ (default 0), to their mean and variance (..., B, n_observables).
+Moments = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 #: Step of the central differences, in latent units (the latent codes are of order one).
 _STEP = 1e-4
@@ -52,9 +74,7 @@ def jacobian(function: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, 
     return ((values[:n_latent] - values[n_latent:]) / (2.0 * step)).permute(1, 2, 0)
 
 
-def latent_fisher_information(
-    moments: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], z: torch.Tensor
-) -> torch.Tensor:
+def latent_fisher_information(moments: Moments, z: torch.Tensor) -> torch.Tensor:
     """Each voxel's expected information about its latent code, Jᵀ V⁻¹ J.
 
     Parameters
@@ -72,6 +92,30 @@ def latent_fisher_information(
     derivative = jacobian(lambda codes: moments(codes)[0], z)
     variance = moments(z)[1]
     return derivative.transpose(-1, -2) @ (derivative / variance[..., None])
+
+
+def latent_noise_score(moments: Moments, z: torch.Tensor, step: float = _STEP) -> torch.Tensor:
+    """Each voxel's score shift per unit error in log σ, g = Jᵀ V⁻¹ ∂m/∂log σ.
+
+    A noise level too high by a factor e^δ makes the model expect m + δ ∂m/∂log σ (a higher noise
+    floor), which moves the code the signals imply by -F⁻¹ g δ.
+
+    Parameters
+    ----------
+    moments : callable
+        ``moments(codes, log_noise_scale)``: the mean and variance (..., B, n_observables) of each voxel's
+        observables with the noise level multiplied by e^log_noise_scale (0 when not given).
+    z : Tensor, shape (B, L)
+    step : float
+        Step of the central difference in log σ.
+
+    Returns
+    -------
+    Tensor, shape (B, L)
+    """
+    derivative = jacobian(lambda codes: moments(codes)[0], z)
+    noise_slope = (moments(z, step)[0] - moments(z, -step)[0]) / (2.0 * step)
+    return torch.einsum("bml,bm->bl", derivative, noise_slope / moments(z)[1])
 
 
 def mean_information(fisher: torch.Tensor, responsibilities: torch.Tensor, covariances: torch.Tensor) -> torch.Tensor:
@@ -100,6 +144,28 @@ def mean_information(fisher: torch.Tensor, responsibilities: torch.Tensor, covar
     return torch.einsum("bk,bkij->kij", responsibilities, per_voxel)
 
 
+def mean_noise_score(
+    fisher: torch.Tensor, score: torch.Tensor, responsibilities: torch.Tensor, covariances: torch.Tensor
+) -> torch.Tensor:
+    """How a shared error in log σ pulls on each component's mean, Σ_v r_vk A_vkᵀ g_v.
+
+    Parameters
+    ----------
+    fisher : Tensor, shape (B, L, L)
+    score : Tensor, shape (B, L)
+        :func:`latent_noise_score` of the same voxels.
+    responsibilities : Tensor, shape (B, K)
+    covariances : Tensor, shape (K, L, L)
+
+    Returns
+    -------
+    Tensor, shape (K, L)
+        Summed over the B voxels; add the sums of several batches.
+    """
+    gain = _gains(fisher, covariances)[1]
+    return torch.einsum("bk,bkji,bj->ki", responsibilities, gain, score)
+
+
 def mean_covariance(information: torch.Tensor, hyperprior: torch.Tensor) -> torch.Tensor:
     """Cov(μ_k) = (I_k + H⁻¹)⁻¹: the means' uncertainty given the voxels' information ``information``
     (K, L, L) and a Gaussian hyperprior of covariance ``hyperprior`` (L, L), shape (K, L, L).
@@ -110,6 +176,30 @@ def mean_covariance(information: torch.Tensor, hyperprior: torch.Tensor) -> torc
     precision = information + torch.linalg.inv(hyperprior)
     covariance = torch.linalg.inv(precision)
     return 0.5 * (covariance + covariance.transpose(-1, -2))
+
+
+def shared_noise_covariance(means_covariance: torch.Tensor, score: torch.Tensor, log_sd: float) -> torch.Tensor:
+    """What a systematic error of the noise level, shared by all voxels, adds to Cov(μ_k).
+
+    The means move by ∂μ_k/∂log σ = -Cov(μ_k) ``score``_k (the derivative of the fixed point
+    Σ_v r_vk (Σ_k + F_v⁻¹)⁻¹ (ẑ_v - μ_k) = H⁻¹ μ_k that :func:`mean_covariance` linearises), so the error's
+    variance ``log_sd``² adds ``log_sd``² (∂μ_k/∂log σ)(∂μ_k/∂log σ)ᵀ.
+
+    Parameters
+    ----------
+    means_covariance : Tensor, shape (K, L, L)
+        :func:`mean_covariance`.
+    score : Tensor, shape (K, L)
+        :func:`mean_noise_score`, summed over all voxels.
+    log_sd : float
+        Standard deviation of the shared error, in log σ (0: a noise level that was given).
+
+    Returns
+    -------
+    Tensor, shape (K, L, L)
+    """
+    slope = means_covariance @ score[..., None]  # (K, L, 1), up to the sign
+    return log_sd**2 * slope @ slope.transpose(-1, -2)
 
 
 def added_covariance(

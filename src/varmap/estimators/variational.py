@@ -41,7 +41,16 @@ from .neural import (
 )
 from .nlls import INITIALISERS, NLLSEstimator
 from .parametrisation import S0_PER_SCALE
-from .prior_uncertainty import added_covariance, jacobian, latent_fisher_information, mean_covariance, mean_information
+from .prior_uncertainty import (
+    added_covariance,
+    jacobian,
+    latent_fisher_information,
+    latent_noise_score,
+    mean_covariance,
+    mean_information,
+    mean_noise_score,
+    shared_noise_covariance,
+)
 from .merged_components import (
     SPLIT_OFFSET, GridComponents, GridProblem, closest_pair, grid_nodes, merged_start, pooled, s0_quadrature,
     signal_distributions, split_start,
@@ -542,13 +551,15 @@ class VariationalEstimator(Estimator):
                                          "inference/search", f"{self.name} mode search")
                 estimates = estimates.with_rows(rows, Estimates.concatenate([summary for summary, _ in again]))
             if self.prior_.learnable and self.prior_uncertainty:
-                self._add_prior_uncertainty(voxels, estimates)
+                self._add_prior_uncertainty(voxels, estimates, data.sigma_shared_log_sd)
         return estimates
 
-    def _add_prior_uncertainty(self, voxels: VoxelBatch, estimates: Estimates) -> None:
+    def _add_prior_uncertainty(self, voxels: VoxelBatch, estimates: Estimates, shared_log_sd: float) -> None:
         """Widen ``estimates.std`` (scalar parameters, in place) by the uncertainty of the learned
         components' means (:mod:`varmap.estimators.prior_uncertainty`): the voxels' information about
-        the means, summed over every voxel at its posterior mean, then each voxel's share of it."""
+        the means, summed over every voxel at its posterior mean, then each voxel's share of it.
+        ``shared_log_sd``: the error of the noise level shared by all voxels (0 where it was given),
+        whose pull on the means joins their covariance."""
         if not len(estimates.S0):
             return
         covariances = self.prior_.covariances()
@@ -564,21 +575,26 @@ class VariationalEstimator(Estimator):
         probs = estimates.cluster_probs if estimates.cluster_probs is not None else np.ones((len(S0), 1))
         responsibilities = torch.as_tensor(probs, device=self.device_)
 
-        def fisher(rows: slice, codes: torch.Tensor) -> torch.Tensor:
+        def moments_of(rows: slice) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
             batch = voxels.select(rows)
             b0_mean, sigma = batch.b0_mean.double(), batch.sigma.double()
 
-            def moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def moments(z: torch.Tensor, log_noise_scale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
                 predicted = self.decoder_.predict(nn.functional.linear(z, weight, bias), b0_mean)
-                return observable_moments(predicted, sigma, counts, self.decoder_.likelihood)
+                return observable_moments(predicted, sigma * math.exp(log_noise_scale), counts, self.decoder_.likelihood)
 
-            return latent_fisher_information(moments, codes)
+            return moments
 
         chunks = [slice(start, start + self.chunk_size) for start in range(0, len(S0), self.chunk_size)]
         codes = [self._latent_codes_of(packed[rows], S0[rows]).double() for rows in chunks]
-        informations = [fisher(rows, z) for rows, z in zip(chunks, codes)]
+        informations = [latent_fisher_information(moments_of(rows), z) for rows, z in zip(chunks, codes)]
         information = sum(mean_information(f, responsibilities[rows], covariances) for f, rows in zip(informations, chunks))
         means_covariance = mean_covariance(information, hyperprior)
+        if shared_log_sd > 0:
+            score = sum(
+                mean_noise_score(f, latent_noise_score(moments_of(rows), z), responsibilities[rows], covariances)
+                for rows, z, f in zip(chunks, codes, informations))
+            means_covariance = means_covariance + shared_noise_covariance(means_covariance, score, shared_log_sd)
         added = []
         for rows, z, f in zip(chunks, codes, informations):
             derivative = jacobian(
