@@ -496,10 +496,11 @@ def test_gmvae_trains_again_while_two_components_duplicate_one_tissue():
     once = get_estimator("gmvae", model, seed=2, duplicate_distance=0.0, **options)
     history = once.fit(signals).history
     assert len(history["closest_components"]) == 1 and "restart_kept" not in history
+    first = history["closest_components"][0]  # (a merge-and-split move may follow and change the prior)
     again = get_estimator("gmvae", model, seed=2, duplicate_distance=np.inf, restarts=2, **options)
     history = again.fit(signals).history
     separations = history["closest_components"]
-    assert len(separations) == 3 and separations[0] == pytest.approx(once._closest_components())
+    assert len(separations) == 3 and separations[0] == pytest.approx(first)
     assert len(set(separations)) == 3  # each attempt draws from its own streams
     kept = history["restart_kept"][0]
     assert separations[kept] == max(separations)
