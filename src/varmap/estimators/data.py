@@ -55,7 +55,7 @@ NO_B0_WARNING = (
     "the protocol has no b=0 measurement, so S0 is fitted from the diffusion-weighted shells alone and trades off "
     "against D and K: measured on simulations with S0 varying between voxels, free water's D and K are not "
     "determined when the lowest shell is b = 500 s/mm², and with b = 1000 s/mm² the tissues' are biased too, with "
-    "standard deviations far too narrow (gmvae's intervals held 0-86 % of the truths of a tissue, against about "
+    "standard deviations far too narrow (gmvae's intervals held 5-77 % of the truths of a tissue, against about "
     "95 % with b=0 volumes). Add the scan's b=0 volumes if it has any."
 )
 
