@@ -32,9 +32,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..protocol import Protocol
-from .noise_level import estimate_sigma_from_b0, estimate_sigma_per_voxel, has_residuals, residual_unknowns
+from .noise_level import (
+    ISOTROPIC_KURTOSIS_FIT,
+    estimate_sigma_from_b0,
+    estimate_sigma_per_voxel,
+    has_residuals,
+    residual_unknowns,
+)
 
-__all__ = ["ValidVoxels", "valid_voxels", "reference_intensity", "PreparedData", "prepare_signals"]
+__all__ = ["ValidVoxels", "valid_voxels", "reference_intensity", "reference_name", "PreparedData", "prepare_signals"]
 
 #: Voxels handled at a time while checking and converting (a whole brain is ~1 GB per float32 copy).
 _CHUNK = 65536
@@ -152,6 +158,11 @@ def reference_intensity(signals: np.ndarray, protocol: Protocol) -> np.ndarray:
     return lowest * np.exp(b1 * np.nan_to_num(diffusivity))
 
 
+def reference_name(protocol: Protocol) -> str:
+    """What :func:`reference_intensity` is for ``protocol``, in words (for messages about unusable voxels)."""
+    return "mean b=0 signal" if protocol.n_b0 else "signal extrapolated to b=0 (there is no b=0 measurement)"
+
+
 @dataclass
 class PreparedData:
     """The valid voxels of a scan, in reference units (see the module's notes).
@@ -235,8 +246,7 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | np.ndarray | N
         warnings.warn(NO_B0_WARNING, UserWarning, stacklevel=2)
     voxels = valid_voxels(signals, protocol)
     if not voxels.valid.any():
-        reference = "mean b=0 signal" if protocol.n_b0 else "signal extrapolated to b=0 (there is no b=0 measurement)"
-        raise ValueError(f"no voxel has finite signals and a positive {reference}; check the data and mask.")
+        raise ValueError(f"no voxel has finite signals and a positive {reference_name(protocol)}; check the data and mask.")
     valid_index = np.flatnonzero(voxels.valid)
     sigma_valid, sigma_log_sd, shared_log_sd, source = _noise_level(signals, valid_index, protocol, sigma)
     b0_mean_raw = voxels.b0_mean_raw[valid_index]
@@ -273,7 +283,7 @@ def _noise_level(
                 return np.full(n_valid, pooled), exact, 0.0, f"pooled variance of the {protocol.n_b0} b=0 measurements"
         estimate = estimate_sigma_per_voxel(valid_signals, protocol)  # refuses a protocol too short
         fit = residual_unknowns(protocol)[0]
-        if fit == "tensor with isotropic kurtosis":
+        if fit == ISOTROPIC_KURTOSIS_FIT:
             warnings.warn(ISOTROPIC_KURTOSIS_WARNING, UserWarning, stacklevel=3)
         return estimate.sigma, estimate.log_sd, estimate.shared_log_sd, estimate.describe(fit)
     values = np.asarray(sigma, dtype=np.float64)

@@ -40,12 +40,15 @@ from scipy import special, stats
 from ..protocol import Protocol
 
 __all__ = [
-    "VoxelNoise", "estimate_sigma_from_b0", "estimate_sigma_per_voxel", "has_residuals", "residual_variances",
+    "VoxelNoise", "ISOTROPIC_KURTOSIS_FIT", "estimate_sigma_from_b0", "estimate_sigma_per_voxel", "has_residuals", "residual_variances",
     "residual_unknowns",
 ]
 
 #: Unknowns of the kurtosis, isotropic-kurtosis and tensor fits, S0 included.
 _DKI_UNKNOWNS, _ISOTROPIC_KURTOSIS_UNKNOWNS, _DTI_UNKNOWNS = 22, 8, 7
+
+#: Name of the last-resort residual fit (:func:`residual_unknowns`).
+ISOTROPIC_KURTOSIS_FIT = "tensor with isotropic kurtosis"
 
 #: Voxels fitted at once (a chunk holds a few chunk x measurements float64 arrays).
 _CHUNK = 4096
@@ -169,7 +172,7 @@ def residual_unknowns(protocol: Protocol) -> tuple[str, int]:
         return "tensor", _DTI_UNKNOWNS
     if protocol.n_measurements > _DKI_UNKNOWNS:
         return "kurtosis", _DKI_UNKNOWNS
-    return "tensor with isotropic kurtosis", _ISOTROPIC_KURTOSIS_UNKNOWNS
+    return ISOTROPIC_KURTOSIS_FIT, _ISOTROPIC_KURTOSIS_UNKNOWNS
 
 
 def has_residuals(protocol: Protocol) -> bool:
@@ -205,7 +208,7 @@ def estimate_sigma_per_voxel(signals: np.ndarray, protocol: Protocol) -> VoxelNo
     good = np.isfinite(variance) & (variance > 0)
     if not good.any():
         raise ValueError("cannot estimate the noise level: the diffusion fit failed in every voxel. Pass sigma=.")
-    systematic = _ISOTROPIC_KURTOSIS_LOG_SD if residual_unknowns(protocol)[1] == _ISOTROPIC_KURTOSIS_UNKNOWNS else _SYSTEMATIC_LOG_SD
+    systematic = _ISOTROPIC_KURTOSIS_LOG_SD if residual_unknowns(protocol)[0] == ISOTROPIC_KURTOSIS_FIT else _SYSTEMATIC_LOG_SD
     return _shrink(variance, dof, sampling_log_sd, good, np.where(at_floor, _FLOOR_LOG_SD, systematic), systematic)
 
 
@@ -329,7 +332,7 @@ def _design_matrix(protocol: Protocol, fit: str) -> np.ndarray:
         design = dki.design_matrix(gtab)
     else:
         design = dti.design_matrix(gtab)
-        if fit == "tensor with isotropic kurtosis":  # log S gains MD² K b² / 6, one unknown for every direction
+        if fit == ISOTROPIC_KURTOSIS_FIT:  # log S gains MD² K b² / 6, one unknown for every direction
             design = np.column_stack([design, protocol.bvals**2])
     design = design.astype(np.float64)
     return design / np.linalg.norm(design, axis=0)

@@ -150,11 +150,11 @@ def read_signals(scan: Scan, mask: np.ndarray, *, progress: bool) -> tuple[np.nd
     InputError
         If no voxel of the mask can be fitted.
     """
-    from ..estimators.data import valid_voxels
+    from ..estimators.data import reference_name, valid_voxels
 
     signals = scan.image.extract(mask, progress=progress)
     voxels = valid_voxels(signals, scan.protocol)
-    reference = "b=0 signal" if scan.protocol.n_b0 else "signal extrapolated to b=0 (no b=0 volume)"
+    reference = reference_name(scan.protocol)
     if voxels.n_excluded:
         logger.warning(
             "%d of %d mask voxels are excluded from the fit (%d with NaN/Inf values, %d with a %s <= 0); they "
