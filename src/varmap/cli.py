@@ -160,10 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     bench.add_argument("--n-oracle", type=int, default=2000, help="voxels on which the oracle runs (default 2000)")
     bench.add_argument("--prior", default=argparse.SUPPRESS, help="simulation prior (default: the model's)")
-    bench.add_argument("--protocol", default="hcp", choices=("hcp", "clinical", "abcd", "hcp_no_b0", "abcd_no_b0"),
+    bench.add_argument("--protocol", default="hcp", choices=("hcp", "clinical", "abcd", "hcp_no_b0", "abcd_no_b0", "trace"),
                        help="voxel study: acquisition, hcp (18 b=0 + 3 shells x 90 directions; default), "
                        "clinical (1 b=0 + 2 shells x 30 directions), abcd (7 b=0 + 6, 15, 15, 60 directions "
-                       "at b = 500, 1000, 2000, 3000); hcp_no_b0 and abcd_no_b0 are those without their b=0 volumes")
+                       "at b = 500, 1000, 2000, 3000); hcp_no_b0 and abcd_no_b0 are those without their b=0 volumes; "
+                       "trace (1 b=0 + the three axes at b = 1000, 2000: 7 measurements)")
     bench.add_argument("-o", "--output", dest="output_dir", type=Path, default=None,
                        help="output folder (default bench_output/MODEL)")
     bench.add_argument("--force", action="store_true", help="replace an existing output folder")

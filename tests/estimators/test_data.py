@@ -129,8 +129,9 @@ def test_one_b0_noise_level_from_fit_residuals(model_name, shells):
 
 def test_one_b0_and_too_few_measurements_for_the_kurtosis_tensor():
     """1 b=0 + 2 x 6 directions: no b=0 repeats and too few measurements for the kurtosis tensor; the noise
-    level comes from the residuals of the tensor with isotropic kurtosis.  With 2 x 3 directions nothing is
-    left over and the message says to give sigma."""
+    level comes from the residuals of the tensor with isotropic kurtosis.  With 2 x 3 directions that leaves
+    nothing either and the isotropic signal's residuals give it, with their own warning; only one
+    measurement per b-value is refused, with a message that says to give sigma."""
     model = get_signal_model("msdki", hcp_protocol(n_b0=1, n_directions=6, shells=(1000.0, 2000.0), seed=0))
     truth = simulate(model, get_prior("msdki", "paper"), n_voxels=2000, snr=20, seed=0)
     with pytest.warns(UserWarning, match="isotropic kurtosis term, in which anisotropy reads as noise"):
@@ -139,8 +140,14 @@ def test_one_b0_and_too_few_measurements_for_the_kurtosis_tensor():
     assert prepared.sigma_shared_log_sd == pytest.approx(0.1)
     assert np.median(prepared.sigma) == pytest.approx(truth.sigma, rel=0.05)
     model = get_signal_model("msdki", hcp_protocol(n_b0=1, n_directions=3, shells=(1000.0, 2000.0), seed=0))
-    with pytest.raises(ValueError, match="Pass sigma="):
-        data.prepare_signals(np.full((5, model.protocol.n_measurements), 100.0), model)
+    truth = simulate(model, get_prior("msdki", "paper"), n_voxels=2000, snr=20, seed=0)
+    with pytest.warns(UserWarning, match="depends on b alone, in which all anisotropy reads as noise: it is an upper bound"):
+        prepared = data.prepare_signals(truth.signals, model)
+    assert "isotropic signal" in prepared.sigma_source and prepared.sigma_shared_log_sd == pytest.approx(0.3)
+    assert np.median(prepared.sigma) == pytest.approx(truth.sigma, rel=0.1)
+    model = get_signal_model("msdki", Protocol.from_bvals_bvecs(np.array([0.0, 1000.0, 2000.0]), np.eye(3)))
+    with pytest.raises(ValueError, match="one per b-value.*Pass sigma="):
+        data.prepare_signals(np.full((5, 3), 100.0), model)
 
 
 def test_per_voxel_sigma(model, signals):

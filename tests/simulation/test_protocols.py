@@ -1,4 +1,4 @@
-"""Tests of varmap.simulation.protocols: the HCP-like protocol and the Fibonacci lattice."""
+"""Tests of varmap.simulation.protocols: the HCP-like and trace protocols and the Fibonacci lattice."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from varmap.protocol import Protocol
-from varmap.simulation import fibonacci_sphere, hcp_protocol
+from varmap.simulation import fibonacci_sphere, hcp_protocol, study_protocol, trace_protocol
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +72,12 @@ def test_fibonacci_sphere_is_unit_and_spread():
     np.testing.assert_allclose(np.linalg.norm(directions, axis=1), 1.0, atol=1e-12)
     np.testing.assert_allclose(directions.mean(0), 0.0, atol=0.05)  # no hemisphere favoured
     np.testing.assert_array_equal(fibonacci_sphere(50), directions)
+
+
+def test_trace_protocol_repeats_the_axes_on_every_shell():
+    protocol = trace_protocol()
+    assert protocol.n_measurements == 7 and protocol.n_b0 == 1
+    np.testing.assert_allclose(protocol.bvals, [0.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0])  # ms/µm²
+    np.testing.assert_allclose(np.abs(protocol.bvecs[1:4]), np.eye(3))
+    np.testing.assert_allclose(protocol.bvecs[4:], protocol.bvecs[1:4])
+    assert study_protocol("trace")[0].n_measurements == 7

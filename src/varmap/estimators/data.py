@@ -21,7 +21,8 @@ noise level vary over the image), in raw units.  When none is given each voxel's
 own signals, the residuals of a voxelwise diffusion fit shrunk towards the median
 (:mod:`varmap.estimators.noise_level`); a protocol too short for the kurtosis tensor's residuals falls back
 to one level from the repeated b=0 measurements, or without them to the residuals of a tensor with one
-isotropic kurtosis term (with a warning: anisotropy reads as noise there).
+isotropic kurtosis term, or, where that has none, of a signal that depends on b alone (each with a warning:
+anisotropy reads as noise there).  Only a protocol with one measurement per b-value needs ``sigma``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 
 from ..protocol import Protocol
 from .noise_level import (
+    ISOTROPIC_FIT,
     ISOTROPIC_KURTOSIS_FIT,
     estimate_sigma_from_b0,
     estimate_sigma_per_voxel,
@@ -54,6 +56,19 @@ ISOTROPIC_KURTOSIS_WARNING = (
     "6-10 % high at a b=0 SNR of 5-20 and 33 % high at 50. Pass sigma= (a noise map, or the level of a separate "
     "noise scan) if you have one."
 )
+
+#: What a fit whose noise level comes from the residuals of the isotropic signal (the last resort) is told
+#: (measured: the note on ``_ISOTROPIC_LOG_SD`` in :mod:`varmap.estimators.noise_level`).
+ISOTROPIC_WARNING = (
+    "the protocol has no repeated b=0 measurements and too few measurements for any tensor's residuals, so the "
+    "noise level comes from each voxel's scatter about a signal that depends on b alone, in which all anisotropy "
+    "reads as noise: it is an upper bound, measured 1.4x high on simulated anisotropic voxels of 1 b=0 + 6 "
+    "directions at a b=0 SNR of 5 and 7x high at 50. Pass sigma= (a noise map, or the level of a separate noise "
+    "scan) if you have one."
+)
+
+#: The warning of each fallback residual fit.
+_FALLBACK_WARNINGS = {ISOTROPIC_KURTOSIS_FIT: ISOTROPIC_KURTOSIS_WARNING, ISOTROPIC_FIT: ISOTROPIC_WARNING}
 
 #: What a fit of a protocol without b=0 measurements is told (measured: benchmarks/results/README.md,
 #: "Protocols without b=0 volumes").
@@ -283,8 +298,8 @@ def _noise_level(
                 return np.full(n_valid, pooled), exact, 0.0, f"pooled variance of the {protocol.n_b0} b=0 measurements"
         estimate = estimate_sigma_per_voxel(valid_signals, protocol)  # refuses a protocol too short
         fit = residual_unknowns(protocol)[0]
-        if fit == ISOTROPIC_KURTOSIS_FIT:
-            warnings.warn(ISOTROPIC_KURTOSIS_WARNING, UserWarning, stacklevel=3)
+        if fit in _FALLBACK_WARNINGS:
+            warnings.warn(_FALLBACK_WARNINGS[fit], UserWarning, stacklevel=3)
         return estimate.sigma, estimate.log_sd, estimate.shared_log_sd, estimate.describe(fit)
     values = np.asarray(sigma, dtype=np.float64)
     if values.ndim == 0:

@@ -150,7 +150,8 @@ def run_study(
     protocol : str
         Acquisition (:data:`varmap.simulation.STUDY_PROTOCOLS`): ``"hcp"`` (288 measurements, three
         shells), ``"clinical"`` (one b=0, two shells), ``"abcd"`` (seven b=0, four shells from
-        b = 500 s/mm²), or ``"hcp_no_b0"`` and ``"abcd_no_b0"`` (those without b=0).  The ``"physical"`` MS-DKI prior is truncated
+        b = 500 s/mm²), ``"hcp_no_b0"`` and ``"abcd_no_b0"`` (those without b=0), or ``"trace"`` (one b=0, the
+        three axes at two b-values: 7 measurements).  The ``"physical"`` MS-DKI prior is truncated
         at the protocol's largest b-value.
 
     Returns

@@ -23,7 +23,7 @@ from .datasets import SimulatedData, simulate
 from .noise import NOISE_KINDS, add_noise
 from .prior_registry import PRIORS, ball_stick_prior, get_prior, msdki_paper_prior, msdki_physical_prior
 from .cluster_prior import ClusterPrior
-from .protocols import STUDY_PROTOCOLS, fibonacci_sphere, hcp_protocol, study_protocol
+from .protocols import STUDY_PROTOCOLS, fibonacci_sphere, hcp_protocol, study_protocol, trace_protocol
 
 __all__ = [
     "NOISE_KINDS",
@@ -36,6 +36,7 @@ __all__ = [
     "get_prior",
     "hcp_protocol",
     "STUDY_PROTOCOLS",
+    "trace_protocol",
     "study_protocol",
     "msdki_paper_prior",
     "msdki_physical_prior",

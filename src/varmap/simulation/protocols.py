@@ -1,4 +1,5 @@
-"""Acquisition protocols for simulation: a Fibonacci lattice and an HCP-like multi-shell scheme."""
+"""Acquisition protocols for simulation: a Fibonacci lattice, an HCP-like multi-shell scheme and a clinical
+trace scheme."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dipy.core.sphere import HemiSphere, disperse_charges
 
 from ..protocol import Protocol
 
-__all__ = ["fibonacci_sphere", "hcp_protocol", "STUDY_PROTOCOLS", "study_protocol"]
+__all__ = ["fibonacci_sphere", "hcp_protocol", "trace_protocol", "STUDY_PROTOCOLS", "study_protocol"]
 
 # Electrostatic repulsion settings for :func:`hcp_protocol`; with 90 directions per shell they give a
 # smallest angle between any two lines of 12-15 degrees.
@@ -107,7 +108,30 @@ def _hcp_protocol(n_b0: int, counts: tuple[int, ...], shells: tuple[float, ...],
     return Protocol.from_bvals_bvecs(np.concatenate(bvals), np.concatenate(bvecs), units="s/mm2")
 
 
-#: Protocols of the simulation study by name: the :func:`hcp_protocol` settings and a description.
+def trace_protocol(*, n_b0: int = 1, shells: tuple[float, ...] = (1000.0, 2000.0), seed: int = 0) -> Protocol:
+    """A clinical "trace" protocol: ``n_b0`` b=0 measurements and the three axes on every shell.
+
+    Parameters
+    ----------
+    n_b0 : int
+        Number of b=0 measurements.
+    shells : tuple of float
+        Non-zero b-values in s/mm².
+    seed : int
+        Unused (the directions are fixed); taken so that every study protocol is built the same way.
+
+    Returns
+    -------
+    Protocol
+        ``n_b0 + 3 len(shells)`` measurements (7 with the defaults).
+    """
+    bvals = np.concatenate([np.zeros(n_b0), np.repeat(np.asarray(shells, dtype=float), 3)])
+    bvecs = np.vstack([np.zeros((n_b0, 3)), *[np.eye(3)] * len(shells)])
+    return Protocol.from_bvals_bvecs(bvals, bvecs, units="s/mm2")
+
+
+#: Protocols of the simulation study by name: the :func:`hcp_protocol` settings (:func:`trace_protocol`'s
+#: where named in :data:`_TRACE_PROTOCOLS`) and a description.
 STUDY_PROTOCOLS: dict[str, tuple[dict, str]] = {
     "hcp": ({}, "HCP-like: 18 b=0 + 90 directions at 1000, 2000, 3000 s/mm²"),
     "clinical": ({"n_b0": 1, "n_directions": 30, "shells": (1000.0, 2000.0)},
@@ -117,7 +141,11 @@ STUDY_PROTOCOLS: dict[str, tuple[dict, str]] = {
     "hcp_no_b0": ({"n_b0": 0}, "HCP-like without its b=0 volumes: 90 directions at 1000, 2000, 3000 s/mm²"),
     "abcd_no_b0": ({"n_b0": 0, "n_directions": (6, 15, 15, 60), "shells": (500.0, 1000.0, 2000.0, 3000.0)},
                    "ABCD-like without its b=0 volumes: 6, 15, 15, 60 directions at 500, 1000, 2000, 3000 s/mm²"),
+    "trace": ({}, "clinical trace: 1 b=0 + the three axes at 1000, 2000 s/mm² (7 measurements)"),
 }
+
+#: Study protocols built by :func:`trace_protocol`.
+_TRACE_PROTOCOLS = frozenset({"trace"})
 
 
 def study_protocol(name: str, *, seed: int = 0) -> tuple[Protocol, str]:
@@ -131,4 +159,5 @@ def study_protocol(name: str, *, seed: int = 0) -> tuple[Protocol, str]:
     if name not in STUDY_PROTOCOLS:
         raise ValueError(f"unknown study protocol {name!r}; choose one of {sorted(STUDY_PROTOCOLS)}.")
     settings, description = STUDY_PROTOCOLS[name]
-    return hcp_protocol(seed=seed, **settings), description
+    builder = trace_protocol if name in _TRACE_PROTOCOLS else hcp_protocol
+    return builder(seed=seed, **settings), description
