@@ -15,6 +15,9 @@ Simulated data (:class:`varmap.simulation.SimulatedData`, S0 = 1000, 300 voxels,
     ``ball_stick_data`` / ``ball_stick_data_noiseless``
     ``simulated``  a factory for any registered model, protocol, size, SNR and seed.
 
+Scripts
+    ``benchmark_script``  loads a script of ``benchmarks/`` (no package) as a module, by its name.
+
 A noiseless dataset holds exactly the parameters, labels and S0 of the noisy dataset of the same
 arguments (the simulator draws the parameters before the noise), with ``sigma = 0``, ``snr = inf``
 and ``noise = "none"``.
@@ -23,8 +26,11 @@ and ``noise = "none"``.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -183,3 +189,17 @@ def ball_stick_data(hcp_small_protocol) -> SimulatedData:
 def ball_stick_data_noiseless(hcp_small_protocol) -> SimulatedData:
     """The voxels of ``ball_stick_data`` without noise."""
     return simulate_dataset("ball_stick", hcp_small_protocol, noiseless=True)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script() -> Callable[[str], ModuleType]:
+    """``load(name)``: the script ``benchmarks/<name>.py`` as a module."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

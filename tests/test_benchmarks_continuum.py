@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_continuum.py"
 
-
-def load_script():
-    """The script as a module (``benchmarks/`` is no package)."""
-    spec = importlib.util.spec_from_file_location("bench_continuum", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_continuum_benchmark_writes_a_table_scored_against_the_bayes_posterior(tmp_path):
+def test_continuum_benchmark_writes_a_table_scored_against_the_bayes_posterior(tmp_path, benchmark_script):
     output = tmp_path / "continuum.md"
-    load_script().main(["--snr", "20", "--n-voxels", "300", "--methods", "nlls", "--sigma-known",
+    benchmark_script("bench_continuum").main(["--snr", "20", "--n-voxels", "300", "--methods", "nlls", "--sigma-known",
                         "--output", str(output)])
     lines = [line for line in output.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
@@ -41,9 +28,9 @@ def test_continuum_benchmark_writes_a_table_scored_against_the_bayes_posterior(t
     assert "the methods are given σ" in text and "Machine:" in text
 
 
-def test_continuum_benchmark_refuses_to_overwrite(tmp_path):
+def test_continuum_benchmark_refuses_to_overwrite(tmp_path, benchmark_script):
     output = tmp_path / "continuum.md"
     output.write_text("kept", encoding="utf-8")
     with pytest.raises(SystemExit):
-        load_script().parse_args(["--output", str(output)])
+        benchmark_script("bench_continuum").parse_args(["--output", str(output)])
     assert output.read_text(encoding="utf-8") == "kept"

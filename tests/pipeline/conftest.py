@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from ellipsoid_scans import write_ellipsoid_scan
 
+from varmap.simulation import trace_protocol
+
 
 @pytest.fixture(scope="session")
 def ellipsoid_scan(tmp_path_factory):
@@ -28,6 +30,14 @@ def varying_noise_scan(tmp_path_factory):
 def varying_noise_one_b0_scan(tmp_path_factory):
     """The ellipsoid with one b=0 volume and a noise level rising from 25 to 75 along x, seed 3."""
     return write_ellipsoid_scan(tmp_path_factory.mktemp("ellipsoid_ramp_one_b0"), n_b0=1, varying_noise=True, seed=3)
+
+
+@pytest.fixture(scope="session")
+def varying_noise_trace_scan(tmp_path_factory):
+    """The ellipsoid scanned with a clinical trace protocol (1 b=0 + the axes at b = 1000, 2000), noise rising
+    from 25 to 75 along x, seed 4."""
+    return write_ellipsoid_scan(tmp_path_factory.mktemp("ellipsoid_ramp_trace"), varying_noise=True, seed=4,
+                                protocol=trace_protocol())
 
 
 @pytest.fixture(scope="session")

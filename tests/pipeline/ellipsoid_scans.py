@@ -21,10 +21,10 @@ SIGMA = 25.0
 
 
 def ellipsoid(
-    n_b0: int = 4, shells: tuple[float, ...] = (1000.0, 2000.0)
+    n_b0: int = 4, shells: tuple[float, ...] = (1000.0, 2000.0), protocol: Protocol | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray], Protocol]:
     """Known MS-DKI maps in an ellipsoid (zero background), and a protocol of ``n_b0`` b=0 (none: 0) then
-    16 directions on each of ``shells`` (s/mm²)."""
+    16 directions on each of ``shells`` (s/mm²), unless ``protocol`` is given."""
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij")
     inside = x**2 + y**2 + z**2 < 0.85
     truth = {
@@ -32,7 +32,7 @@ def ellipsoid(
         "K": np.where(y > 0, 0.9, 0.4),  # two "tissues"
         "S0": 1000.0 + 200.0 * z,
     }
-    return inside, truth, hcp_protocol(n_b0=n_b0, n_directions=16, shells=shells)
+    return inside, truth, protocol or hcp_protocol(n_b0=n_b0, n_directions=16, shells=shells)
 
 
 def noise_ramp() -> np.ndarray:
@@ -43,10 +43,10 @@ def noise_ramp() -> np.ndarray:
 
 def write_ellipsoid_scan(
     folder: Path, *, n_b0: int = 4, shells: tuple[float, ...] = (1000.0, 2000.0), seed: int = 0,
-    varying_noise: bool = False,
+    varying_noise: bool = False, protocol: Protocol | None = None,
 ) -> tuple[tuple[Path, Path, Path], np.ndarray, dict[str, np.ndarray]]:
-    """Simulate the ellipsoid (:func:`ellipsoid`) with Rician noise (σ = 25, or :func:`noise_ramp`) and
-    write NIfTI + FSL files.
+    """Simulate the ellipsoid (:func:`ellipsoid`; ``protocol`` replaces its own) with Rician noise (σ = 25,
+    or :func:`noise_ramp`) and write NIfTI + FSL files.
 
     Returns
     -------
@@ -56,7 +56,7 @@ def write_ellipsoid_scan(
     truth : dict of ndarray
         ``D``, ``K``, ``S0`` and ``sigma`` (the noise standard deviation) maps.
     """
-    inside, truth, protocol = ellipsoid(n_b0, shells)
+    inside, truth, protocol = ellipsoid(n_b0, shells, protocol)
     truth["sigma"] = noise_ramp() if varying_noise else np.full(SHAPE, SIGMA)
     model = get_signal_model("msdki", protocol)
     clean = model.predict({"D": truth["D"], "K": truth["K"]}, S0=truth["S0"]) * inside[..., None]
