@@ -47,8 +47,8 @@ __all__ = [
     "residual_unknowns",
 ]
 
-#: Unknowns of the kurtosis, isotropic-kurtosis and tensor fits, S0 included.
-_DKI_UNKNOWNS, _ISOTROPIC_KURTOSIS_UNKNOWNS, _DTI_UNKNOWNS = 22, 8, 7
+#: Unknowns of the full kurtosis and tensor fits, S0 included (:func:`has_residuals`).
+_DKI_UNKNOWNS, _DTI_UNKNOWNS = 22, 7
 
 #: Names of the fallback residual fits (:func:`residual_unknowns`): the tensor with one isotropic kurtosis
 #: term, and the log signal as a function of b alone (no direction), the last resort.
@@ -351,7 +351,7 @@ def _design_matrix(protocol: Protocol, fit: str) -> np.ndarray:
     that repeat between shells or lie along the axes) is replaced by an orthonormal basis of its columns:
     the same fit, with :func:`_design_rank` unknowns."""
     design = _scaled_design(protocol, fit)
-    rank = _design_rank(protocol, fit)
+    rank = _rank(design)
     if rank == design.shape[1]:
         return design
     return np.linalg.svd(design, full_matrices=False)[0][:, :rank]
@@ -359,7 +359,11 @@ def _design_matrix(protocol: Protocol, fit: str) -> np.ndarray:
 
 def _design_rank(protocol: Protocol, fit: str) -> int:
     """The unknowns ``fit`` can determine from ``protocol``: the rank of its design."""
-    design = _scaled_design(protocol, fit)
+    return _rank(_scaled_design(protocol, fit))
+
+
+def _rank(design: np.ndarray) -> int:
+    """Singular values of ``design`` above :data:`_RANK_TOLERANCE` times its largest."""
     singular = np.linalg.svd(design, compute_uv=False)
     return int((singular > _RANK_TOLERANCE * singular[0]).sum())
 
