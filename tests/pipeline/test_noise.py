@@ -33,20 +33,7 @@ def test_every_estimator_maps_the_mask_with_positive_values(varying_noise_scan, 
     assert median_relative_error(estimate, sigma, inside) < 0.5
 
 
-def test_default_map_of_a_trace_scan_follows_a_varying_noise_level(varying_noise_trace_scan):
-    """A clinical trace protocol (7 volumes) is too short for the kurtosis fit: dipy's local PCA maps it.  On
-    this small ellipsoid, most of whose voxels are near its edge, it reads 13 % low in the median (within 3 %
-    on brain phantoms, benchmarks/results/noise_map_4mm_short_*.md); it follows the noise level's rise."""
-    image, protocol, inside, sigma = opened(varying_noise_trace_scan)
-    assert default_method(protocol) == "pca_local"
-    local = estimate_noise_map(image, protocol, inside, "pca_local")
-    assert median_relative_error(local, sigma, inside) < 0.15
-    left, right = inside.copy(), inside.copy()
-    left[7:], right[:7] = False, False
-    assert np.median(local[right]) > 1.2 * np.median(local[left])
-
-
-@pytest.mark.parametrize("scan", ["varying_noise_scan", "varying_noise_one_b0_scan"])
+@pytest.mark.parametrize("scan", ["varying_noise_scan", "varying_noise_one_b0_scan", "varying_noise_trace_scan"])
 def test_default_map_follows_a_varying_noise_level(request, scan):
     image, protocol, inside, sigma = opened(request.getfixturevalue(scan))
     local = estimate_noise_map(image, protocol, inside, default_method(protocol))
@@ -59,10 +46,11 @@ def test_default_map_follows_a_varying_noise_level(request, scan):
     assert np.median(local[right]) > 1.2 * np.median(local[left])  # σ 25 -> 50 on the left, 50 -> 75 on the right
 
 
-def test_default_method_per_protocol(ellipsoid_scan, one_b0_scan):
+def test_default_method_per_protocol(ellipsoid_scan, one_b0_scan, varying_noise_trace_scan):
     assert default_method(opened(ellipsoid_scan)[1]) == "b0_local_pooling"
     assert default_method(opened(one_b0_scan)[1]) == "fit_residual_local"
     # too short for the kurtosis fit: dipy's local PCA with one b=0, pseudo-residuals without
+    assert default_method(opened(varying_noise_trace_scan)[1]) == "pca_local"
     assert default_method(hcp_protocol(n_b0=0, n_directions=6, shells=(1000.0, 2000.0, 3000.0))) == "pseudo_residual_local"
 
 
