@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,7 +9,6 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_image_fit.py"
 COLUMNS = [
     "method", "device", "voxels", "read (s)", "train (s)", "infer (s)", "write (s)", "other (s)", "total (s)",
     "fit (voxels/s)", "inference (voxels/s)", "peak RSS (MB)", "time / dipy", "memory / dipy", "memory bound (MB)",
@@ -18,17 +16,10 @@ COLUMNS = [
 ]
 
 
-def load_script() -> ModuleType:
-    """The script as a module (``benchmarks/`` is no package); its children run it by its own path."""
-    spec = importlib.util.spec_from_file_location("bench_image_fit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return load_script()
+def bench(benchmark_script) -> ModuleType:
+    """The script as a module; its children run it by its own path."""
+    return benchmark_script("bench_image_fit")
 
 
 def table_rows(text: str) -> tuple[list[str], list[list[str]]]:
