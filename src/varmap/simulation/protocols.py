@@ -4,6 +4,7 @@ trace scheme."""
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -130,22 +131,20 @@ def trace_protocol(*, n_b0: int = 1, shells: tuple[float, ...] = (1000.0, 2000.0
     return Protocol.from_bvals_bvecs(bvals, bvecs, units="s/mm2")
 
 
-#: Protocols of the simulation study by name: the :func:`hcp_protocol` settings (:func:`trace_protocol`'s
-#: where named in :data:`_TRACE_PROTOCOLS`) and a description.
-STUDY_PROTOCOLS: dict[str, tuple[dict, str]] = {
-    "hcp": ({}, "HCP-like: 18 b=0 + 90 directions at 1000, 2000, 3000 s/mm²"),
-    "clinical": ({"n_b0": 1, "n_directions": 30, "shells": (1000.0, 2000.0)},
+#: Protocols of the simulation study by name: the function that builds one (called with ``seed=``), its
+#: settings and a description.
+STUDY_PROTOCOLS: dict[str, tuple[Callable[..., Protocol], dict, str]] = {
+    "hcp": (hcp_protocol, {}, "HCP-like: 18 b=0 + 90 directions at 1000, 2000, 3000 s/mm²"),
+    "clinical": (hcp_protocol, {"n_b0": 1, "n_directions": 30, "shells": (1000.0, 2000.0)},
                  "clinical: 1 b=0 + 30 directions at 1000, 2000 s/mm²"),
-    "abcd": ({"n_b0": 7, "n_directions": (6, 15, 15, 60), "shells": (500.0, 1000.0, 2000.0, 3000.0)},
+    "abcd": (hcp_protocol, {"n_b0": 7, "n_directions": (6, 15, 15, 60), "shells": (500.0, 1000.0, 2000.0, 3000.0)},
              "ABCD-like: 7 b=0 + 6, 15, 15, 60 directions at 500, 1000, 2000, 3000 s/mm²"),
-    "hcp_no_b0": ({"n_b0": 0}, "HCP-like without its b=0 volumes: 90 directions at 1000, 2000, 3000 s/mm²"),
-    "abcd_no_b0": ({"n_b0": 0, "n_directions": (6, 15, 15, 60), "shells": (500.0, 1000.0, 2000.0, 3000.0)},
+    "hcp_no_b0": (hcp_protocol, {"n_b0": 0},
+                  "HCP-like without its b=0 volumes: 90 directions at 1000, 2000, 3000 s/mm²"),
+    "abcd_no_b0": (hcp_protocol, {"n_b0": 0, "n_directions": (6, 15, 15, 60), "shells": (500.0, 1000.0, 2000.0, 3000.0)},
                    "ABCD-like without its b=0 volumes: 6, 15, 15, 60 directions at 500, 1000, 2000, 3000 s/mm²"),
-    "trace": ({}, "clinical trace: 1 b=0 + the three axes at 1000, 2000 s/mm² (7 measurements)"),
+    "trace": (trace_protocol, {}, "clinical trace: 1 b=0 + the three axes at 1000, 2000 s/mm² (7 measurements)"),
 }
-
-#: Study protocols built by :func:`trace_protocol`.
-_TRACE_PROTOCOLS = frozenset({"trace"})
 
 
 def study_protocol(name: str, *, seed: int = 0) -> tuple[Protocol, str]:
@@ -158,6 +157,5 @@ def study_protocol(name: str, *, seed: int = 0) -> tuple[Protocol, str]:
     """
     if name not in STUDY_PROTOCOLS:
         raise ValueError(f"unknown study protocol {name!r}; choose one of {sorted(STUDY_PROTOCOLS)}.")
-    settings, description = STUDY_PROTOCOLS[name]
-    builder = trace_protocol if name in _TRACE_PROTOCOLS else hcp_protocol
+    builder, settings, description = STUDY_PROTOCOLS[name]
     return builder(seed=seed, **settings), description
