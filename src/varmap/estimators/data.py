@@ -39,7 +39,6 @@ from .noise_level import (
     estimate_sigma_from_b0,
     estimate_sigma_per_voxel,
     has_residuals,
-    residual_unknowns,
 )
 
 __all__ = ["ValidVoxels", "valid_voxels", "reference_intensity", "reference_name", "PreparedData", "prepare_signals"]
@@ -297,10 +296,9 @@ def _noise_level(
             if pooled is not None:  # pooled over every voxel: its uncertainty is negligible
                 return np.full(n_valid, pooled), exact, 0.0, f"pooled variance of the {protocol.n_b0} b=0 measurements"
         estimate = estimate_sigma_per_voxel(valid_signals, protocol)  # refuses a protocol too short
-        fit = residual_unknowns(protocol)[0]
-        if fit in _FALLBACK_WARNINGS:
-            warnings.warn(_FALLBACK_WARNINGS[fit], UserWarning, stacklevel=3)
-        return estimate.sigma, estimate.log_sd, estimate.shared_log_sd, estimate.describe(fit)
+        if estimate.fit in _FALLBACK_WARNINGS:
+            warnings.warn(_FALLBACK_WARNINGS[estimate.fit], UserWarning, stacklevel=3)
+        return estimate.sigma, estimate.log_sd, estimate.shared_log_sd, estimate.describe()
     values = np.asarray(sigma, dtype=np.float64)
     if values.ndim == 0:
         if not (np.isfinite(values) and values > 0):

@@ -138,6 +138,8 @@ class VoxelNoise:
         Median weight of a voxel's own estimate against the median (0: all at the median, 1: as measured).
     dof : float
         Median residual degrees of freedom of a voxel's estimate.
+    fit : str
+        The voxelwise fit whose residuals gave it (:func:`residual_unknowns`).
     """
 
     sigma: np.ndarray
@@ -147,11 +149,12 @@ class VoxelNoise:
     spread: float
     shrinkage: float
     dof: float
+    fit: str
 
-    def describe(self, fit: str) -> str:
+    def describe(self) -> str:
         """One line for ``sigma_source``: how the levels were estimated and how much they vary."""
         return (
-            f"per voxel from the residuals of a voxelwise {fit} fit (Rician-corrected, shrunk to the median "
+            f"per voxel from the residuals of a voxelwise {self.fit} fit (Rician-corrected, shrunk to the median "
             f"by empirical Bayes: median {self.typical:.4g}, spread {self.spread:.3f} in log sigma, "
             f"shrinkage weight {self.shrinkage:.2f}, {self.dof:.0f} residual degrees of freedom; median "
             f"uncertainty {float(np.median(self.log_sd)):.3f} in log sigma, marginalised by the likelihood)"
@@ -227,12 +230,14 @@ def estimate_sigma_per_voxel(signals: np.ndarray, protocol: Protocol) -> VoxelNo
         If the protocol has too few measurements for a residual (give ``sigma`` then), or the fit
         failed in every voxel.
     """
-    variance, dof, at_floor, sampling_log_sd = _residual_fit(signals, protocol, uncertainty=True)
+    fit, n_unknowns = residual_unknowns(protocol)
+    variance, dof, at_floor, sampling_log_sd = _residual_fit(signals, protocol, fit, n_unknowns, uncertainty=True)
     good = np.isfinite(variance) & (variance > 0)
     if not good.any():
         raise ValueError("cannot estimate the noise level: the diffusion fit failed in every voxel. Pass sigma=.")
-    systematic = _SYSTEMATIC_LOG_SD_OF_FIT.get(residual_unknowns(protocol)[0], _SYSTEMATIC_LOG_SD)
-    return _shrink(variance, dof, sampling_log_sd, good, np.where(at_floor, max(_FLOOR_LOG_SD, systematic), systematic), systematic)
+    systematic = _SYSTEMATIC_LOG_SD_OF_FIT.get(fit, _SYSTEMATIC_LOG_SD)
+    return _shrink(variance, dof, sampling_log_sd, good, np.where(at_floor, max(_FLOOR_LOG_SD, systematic), systematic),
+                   systematic, fit)
 
 
 def residual_variances(signals: np.ndarray, protocol: Protocol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -260,15 +265,15 @@ def residual_variances(signals: np.ndarray, protocol: Protocol) -> tuple[np.ndar
     ValueError
         If the protocol has too few measurements for a residual.
     """
-    return _residual_fit(signals, protocol, uncertainty=False)[:3]
+    return _residual_fit(signals, protocol, *residual_unknowns(protocol), uncertainty=False)[:3]
 
 
 def _residual_fit(
-    signals: np.ndarray, protocol: Protocol, *, uncertainty: bool
+    signals: np.ndarray, protocol: Protocol, fit: str, n_unknowns: int, *, uncertainty: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`residual_variances` and, with ``uncertainty``, each voxel's sampling uncertainty of log σ
-    (the sandwich of :func:`_rician_residual_variance`; else NaN)."""
-    fit, n_unknowns = residual_unknowns(protocol)
+    """:func:`residual_variances` by ``fit`` of ``n_unknowns`` (:func:`residual_unknowns`) and, with
+    ``uncertainty``, each voxel's sampling uncertainty of log σ (the sandwich of
+    :func:`_rician_residual_variance`; else NaN)."""
     if protocol.n_measurements <= n_unknowns:
         raise ValueError(
             f"cannot estimate the noise level: the protocol has {protocol.n_measurements} measurements, one per "
@@ -486,13 +491,14 @@ def _rician_residual_variance(
 
 def _shrink(
     variance: np.ndarray, dof: np.ndarray, sampling_log_sd: np.ndarray, good: np.ndarray, systematic_log_sd: np.ndarray,
-    shared_log_sd: float,
+    shared_log_sd: float, fit: str,
 ) -> VoxelNoise:
     """Empirical-Bayes shrinkage of the log variances towards their median (a normal prior on log σ²
     whose spread is what the voxels show beyond their sampling noise).  ``sampling_log_sd``: each
     estimate's sampling uncertainty of log σ (the sandwich; where it is not finite, that of a
     chi-square with ``dof`` degrees of freedom).  ``systematic_log_sd``: each estimate's systematic
-    uncertainty, added to its posterior's; ``shared_log_sd``: the part of it common to all voxels."""
+    uncertainty, added to its posterior's; ``shared_log_sd``: the part of it common to all voxels; ``fit``: the
+    residual fit they came from."""
     dof = np.maximum(dof, 1.0)
     # unbiased log variance (as for a chi-square with dof degrees of freedom) and its sampling variance
     log_variance = np.log(np.where(good, variance, 1.0)) - (special.digamma(dof / 2.0) - np.log(dof / 2.0))
@@ -516,4 +522,5 @@ def _shrink(
         spread=float(0.5 * np.sqrt(between)),
         shrinkage=float(np.median(weight[good])),
         dof=float(np.median(dof[good])),
+        fit=fit,
     )
