@@ -31,9 +31,9 @@ import numpy as np
 from varmap.evaluation.runner import emit_table, machine_summary, markdown_table
 from varmap.io import DWIImage
 from varmap.phantom import make_phantom
-from varmap.protocol import Protocol
 from varmap.phantom.fields import smooth_random_field
 from varmap.pipeline.noise_maps import NOISE_MAP_METHODS, default_method, estimate_noise_map
+from varmap.protocol import Protocol
 from varmap.random_streams import numpy_stream
 from varmap.simulation import add_noise, hcp_protocol, trace_protocol
 
@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def study_protocol(name: str, n_b0: int) -> Protocol:
+def named_protocol(name: str, n_b0: int) -> Protocol:
     """The protocol ``name`` of ``--protocols`` (``n_b0``: that of multi_b0)."""
     if name == "trace":
         return trace_protocol()
@@ -117,7 +117,7 @@ def measure(args: argparse.Namespace) -> list[list[str]]:
     """One table row per protocol and candidate: errors averaged over the seeds, and seconds."""
     rows = []
     for name in args.protocols:
-        protocol = study_protocol(name, args.n_b0)
+        protocol = named_protocol(name, args.n_b0)
         scores: dict[tuple[str, str], list[np.ndarray]] = {}
         for seed in range(args.seeds):
             image, mask, sigma = simulated_scan(protocol, args, seed)
@@ -135,8 +135,8 @@ def measure(args: argparse.Namespace) -> list[list[str]]:
         for (method, label), values in scores.items():
             median_error, p95_error, bias, seconds = np.mean(values, axis=0)
             chosen = "default" if method == default_method(protocol) and _is_default(method, label) else ""
-            rows.append([f"{name} ({protocol.n_b0} b=0, {protocol.n_measurements})", method, label or "-", f"{median_error:.3f}", f"{p95_error:.3f}",
-                         f"{bias:.3f}", f"{seconds:.2f}", chosen])
+            rows.append([f"{name} ({protocol.n_b0} b=0, {protocol.n_measurements})", method, label or "-",
+                         f"{median_error:.3f}", f"{p95_error:.3f}", f"{bias:.3f}", f"{seconds:.2f}", chosen])
     return rows
 
 
