@@ -278,8 +278,10 @@ def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="brain mask in the DWI's grid (default: computed with median_otsu and saved)")
     parser.add_argument("--noise-map", type=Path, default=None, metavar="FILE",
                         help="noise standard deviation per voxel in raw signal units, in the DWI's grid (e.g. "
-                        "MRtrix dwidenoise -noise); default: estimated from the scan (b=0 repeats, or the "
-                        "residuals of voxelwise kurtosis/tensor fits with one b=0) and saved as sigma.nii.gz")
+                        "MRtrix dwidenoise -noise); default: estimated from the scan (from two or more b=0 "
+                        "volumes; otherwise from the residuals of voxelwise kurtosis fits, or, for a protocol "
+                        "too short for them, dipy's local PCA estimate with one b=0 and pseudo-residuals "
+                        "without) and saved as sigma.nii.gz")
     parser.add_argument("-o", "--output", dest="output_dir", required=True, type=Path, metavar="OUTDIR",
                         help="output folder (written atomically; refused if it exists, unless --force)")
     parser.add_argument("--device", default="auto", choices=list(DEVICES),
