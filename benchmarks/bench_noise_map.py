@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from varmap.evaluation.runner import emit_table, machine_summary, markdown_table
@@ -107,10 +106,7 @@ def simulated_scan(protocol: Protocol, args: argparse.Namespace, seed: int) -> t
     unit = (field - field.min()) / (field.max() - field.min())
     sigma = (clean.sigma * 1e6 / args.snr) * (1.0 + 2.0 * unit.astype(np.float64))
     noisy = add_noise(clean.dwi, sigma=sigma[..., None], rng=numpy_stream(seed, "noise")).astype(np.float32)
-    nifti = nib.Nifti1Image(noisy, clean.affine)
-    image = DWIImage(path=Path(f"simulated (seed {seed})"), image=nifti, shape=noisy.shape, affine=clean.affine,
-                     header=nifti.header)
-    return image, clean.mask, sigma
+    return DWIImage.in_memory(noisy, clean.affine, f"simulated (seed {seed})"), clean.mask, sigma
 
 
 def measure(args: argparse.Namespace) -> list[list[str]]:

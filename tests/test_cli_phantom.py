@@ -1,5 +1,7 @@
 """``varmap phantom`` and ``varmap bench phantom`` through the entry point."""
 
+import json
+
 from varmap.cli import main
 
 CROP = ["--voxel-size", "2", "--crop", "12", "12", "6", "--quiet"]
@@ -22,3 +24,10 @@ def test_bench_phantom_prints_table_and_writes_files(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| nlls |" in printed and "| vae |" in printed
     assert (out / "results.csv").is_file() and (out / "maps.png").is_file()
+
+
+def test_bench_phantom_per_voxel_sigma(tmp_path):
+    """``--per-voxel-sigma`` leaves each method to estimate σ from its signals, and the record says so."""
+    out = tmp_path / "bench"
+    assert main(["bench", "phantom", "-o", str(out), "--methods", "nlls", "--no-dipy", "--per-voxel-sigma", *CROP]) == 0
+    assert json.loads((out / "phantom_study.json").read_text())["noise_map"] is None

@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_phantom_arguments(bench, "phantom study: ")
     bench.add_argument("--n-epochs", type=int, default=None, help="phantom study: training epochs of the network methods")
     bench.add_argument("--no-dipy", action="store_true", help="phantom study: skip dipy's MS-DKI fit")
+    bench.add_argument("--per-voxel-sigma", action="store_true",
+                       help="phantom study: each method estimates the noise level per voxel from its own signals "
+                       "(the Python API's default) instead of being given the noise map that varmap fit "
+                       "estimates from the image")
     bench.set_defaults(handler=_cmd_bench)
 
     # ---- bids
@@ -347,7 +351,7 @@ def _bench_phantom(args: argparse.Namespace) -> int:
         model=args.phantom_model, voxel_size=args.voxel_size, snr=args.snr, methods=list(args.methods),
         seed=int(args.seed), crop=args.crop, output_dir=Path(output_dir), force=bool(args.force),
         progress=not args.quiet, include_dipy=not args.no_dipy, method_options=options,
-        noise_field=bool(args.noise_field),
+        noise_field=bool(args.noise_field), image_noise_map=not args.per_voxel_sigma,
     )
     print(format_phantom_markdown(result))
     logger.info("phantom study written to %s", output_dir)

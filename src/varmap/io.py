@@ -147,6 +147,25 @@ class DWIImage:
     affine: np.ndarray
     header: Any
 
+    @classmethod
+    def in_memory(cls, data: Any, affine: np.ndarray, name: str) -> "DWIImage":
+        """A series held in memory, read as an image file is: simulated scans and phantoms.
+
+        Parameters
+        ----------
+        data : array-like, shape (X, Y, Z, n_volumes)
+            An array, or an object with ``shape``, ``dtype`` and ``data[..., start:stop]`` (a nibabel data
+            proxy) that gives volumes on demand.
+        affine : ndarray, shape (4, 4)
+        name : str
+            What messages call the image (its ``path``).
+        """
+        import nibabel as nib
+
+        image = nib.Nifti1Image(data, np.asarray(affine))
+        return cls(path=Path(name), image=image, shape=tuple(int(n) for n in data.shape),
+                   affine=np.asarray(affine), header=image.header)
+
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
         """(X, Y, Z)."""

@@ -11,6 +11,7 @@ import pytest
 from varmap.evaluation.baselines import DIPY_METHOD
 from varmap.evaluation.phantom_study import format_phantom_markdown, run_phantom_study
 from varmap.phantom import make_phantom
+from varmap.pipeline.noise_maps import estimate_noise_map
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +121,21 @@ def test_study_reports_the_noise_field(tiny_msdki) -> None:
     assert result.phantom.noise_field is not None and result.config["noise_field"] is True
     markdown = format_phantom_markdown(result)
     assert markdown.startswith("## Brain phantom study: msdki, noise field") and "varying smoothly" in markdown
+
+
+def test_methods_are_given_the_noise_map_of_the_image_pipeline(tiny_msdki) -> None:
+    """The methods get the noise map ``varmap fit`` would estimate (the phantom's 18 b=0 volumes pooled),
+    recorded with its accuracy; ``image_noise_map=False`` leaves each method to estimate σ per voxel."""
+    given = run_phantom_study(methods=("nlls",), phantom=tiny_msdki, include_dipy=False, progress=False)
+    record = given.config["noise_map"]
+    assert record["method"] == "b0_local_pooling" and record["parameters"] == {"radius": 2}
+    assert 0.0 < record["median_relative_error"] < 0.05 and record["seconds"] >= 0.0
+    expected = estimate_noise_map(tiny_msdki.dwi_image(), tiny_msdki.protocol, tiny_msdki.mask,
+                                  "b0_local_pooling")[tiny_msdki.mask]
+    np.testing.assert_allclose(given.fits["nlls"].sigma, expected, rtol=1e-6)
+    assert "the noise map `varmap fit` estimates from the image (b0_local_pooling, radius 2" in \
+        format_phantom_markdown(given)
+    own = run_phantom_study(methods=("nlls",), phantom=tiny_msdki, include_dipy=False, progress=False,
+                            image_noise_map=False)
+    assert own.config["noise_map"] is None and "each method estimates σ per voxel" in format_phantom_markdown(own)
+    assert not np.allclose(own.fits["nlls"].sigma, expected, rtol=1e-3)

@@ -12,6 +12,10 @@ and reports
   memory of each method, as ratios to a reference (the baseline when there is one, else nlls, else
   the first method; :mod:`~varmap.evaluation.runner`).
 
+Every method is given the noise map that ``varmap fit`` estimates from the phantom's image
+(:func:`~varmap.pipeline.noise_maps.default_method`), as a user's run of the image pipeline is, unless
+``image_noise_map=False`` lets each estimate σ per voxel from its own signals (the Python API's default).
+
 At full size (1.25 mm, about a million brain voxels) it is the whole-brain speed benchmark.
 """
 
@@ -31,6 +35,7 @@ from ..estimators import ESTIMATORS, get_estimator
 from ..phantom import Phantom, make_phantom
 from ..phantom.apparent import TRUTH_DEFINITION
 from ..phantom.fields import NOISE_FIELD_RANGE
+from ..pipeline.noise_maps import NOISE_MAP_METHODS, default_method, estimate_noise_map
 from ..provenance import environment
 from ..results import FitResult
 from ..signal_models import SignalModel, get_signal_model
@@ -111,6 +116,7 @@ def run_phantom_study(
     edge_voxels: float = 2.0,
     phantom: Phantom | None = None,
     noise_field: bool = False,
+    image_noise_map: bool = True,
 ) -> PhantomStudyResult:
     """Fit the brain phantom with every method; accuracy per tissue, edge sharpness, time and memory.
 
@@ -154,6 +160,11 @@ def run_phantom_study(
         Build the phantom with a noise level that varies smoothly over the head (factor 1 to 3 over the
         brain, like a coil sensitivity / g-factor profile; :func:`~varmap.phantom.make_phantom`)
         instead of one noise level.  The methods are not told the noise levels.
+    image_noise_map : bool
+        Give every method (``sigma=``) the noise map that ``varmap fit`` estimates from the phantom's
+        image by default (:func:`~varmap.pipeline.noise_maps.default_method`; its method, accuracy and
+        time go into ``phantom_study.json``).  False: each method estimates σ per voxel from its own
+        signals, as the Python API does without ``sigma``.  A ``sigma`` in ``method_options`` wins.
 
     Returns
     -------
@@ -191,11 +202,14 @@ def run_phantom_study(
     regions = phantom_regions(phantom, purity=purity, edge_voxels=edge_voxels)
     signal_model = get_signal_model(phantom.model, phantom.protocol)
     runs = _runs(phantom.model, methods, include_baseline=include_dipy)
+    sigma, noise_map = _image_noise_map(phantom) if image_noise_map and set(runs) & set(ESTIMATORS) else (None, None)
     result = PhantomStudyResult(rows=[], speed=[], reference="", phantom=phantom)
     for method in runs:
         options = dict(method_options.get(method, {}))
         if device is not None:
             options.setdefault("device", device)
+        if sigma is not None and method in ESTIMATORS:
+            options.setdefault("sigma", sigma)
         params, fit, cost = _fit(method, signal_model, signals, seed=seed, progress=progress, options=options)
         result.estimates[method] = params
         if fit is not None:
@@ -211,7 +225,7 @@ def run_phantom_study(
     add_speed_ratios(result.speed, result.reference)
     result.config = _config(
         phantom, regions, seed=seed, purity=purity, edge_voxels=edge_voxels, runs=runs,
-        method_options=method_options, device=device, reference=result.reference,
+        method_options=method_options, device=device, reference=result.reference, noise_map=noise_map,
     )
     result.config["total_time_s"] = time.perf_counter() - started
     if output_dir is not None:
@@ -268,6 +282,24 @@ def _fit(
     return params, fit, cost
 
 
+def _image_noise_map(phantom: Phantom) -> tuple[np.ndarray, dict]:
+    """The noise map ``varmap fit`` estimates from the phantom's image by default: σ of the brain voxels
+    (mask order), and its record (method, parameters, seconds, error against the true σ)."""
+    method = default_method(phantom.protocol)
+    started = time.perf_counter()
+    sigma = estimate_noise_map(phantom.dwi_image(), phantom.protocol, phantom.mask, method)[phantom.mask]
+    seconds = time.perf_counter() - started
+    error = np.abs(sigma / phantom.sigma_map[phantom.mask] - 1.0)
+    logger.info("phantom study: noise map (%s) in %.1f s, median error %.1f %%", method, seconds, 100 * np.median(error))
+    return sigma, {
+        "method": method,
+        "parameters": NOISE_MAP_METHODS[method].parameters,
+        "seconds": seconds,
+        "median_relative_error": float(np.median(error)),
+        "p95_relative_error": float(np.percentile(error, 95)),
+    }
+
+
 def _speed_reference(runs: Sequence[str]) -> str:
     """The baseline when it ran, else nlls when it ran, else the first method."""
     baselines = [name for name, _ in BASELINES.values() if name in runs]
@@ -285,8 +317,10 @@ def _config(
     method_options: dict,
     device: str | None,
     reference: str,
+    noise_map: dict | None,
 ) -> dict:
-    """Settings, sizes and machine of the study (``phantom_study.json``), its total time left out."""
+    """Settings, sizes and machine of the study (``phantom_study.json``), its total time left out;
+    ``noise_map``: :func:`_image_noise_map`'s record, or None where each method estimated σ itself."""
     return {
         "varmap_version": __version__,
         "model": phantom.model,
@@ -295,6 +329,7 @@ def _config(
         "sigma": phantom.sigma,
         "noise": _noise_description(phantom),
         "noise_field": phantom.noise_field is not None,
+        "noise_map": noise_map,
         "seed": seed,
         "phantom_seed": phantom.seed,
         "crop": phantom.config.get("crop"),
@@ -327,6 +362,20 @@ def _noise_description(phantom: Phantom) -> str:
     )
 
 
+def _noise_map_description(noise_map: dict | None) -> str:
+    """Where the methods' σ came from, in words."""
+    if noise_map is None:
+        return "none; each method estimates σ per voxel from its own signals (the Python API's default)"
+    parameters = ", ".join(f"{name} {value}" for name, value in noise_map["parameters"].items())
+    return (
+        f"the noise map `varmap fit` estimates from the image ({noise_map['method']}"
+        + (f", {parameters}" if parameters else "")
+        + f"; median error {100 * noise_map['median_relative_error']:.1f} %, 95th percentile "
+        f"{100 * noise_map['p95_relative_error']:.1f} % against the true σ; {noise_map['seconds']:.1f} s, "
+        "not in the methods' times)"
+    )
+
+
 # ---------------------------------------------------------------------------------------- report
 def format_phantom_markdown(result: PhantomStudyResult) -> str:
     """Markdown report: set-up, accuracy per parameter and tissue, edge sharpness, calibration of the
@@ -352,6 +401,7 @@ def _setup_lines(config: dict) -> list[str]:
         + f", {config.get('n_brain_voxels')} brain voxels x {config.get('n_measurements')} measurements; "
         f"b=0 SNR of white matter {config.get('snr'):g} (sigma {config.get('sigma'):g}).",
         f"Noise: {config.get('noise')}.",
+        f"Noise level given to the methods: {_noise_map_description(config.get('noise_map'))}.",
         f"Groups: pure (fraction >= {config.get('purity')}) "
         + ", ".join(f"{name} {counts.get(name, 0)}" for name in PHANTOM_GROUPS)
         + f"; boundary (<= {config.get('edge_voxels'):g} voxels from a tissue change) {config.get('boundary_voxels')}.",

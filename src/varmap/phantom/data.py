@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..io import DWIImage
 from ..protocol import Protocol
 from ..signal_models import SIGNAL_MODELS
 from .labels import tissue_groups
@@ -129,6 +130,16 @@ class Phantom:
             return self.masked_signals
         return self.dwi[self.mask]
 
+    def dwi_image(self) -> DWIImage:
+        """The noisy series as the image pipeline reads a scan (named ``"phantom"`` in messages).
+
+        A phantom built without its image (``image=False``) gives its brain voxels' signals with zeros
+        outside the mask, scattered into the grid one slab of volumes at a time as they are read, so
+        that a whole-brain phantom never holds its full 4-D array.
+        """
+        data = self.dwi if self.dwi is not None else _MaskedSeries(self.masked_signals, self.mask)
+        return DWIImage.in_memory(data, self.affine, "phantom")
+
     def truth_in_mask(self) -> dict[str, np.ndarray]:
         """Ground truth of the brain voxels, in ``np.nonzero(mask)`` order.
 
@@ -154,3 +165,30 @@ class Phantom:
             :func:`~varmap.phantom.labels.tissue_groups`.
         """
         return tissue_groups(self.fractions, self.mask, threshold=threshold)
+
+
+class _MaskedSeries:
+    """Brain voxels' signals (n_voxels, n_volumes) read as a 4-D series, zero outside the mask: a
+    nibabel data proxy that builds only the volumes indexed (``series[..., start:stop]``,
+    ``series[x, y, z, volume]``)."""
+
+    is_proxy = True
+    ndim = 4
+
+    def __init__(self, signals: np.ndarray, mask: np.ndarray) -> None:
+        self._signals, self._mask = signals, mask
+        self.shape = (*mask.shape, signals.shape[1])
+        self.dtype = signals.dtype
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if key and key[0] is Ellipsis:
+            key = (slice(None),) * (self.ndim + 1 - len(key)) + key[1:]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        columns = self._signals[:, key[3]]
+        grid = np.zeros(self._mask.shape + columns.shape[1:], dtype=self.dtype)
+        grid[self._mask] = columns
+        return grid[key[:3]]
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        return np.asarray(self[...], dtype=dtype)
