@@ -136,6 +136,10 @@ class Phantom:
         A phantom built without its image (``image=False``) gives its brain voxels' signals with zeros
         outside the mask, scattered into the grid one slab of volumes at a time as they are read, so
         that a whole-brain phantom never holds its full 4-D array.
+
+        Returns
+        -------
+        DWIImage
         """
         data = self.dwi if self.dwi is not None else _MaskedSeries(self.masked_signals, self.mask)
         return DWIImage.in_memory(data, self.affine, "phantom")
