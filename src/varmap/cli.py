@@ -282,7 +282,8 @@ def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="brain mask in the DWI's grid (default: computed with median_otsu and saved)")
     parser.add_argument("--noise-map", type=Path, default=None, metavar="FILE",
                         help="noise standard deviation per voxel in raw signal units, in the DWI's grid (e.g. "
-                        "MRtrix dwidenoise -noise); default: estimated from the scan (from two or more b=0 "
+                        "MRtrix dwidenoise -noise; with two or more b=0 volumes it is compared with their "
+                        "spread, and a map more than 10 %% off gets a warning); default: estimated from the scan (from two or more b=0 "
                         "volumes; otherwise from the residuals of voxelwise kurtosis fits, or, for a protocol "
                         "too short for them, dipy's local PCA estimate with one b=0 and pseudo-residuals "
                         "without) and saved as sigma.nii.gz")

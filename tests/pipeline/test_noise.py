@@ -77,7 +77,8 @@ def test_noise_level_given_read_or_estimated(varying_noise_scan, tmp_path):
     path = tmp_path / "noise.nii.gz"
     nib.save(nib.Nifti1Image(truth["sigma"].astype(np.float32), AFFINE), path)
     read = noise_level(scan, inside, noise_map=path)
-    assert read.source == SIGMA_FROM_FILE and read.parameters == {"file": str(path)}
+    assert read.source == SIGMA_FROM_FILE and read.parameters["file"] == str(path)
+    assert read.parameters["median_ratio_to_b0_repeats"] == pytest.approx(1.0, abs=0.1)
     np.testing.assert_allclose(read.sigma, truth["sigma"][inside], rtol=1e-6)
 
     estimated = noise_level(scan, inside)
@@ -91,6 +92,28 @@ def test_noise_level_given_read_or_estimated(varying_noise_scan, tmp_path):
         noise_level(scan, inside, sigma=12.5, noise_map=path)
     with pytest.raises(InputError, match="one number.*noise map"):
         noise_level(scan, inside, sigma=np.full(inside.sum(), SIGMA))
+
+
+def test_a_noise_map_far_from_the_b0_repeats_is_used_with_a_warning(varying_noise_scan, one_b0_scan, tmp_path, caplog):
+    """A given map 1.3x the truth (as an MP-PCA map of magnitude data can read) is used as given, with a warning
+    that names the ratio to the b=0 repeats' estimate; a one-b=0 scan has no repeats to compare with."""
+    (dwi, bval, bvec), inside, truth = varying_noise_scan
+    scan = open_scan(dwi, bval, bvec)
+    path = tmp_path / "high.nii.gz"
+    nib.save(nib.Nifti1Image((1.3 * truth["sigma"]).astype(np.float32), AFFINE), path)
+    with caplog.at_level("WARNING", logger="varmap"):
+        read = noise_level(scan, inside, noise_map=path)
+    np.testing.assert_allclose(read.sigma, 1.3 * truth["sigma"][inside], rtol=1e-6)
+    ratio = read.parameters["median_ratio_to_b0_repeats"]
+    assert ratio == pytest.approx(1.3, abs=0.13)
+    assert f"reads sigma {ratio:.2f}x what the spread of the scan's" in caplog.text and "used as given" in caplog.text
+
+    (dwi, bval, bvec), inside, truth = one_b0_scan
+    path = tmp_path / "one_b0.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(inside, 1.3 * SIGMA, 0.0).astype(np.float32), AFFINE), path)
+    caplog.clear()
+    read = noise_level(open_scan(dwi, bval, bvec), inside, noise_map=path)
+    assert read.parameters == {"file": str(path)} and "reads sigma" not in caplog.text
 
 
 def test_noise_summary_ignores_voxels_not_fitted():
