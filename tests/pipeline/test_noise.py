@@ -73,6 +73,9 @@ def test_noise_level_given_read_or_estimated(varying_noise_scan, tmp_path):
     scan = open_scan(dwi, bval, bvec)
     given = noise_level(scan, inside, sigma=12.5)
     assert (given.sigma, given.source, given.method) == (12.5, SIGMA_GIVEN, "given")
+    assert given.parameters["sigma"] == 12.5
+    assert given.parameters["median_ratio_to_b0_repeats"] == pytest.approx(12.5 / np.median(truth["sigma"][inside]),
+                                                                           rel=0.1)
 
     path = tmp_path / "noise.nii.gz"
     nib.save(nib.Nifti1Image(truth["sigma"].astype(np.float32), AFFINE), path)
@@ -94,9 +97,10 @@ def test_noise_level_given_read_or_estimated(varying_noise_scan, tmp_path):
         noise_level(scan, inside, sigma=np.full(inside.sum(), SIGMA))
 
 
-def test_a_noise_map_far_from_the_b0_repeats_is_used_with_a_warning(varying_noise_scan, one_b0_scan, tmp_path, caplog):
-    """A given map 1.3x the truth (as an MP-PCA map of magnitude data can read) is used as given, with a warning
-    that names the ratio to the b=0 repeats' estimate; a one-b=0 scan has no repeats to compare with."""
+def test_a_noise_level_far_from_the_b0_repeats_is_used_with_a_warning(varying_noise_scan, one_b0_scan, tmp_path, caplog):
+    """A given map 1.3x the truth (as an MP-PCA map of magnitude data can read), or one number 1.25x the median
+    (a background's Rayleigh mean), is used as given, with a warning that names the ratio to the b=0 repeats'
+    estimate; the true median gets none; a one-b=0 scan has no repeats to compare with."""
     (dwi, bval, bvec), inside, truth = varying_noise_scan
     scan = open_scan(dwi, bval, bvec)
     path = tmp_path / "high.nii.gz"
@@ -106,7 +110,18 @@ def test_a_noise_map_far_from_the_b0_repeats_is_used_with_a_warning(varying_nois
     np.testing.assert_allclose(read.sigma, 1.3 * truth["sigma"][inside], rtol=1e-6)
     ratio = read.parameters["median_ratio_to_b0_repeats"]
     assert ratio == pytest.approx(1.3, abs=0.13)
-    assert f"reads sigma {ratio:.2f}x what the spread of the scan's" in caplog.text and "used as given" in caplog.text
+    assert f"noise map {path} reads sigma {ratio:.2f}x what the spread of the scan's" in caplog.text
+    assert "used as given" in caplog.text and "MP-PCA" in caplog.text
+
+    caplog.clear()
+    background_mean = 1.25 * float(np.median(truth["sigma"][inside]))  # a Rayleigh mean taken for sigma
+    with caplog.at_level("WARNING", logger="varmap"):
+        given = noise_level(scan, inside, sigma=background_mean)
+    assert given.sigma == background_mean and "--sigma" in caplog.text and "Rayleigh" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="varmap"):
+        noise_level(scan, inside, sigma=float(np.median(truth["sigma"][inside])))
+    assert "reads sigma" not in caplog.text
 
     (dwi, bval, bvec), inside, truth = one_b0_scan
     path = tmp_path / "one_b0.nii.gz"

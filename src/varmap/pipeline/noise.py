@@ -28,8 +28,8 @@ SIGMA_GIVEN = "given (--sigma)"
 SIGMA_FROM_FILE = "noise map given (--noise-map)"
 SIGMA_FROM_IMAGE = "noise map estimated from the image"
 
-#: Factor by which a given noise map's median may differ from the scan's own estimate from its b=0 repeats before
-#: a run warns.  MP-PCA noise maps of magnitude images (MRtrix ``dwidenoise -noise``, dipy's ``mppca``) read σ
+#: Factor by which a given noise level (``--sigma``, or a map's median) may differ from the scan's own estimate from
+#: its b=0 repeats before a run warns.  MP-PCA noise maps of magnitude images (MRtrix ``dwidenoise -noise``, dipy's ``mppca``) read σ
 #: high where much of the signal lies near the noise floor: dipy's ``mppca`` read the 2 mm brain phantom's σ 1.32x
 #: (median; b=0 SNR 10, noise varying 1-3x over the head), where the b=0 repeats' estimate read it 0.99x; given
 #: 1.3x the true σ, gmvae's K on that phantom came out 0.10 (uniform noise) and 0.52 (noise field) too low.
@@ -109,12 +109,23 @@ def noise_level(
         raise InputError("sigma= of an image is one number (raw signal units); give one value per voxel as a "
                          "NIfTI noise map (noise_map=, --noise-map).")
     if sigma is not None:
-        return NoiseLevel(float(sigma), SIGMA_GIVEN, "given", {"sigma": float(sigma)})
+        parameters: dict[str, Any] = {"sigma": float(sigma)}
+        if scan.protocol.n_b0 >= 2:
+            parameters["median_ratio_to_b0_repeats"] = _compare_with_b0_repeats(
+                float(sigma), scan, mask, f"--sigma {float(sigma):g}",
+                "The mean magnitude of an image's background is 1.25 sigma (Rayleigh), more with several receive coils; "
+                "check the value and its units, or leave out --sigma to map with the b=0 repeats' estimate.")
+        return NoiseLevel(float(sigma), SIGMA_GIVEN, "given", parameters)
     if noise_map is not None:
         values = load_noise_map(noise_map, scan.image.spatial_shape, mask, affine=scan.image.affine)[mask]
-        parameters: dict[str, Any] = {"file": str(Path(noise_map))}
+        parameters = {"file": str(Path(noise_map))}
         if scan.protocol.n_b0 >= 2:
-            parameters["median_ratio_to_b0_repeats"] = _compare_with_b0_repeats(values, scan, mask, noise_map)
+            parameters["median_ratio_to_b0_repeats"] = _compare_with_b0_repeats(
+                values, scan, mask, f"noise map {noise_map}",
+                "MP-PCA noise maps of magnitude images (MRtrix dwidenoise -noise, dipy's mppca) can read sigma high "
+                "where much of the signal lies near the noise floor (1.32x on that phantom at b=0 SNR 10); check that "
+                "the map belongs to this scan and is in its units, or leave out --noise-map to map with the b=0 "
+                "repeats' estimate.")
         return NoiseLevel(values, SIGMA_FROM_FILE, "file", parameters)
     method = default_method(scan.protocol) if method is None else method
     parameters = dict(NOISE_MAP_METHODS[method].parameters)
@@ -125,18 +136,17 @@ def noise_level(
     return NoiseLevel(values, f"{SIGMA_FROM_IMAGE} ({method})", method, parameters)
 
 
-def _compare_with_b0_repeats(values: np.ndarray, scan: Scan, mask: np.ndarray, path: str | PathLike) -> float:
-    """Median ratio of a given noise map (``values``, the mask's voxels) to the scan's own estimate from its b=0
-    repeats; a warning where it exceeds :data:`MAP_DISAGREEMENT` either way (the map is used as given)."""
+def _compare_with_b0_repeats(given: float | np.ndarray, scan: Scan, mask: np.ndarray, what: str, hint: str) -> float:
+    """Median ratio of a given noise level (one number, or the mask's voxels of a map) to the scan's own estimate
+    from its b=0 repeats; a warning naming ``what`` and ``hint`` where it exceeds :data:`MAP_DISAGREEMENT` either way
+    (the level is used as given)."""
     own = estimate_noise_map(scan.image, scan.protocol, mask, "b0_local_pooling")[mask]
-    ratio = float(np.median(values / own))
+    ratio = float(np.median(given / own))
     if not 1.0 / MAP_DISAGREEMENT <= ratio <= MAP_DISAGREEMENT:
         logger.warning(
-            "noise map %s reads sigma %.2fx what the spread of the scan's %d b=0 volumes says (median over the mask); "
-            "it is used as given. MP-PCA noise maps of magnitude images (MRtrix dwidenoise -noise, dipy's mppca) can "
-            "read sigma high where much of the signal lies near the noise floor (1.32x on a brain phantom at b=0 SNR "
-            "10, where a noise level 1.3x too high biased gmvae's kurtosis by -0.10 to -0.52); check that the map belongs to this scan and is in its units, or leave out --noise-map to map with "
-            "the b=0 repeats' estimate.", path, ratio, scan.protocol.n_b0)
+            "%s reads sigma %.2fx what the spread of the scan's %d b=0 volumes says (median over the mask), and is used "
+            "as given; a noise level 1.3x too high biased gmvae's kurtosis by -0.10 to -0.52 on a brain phantom. %s",
+            what, ratio, scan.protocol.n_b0, hint)
     return ratio
 
 
