@@ -110,7 +110,7 @@ def test_a_noise_level_far_from_the_b0_repeats_is_used_with_a_warning(varying_no
     np.testing.assert_allclose(read.sigma, 1.3 * truth["sigma"][inside], rtol=1e-6)
     ratio = read.parameters["median_ratio_to_b0_repeats"]
     assert ratio == pytest.approx(1.3, abs=0.13)
-    assert f"noise map {path} reads sigma {ratio:.2f}x what the spread of the scan's" in caplog.text
+    assert f"noise map {path} is {ratio:.2f}x the noise level that the spread of the scan's" in caplog.text
     assert "used as given" in caplog.text and "MP-PCA" in caplog.text
 
     caplog.clear()
@@ -121,14 +121,14 @@ def test_a_noise_level_far_from_the_b0_repeats_is_used_with_a_warning(varying_no
     caplog.clear()
     with caplog.at_level("WARNING", logger="varmap"):
         noise_level(scan, inside, sigma=float(np.median(truth["sigma"][inside])))
-    assert "reads sigma" not in caplog.text
+    assert "the noise level that the spread" not in caplog.text
 
     (dwi, bval, bvec), inside, truth = one_b0_scan
     path = tmp_path / "one_b0.nii.gz"
     nib.save(nib.Nifti1Image(np.where(inside, 1.3 * SIGMA, 0.0).astype(np.float32), AFFINE), path)
     caplog.clear()
     read = noise_level(open_scan(dwi, bval, bvec), inside, noise_map=path)
-    assert read.parameters == {"file": str(path)} and "reads sigma" not in caplog.text
+    assert read.parameters == {"file": str(path)} and "the noise level that the spread" not in caplog.text
 
 
 def test_noise_summary_ignores_voxels_not_fitted():

@@ -144,8 +144,8 @@ def _compare_with_b0_repeats(given: float | np.ndarray, scan: Scan, mask: np.nda
     ratio = float(np.median(given / own))
     if not 1.0 / MAP_DISAGREEMENT <= ratio <= MAP_DISAGREEMENT:
         logger.warning(
-            "%s reads sigma %.2fx what the spread of the scan's %d b=0 volumes says (median over the mask), and is used "
-            "as given; a noise level 1.3x too high biased gmvae's kurtosis by -0.10 to -0.52 on a brain phantom. %s",
+            "%s is %.2fx the noise level that the spread of the scan's %d b=0 volumes gives (median over the mask), and "
+            "is used as given; a noise level 1.3x too high biased gmvae's kurtosis by -0.10 to -0.52 on a brain phantom. %s",
             what, ratio, scan.protocol.n_b0, hint)
     return ratio
 
