@@ -8,7 +8,7 @@ The estimators receive it as ``sigma=`` (a number, or one value per mask voxel).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,23 @@ SIGMA_GIVEN = "given (--sigma)"
 SIGMA_FROM_FILE = "noise map given (--noise-map)"
 SIGMA_FROM_IMAGE = "noise map estimated from the image"
 
-#: Factor by which a given noise level (``--sigma``, or a map's median) may differ from the scan's own estimate from
-#: its b=0 repeats before a run warns.  MP-PCA noise maps of magnitude images (MRtrix ``dwidenoise -noise``, dipy's ``mppca``) read σ
-#: high where much of the signal lies near the noise floor: dipy's ``mppca`` read the 2 mm brain phantom's σ 1.32x
-#: (median; b=0 SNR 10, noise varying 1-3x over the head), where the b=0 repeats' estimate read it 0.99x; given
-#: 1.3x the true σ, gmvae's K on that phantom came out 0.10 (uniform noise) and 0.52 (noise field) too low.
+#: Factor by which a given noise level (``--sigma``, or a map's median) may differ from the scan's own
+#: estimate from its b=0 repeats before a run warns.  MP-PCA noise maps of magnitude images (MRtrix
+#: ``dwidenoise -noise``, dipy's ``mppca``) read σ high where much of the signal lies near the noise floor:
+#: dipy's ``mppca`` read the 2 mm brain phantom's σ 1.32x (median; b=0 SNR 10, noise varying 1-3x over the
+#: head), where the b=0 repeats' estimate read it 0.99x; given 1.3x the true σ, gmvae's K on that phantom
+#: came out 0.10 (uniform noise) and 0.52 (noise field) too low.
 MAP_DISAGREEMENT = 1.1
+
+#: The likely slip behind a given level that disagrees with the b=0 repeats, by :attr:`NoiseLevel.method`.
+_GIVEN_LEVEL_HINTS = {
+    "given": "The mean magnitude of an image's background is 1.25 sigma (Rayleigh), more with several receive "
+             "coils; check the value and its units, or leave out --sigma to map with the b=0 repeats' estimate.",
+    "file": "MP-PCA noise maps of magnitude images (MRtrix dwidenoise -noise, dipy's mppca) can read sigma high "
+            "where much of the signal lies near the noise floor (1.32x on that phantom at b=0 SNR 10); check that "
+            "the map belongs to this scan and is in its units, or leave out --noise-map to map with the b=0 "
+            "repeats' estimate.",
+}
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,10 @@ def noise_level(
 ) -> NoiseLevel:
     """The noise level to map ``scan`` with.
 
+    A level the user gives (``sigma`` or ``noise_map``) is used as given; with two or more b=0 volumes its
+    median ratio to the b=0 repeats' own estimate is recorded (``parameters["median_ratio_to_b0_repeats"]``),
+    with a warning beyond :data:`MAP_DISAGREEMENT` either way.
+
     Parameters
     ----------
     scan : Scan
@@ -108,25 +123,16 @@ def noise_level(
     if sigma is not None and np.ndim(sigma) != 0:
         raise InputError("sigma= of an image is one number (raw signal units); give one value per voxel as a "
                          "NIfTI noise map (noise_map=, --noise-map).")
-    if sigma is not None:
-        parameters: dict[str, Any] = {"sigma": float(sigma)}
-        if scan.protocol.n_b0 >= 2:
-            parameters["median_ratio_to_b0_repeats"] = _compare_with_b0_repeats(
-                float(sigma), scan, mask, f"--sigma {float(sigma):g}",
-                "The mean magnitude of an image's background is 1.25 sigma (Rayleigh), more with several receive coils; "
-                "check the value and its units, or leave out --sigma to map with the b=0 repeats' estimate.")
-        return NoiseLevel(float(sigma), SIGMA_GIVEN, "given", parameters)
-    if noise_map is not None:
-        values = load_noise_map(noise_map, scan.image.spatial_shape, mask, affine=scan.image.affine)[mask]
-        parameters = {"file": str(Path(noise_map))}
-        if scan.protocol.n_b0 >= 2:
-            parameters["median_ratio_to_b0_repeats"] = _compare_with_b0_repeats(
-                values, scan, mask, f"noise map {noise_map}",
-                "MP-PCA noise maps of magnitude images (MRtrix dwidenoise -noise, dipy's mppca) can read sigma high "
-                "where much of the signal lies near the noise floor (1.32x on that phantom at b=0 SNR 10); check that "
-                "the map belongs to this scan and is in its units, or leave out --noise-map to map with the b=0 "
-                "repeats' estimate.")
-        return NoiseLevel(values, SIGMA_FROM_FILE, "file", parameters)
+    if sigma is not None or noise_map is not None:
+        if sigma is not None:
+            level = NoiseLevel(float(sigma), SIGMA_GIVEN, "given", {"sigma": float(sigma)})
+        else:
+            values = load_noise_map(noise_map, scan.image.spatial_shape, mask, affine=scan.image.affine)[mask]
+            level = NoiseLevel(values, SIGMA_FROM_FILE, "file", {"file": str(Path(noise_map))})
+        if scan.protocol.n_b0 < 2:
+            return level
+        ratio = _compare_with_b0_repeats(level, scan, mask)
+        return replace(level, parameters={**level.parameters, "median_ratio_to_b0_repeats": ratio})
     method = default_method(scan.protocol) if method is None else method
     parameters = dict(NOISE_MAP_METHODS[method].parameters)
     values = estimate_noise_map(scan.image, scan.protocol, mask, method, parameters)[mask]
@@ -136,17 +142,18 @@ def noise_level(
     return NoiseLevel(values, f"{SIGMA_FROM_IMAGE} ({method})", method, parameters)
 
 
-def _compare_with_b0_repeats(given: float | np.ndarray, scan: Scan, mask: np.ndarray, what: str, hint: str) -> float:
-    """Median ratio of a given noise level (one number, or the mask's voxels of a map) to the scan's own estimate
-    from its b=0 repeats; a warning naming ``what`` and ``hint`` where it exceeds :data:`MAP_DISAGREEMENT` either way
-    (the level is used as given)."""
+def _compare_with_b0_repeats(given: NoiseLevel, scan: Scan, mask: np.ndarray) -> float:
+    """Median ratio of a given noise level (:data:`SIGMA_GIVEN` or :data:`SIGMA_FROM_FILE`) to the scan's own
+    estimate from its b=0 repeats; a warning with the likely slip of that route where it exceeds
+    :data:`MAP_DISAGREEMENT` either way (the level is used as given)."""
     own = estimate_noise_map(scan.image, scan.protocol, mask, "b0_local_pooling")[mask]
-    ratio = float(np.median(given / own))
+    ratio = float(np.median(given.sigma / own))
     if not 1.0 / MAP_DISAGREEMENT <= ratio <= MAP_DISAGREEMENT:
+        what = f"--sigma {given.sigma:g}" if given.method == "given" else f"noise map {given.parameters['file']}"
         logger.warning(
-            "%s is %.2fx the noise level that the spread of the scan's %d b=0 volumes gives (median over the mask), and "
-            "is used as given; a noise level 1.3x too high biased gmvae's kurtosis by -0.10 to -0.52 on a brain phantom. %s",
-            what, ratio, scan.protocol.n_b0, hint)
+            "%s is %.2fx the noise level that the spread of the scan's %d b=0 volumes gives (median over the "
+            "mask), and is used as given; a noise level 1.3x too high biased gmvae's kurtosis by -0.10 to -0.52 "
+            "on a brain phantom. %s", what, ratio, scan.protocol.n_b0, _GIVEN_LEVEL_HINTS[given.method])
     return ratio
 
 
