@@ -260,7 +260,8 @@ def prepare_signals(signals: np.ndarray, model, *, sigma: float | np.ndarray | N
         warnings.warn(NO_B0_WARNING, UserWarning, stacklevel=2)
     voxels = valid_voxels(signals, protocol)
     if not voxels.valid.any():
-        raise ValueError(f"no voxel has finite signals and a positive {reference_name(protocol)}; check the data and mask.")
+        raise ValueError(
+            f"no voxel has finite signals and a positive {reference_name(protocol)}; check the data and mask.")
     valid_index = np.flatnonzero(voxels.valid)
     sigma_valid, sigma_log_sd, shared_log_sd, source = _noise_level(signals, valid_index, protocol, sigma)
     b0_mean_raw = voxels.b0_mean_raw[valid_index]

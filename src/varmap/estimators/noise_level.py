@@ -43,8 +43,8 @@ from scipy import special, stats
 from ..protocol import Protocol
 
 __all__ = [
-    "VoxelNoise", "ISOTROPIC_KURTOSIS_FIT", "ISOTROPIC_FIT", "estimate_sigma_from_b0", "estimate_sigma_per_voxel", "has_residuals", "residual_variances",
-    "residual_unknowns",
+    "VoxelNoise", "ISOTROPIC_KURTOSIS_FIT", "ISOTROPIC_FIT", "estimate_sigma_from_b0", "estimate_sigma_per_voxel",
+    "has_residuals", "residual_variances", "residual_unknowns",
 ]
 
 #: Unknowns of the full kurtosis and tensor fits, S0 included (:func:`has_residuals`).

@@ -290,7 +290,8 @@ def _image_noise_map(phantom: Phantom) -> tuple[np.ndarray, dict]:
     sigma = estimate_noise_map(phantom.dwi_image(), phantom.protocol, phantom.mask, method)[phantom.mask]
     seconds = time.perf_counter() - started
     error = np.abs(sigma / phantom.sigma_map[phantom.mask] - 1.0)
-    logger.info("phantom study: noise map (%s) in %.1f s, median error %.1f %%", method, seconds, 100 * np.median(error))
+    logger.info("phantom study: noise map (%s) in %.1f s, median error %.1f %%", method, seconds,
+                100 * np.median(error))
     return sigma, {
         "method": method,
         "parameters": NOISE_MAP_METHODS[method].parameters,
